@@ -1,0 +1,451 @@
+"""The two Anthropic APIs batchrun speaks: request bodies out, streamed events folded into results.
+
+Part of stage 3 (call), between the SSE decoder and the client: :func:`build_body` turns a
+:class:`~batchrun.records.RequestItem` into the JSON body of ``POST /v1/messages`` or the legacy
+``POST /v1/complete``; :func:`new_fold` gives a :class:`Fold` that consumes the decoded events of
+one attempt and yields a :class:`~batchrun.records.Completion`. Pure code: no I/O, no retries, no
+clocks. A stream that fails (an ``error`` event, a malformed payload, no final event) raises an
+:class:`~batchrun.errors.AttemptError`; its partial text never becomes a result.
+
+:func:`validate_complete_prompt` is the one definition of the legacy prompt rule; the simulator
+uses it to answer 400 the way the API does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, assert_never
+
+from batchrun.errors import AttemptError, RetryableError, api_error
+from batchrun.records import Completion, RequestItem
+from batchrun.sse import ServerSentEvent
+
+__all__ = [
+    "Api",
+    "CompleteFold",
+    "Fold",
+    "MessagesFold",
+    "build_body",
+    "complete_prompt",
+    "new_fold",
+    "request_path",
+    "validate_complete_prompt",
+]
+
+Api = Literal["messages", "complete"]
+
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+_MAX_MESSAGE = 300  # error messages stay short: never the whole payload
+
+
+def request_path(api: Api) -> str:
+    """The endpoint path of ``api``."""
+    if api == "messages":
+        return "/v1/messages"
+    if api == "complete":
+        return "/v1/complete"
+    assert_never(api)
+
+
+def build_body(
+    api: Api,
+    item: RequestItem,
+    *,
+    model: str,
+    max_tokens: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    stop_sequences: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The streaming request body for ``item``; parameters left as ``None`` are not sent."""
+    body: dict[str, Any] = {"model": model}
+    if api == "messages":
+        body["max_tokens"] = max_tokens
+        body["messages"] = list(item.messages)
+        if item.system:
+            body["system"] = item.system
+    elif api == "complete":
+        body["prompt"] = complete_prompt(item)
+        body["max_tokens_to_sample"] = max_tokens
+    else:
+        assert_never(api)
+    if stop_sequences:
+        body["stop_sequences"] = list(stop_sequences)
+    for key, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
+        if value is not None:
+            body[key] = value
+    body["stream"] = True
+    return body
+
+
+def complete_prompt(item: RequestItem) -> str:
+    """The legacy prompt for ``item``, as CONTRACT.md describes.
+
+    One user message is the prompt: used as is when it already starts with ``\\n\\nHuman:``,
+    else wrapped in one Human turn and an open Assistant turn. Several messages become
+    alternating turns ending with an open Assistant turn, or with the last assistant message as
+    a prefill. The system prompt goes before the first Human turn. Of content given as blocks
+    only the text blocks count, joined with nothing between them (as the model reads them).
+    Raises ``ValueError`` for a role other than user or assistant.
+    """
+    system = item.system or ""
+    messages = item.messages
+    if len(messages) == 1 and messages[0].get("role") == "user":
+        text = _text_of(messages[0].get("content"))
+        if text.startswith(HUMAN):
+            return system + text
+        return f"{system}{HUMAN} {text}{ASSISTANT}"
+    turns = [system]
+    for message in messages:
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise ValueError(f"message role must be 'user' or 'assistant', not {role!r}")
+        text = _text_of(message.get("content"))
+        turns.append((HUMAN if role == "user" else ASSISTANT) + (f" {text}" if text else ""))
+    if not messages or messages[-1].get("role") != "assistant":
+        turns.append(ASSISTANT)
+    return "".join(turns)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            block["text"]
+            for block in content
+            if isinstance(block, dict)
+            and block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+        )
+    return "" if content is None else str(content)
+
+
+def validate_complete_prompt(prompt: str) -> str | None:
+    """What is wrong with a legacy ``prompt``, in words, or ``None`` when the API accepts it.
+
+    The rule: an optional system text, then a ``\\n\\nHuman:`` turn, and a ``\\n\\nAssistant:``
+    turn last (an open one, or a prefill with text after it).
+    """
+    first_human = prompt.find(HUMAN)
+    if first_human < 0:
+        return r'prompt must contain a "\n\nHuman:" turn'
+    first_assistant = prompt.find(ASSISTANT)
+    if first_assistant < 0:
+        return r'prompt must end with a "\n\nAssistant:" turn'
+    if first_assistant < first_human:
+        return r'prompt must have its first "\n\nHuman:" turn before any "\n\nAssistant:" turn'
+    if prompt.rfind(HUMAN) > prompt.rfind(ASSISTANT):
+        return r'prompt must end with a "\n\nAssistant:" turn, not a "\n\nHuman:" turn'
+    return None
+
+
+class Fold(Protocol):
+    """Consumes one attempt's events; ``result()`` once the stream has ended."""
+
+    done: bool
+    output_tokens_seen: int | None
+
+    def feed(self, event: ServerSentEvent) -> bool:
+        """Take one event; ``True`` iff it carried model output (for ttft and chunk times)."""
+        ...
+
+    def result(self) -> Completion:
+        """The completion; ``RetryableError("stream_error")`` if the final event never came."""
+        ...
+
+
+def new_fold(api: Api) -> Fold:
+    """A fresh fold for one attempt at ``api``."""
+    if api == "messages":
+        return MessagesFold()
+    if api == "complete":
+        return CompleteFold()
+    assert_never(api)
+
+
+def _stream_error(message: str) -> RetryableError:
+    return RetryableError("stream_error", message[:_MAX_MESSAGE])
+
+
+def _payload(name: str, data: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise _stream_error(f"{name} event data is not JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise _stream_error(f"{name} event data is a JSON {type(payload).__name__}, not an object")
+    return payload
+
+
+def _error_from(payload: dict[str, Any]) -> AttemptError:
+    """The error an ``error`` event announces; ``error.type`` missing counts as ``api_error``."""
+    error = payload.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    error_type = error.get("type")
+    message = error.get("message")
+    return api_error(
+        error_type if isinstance(error_type, str) and error_type else "api_error",
+        (message if isinstance(message, str) else "error event in the stream")[:_MAX_MESSAGE],
+    )
+
+
+def _int(obj: Any, key: str) -> int | None:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(obj: Any, key: str) -> str | None:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
+
+
+class _FoldBase:
+    """Dispatch shared by both folds: event name to handler, JSON parsing, error tagging."""
+
+    _events: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self) -> None:
+        self.done = False
+        self.output_tokens_seen: int | None = 0
+
+    def feed(self, event: ServerSentEvent) -> bool:
+        if self.done:
+            return False  # the server closes after its final event; anything later is noise
+        name = event.event
+        try:
+            if name in self._events:
+                payload = _payload(name, event.data)
+            elif name == "message":
+                # No `event:` line: fall back on the payload's own "type", if it has one.
+                try:
+                    payload = json.loads(event.data)
+                except ValueError:
+                    return False
+                if not isinstance(payload, dict) or payload.get("type") not in self._events:
+                    return False
+                name = payload["type"]
+            else:
+                return False  # ping, and event types newer than this code
+            if name == "error":
+                raise _error_from(payload)
+            return self._handle(name, payload)
+        except AttemptError as exc:
+            exc.output_tokens_seen = self.output_tokens_seen
+            raise
+
+    def _handle(self, name: str, payload: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def _incomplete(self, what: str) -> RetryableError:
+        exc = _stream_error(f"the stream ended before its final event ({what})")
+        exc.output_tokens_seen = self.output_tokens_seen
+        return exc
+
+
+@dataclass(slots=True)
+class _Block:
+    """One content block: as ``content_block_start`` sent it, plus its deltas so far."""
+
+    data: dict[str, Any]
+    appended: dict[str, list[str]] = field(default_factory=dict)  # text/thinking fragments
+    json_parts: list[str] | None = None  # input_json_delta fragments
+
+    def append(self, key: str, fragment: str) -> None:
+        parts = self.appended.get(key)
+        if parts is None:
+            start = self.data.get(key)
+            parts = self.appended[key] = [start] if isinstance(start, str) else []
+        parts.append(fragment)
+
+    def final(self) -> dict[str, Any]:
+        """The block as a non-streaming response holds it."""
+        block = dict(self.data)
+        for key, parts in self.appended.items():
+            block[key] = "".join(parts)
+        if self.json_parts is not None:
+            raw = "".join(self.json_parts)
+            try:
+                block["input"] = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                # Cut off mid-input (max_tokens): keep what came, unparsed, rather than fail.
+                block["input"] = {}
+                block["partial_json"] = raw
+        return block
+
+
+class MessagesFold(_FoldBase):
+    """Folds a Messages stream (``message_start`` ... ``message_stop``) into a Completion.
+
+    Every ``content_block_delta`` is model output except ``signature_delta``, which is a
+    verification token the server attaches to a thinking block, not something the model wrote;
+    delta types unknown to this code count as output, since new ones have so far always been.
+    Unknown delta types merge their fields (all but ``type``) into the block, replacing what the
+    block had: ``compaction_delta`` fills in the compaction block's ``content`` and
+    ``encrypted_content`` this way. Usage counts are cumulative: the last value wins.
+    """
+
+    _events = frozenset(
+        {
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+            "error",
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blocks: dict[int, _Block] = {}
+        self._deltas = 0
+        self._usage_seen = False  # message_start's output_tokens is a placeholder; this is not
+        self._id: str | None = None
+        self._model: str | None = None
+        self._input_tokens: int | None = None
+        self._output_tokens: int | None = None
+        self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
+
+    def _handle(self, name: str, payload: dict[str, Any]) -> bool:
+        if name == "content_block_delta":
+            return self._delta(payload)
+        if name == "content_block_start":
+            index, block = payload.get("index"), payload.get("content_block")
+            if not isinstance(index, int) or not isinstance(block, dict):
+                raise _stream_error("content_block_start without an index and a content_block")
+            self._blocks[index] = _Block(block)
+        elif name == "message_start":
+            message = payload.get("message")
+            if not isinstance(message, dict):
+                raise _stream_error("message_start without a message object")
+            self._id, self._model = _str(message, "id"), _str(message, "model")
+            self._usage(message.get("usage"))
+        elif name == "message_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict):
+                if "stop_reason" in delta:
+                    self._stop_reason = _str(delta, "stop_reason")
+                if "stop_sequence" in delta:
+                    self._stop_sequence = _str(delta, "stop_sequence")
+            if self._usage(payload.get("usage")):
+                self._usage_seen = True
+                self.output_tokens_seen = self._output_tokens
+        elif name == "message_stop":
+            self.done = True
+        return False  # content_block_stop needs nothing: input JSON is parsed in result()
+
+    def _usage(self, usage: Any) -> bool:
+        """Keep the last counts sent; ``True`` iff this carried output_tokens."""
+        input_tokens, output_tokens = _int(usage, "input_tokens"), _int(usage, "output_tokens")
+        if input_tokens is not None:
+            self._input_tokens = input_tokens
+        if output_tokens is not None:
+            self._output_tokens = output_tokens
+        return output_tokens is not None
+
+    def _delta(self, payload: dict[str, Any]) -> bool:
+        index, delta = payload.get("index"), payload.get("delta")
+        block = self._blocks.get(index) if isinstance(index, int) else None
+        if block is None or not isinstance(delta, dict):
+            raise _stream_error("content_block_delta for a block that never started")
+        kind = delta.get("type")
+        if kind == "signature_delta":
+            block.data["signature"] = _required_str(delta, "signature", kind)
+            return False
+        if kind == "text_delta":
+            block.append("text", _required_str(delta, "text", kind))
+        elif kind == "thinking_delta":
+            block.append("thinking", _required_str(delta, "thinking", kind))
+        elif kind == "input_json_delta":
+            if block.json_parts is None:
+                block.json_parts = []
+            block.json_parts.append(_required_str(delta, "partial_json", kind))
+        elif kind == "citations_delta":
+            citations = block.data.get("citations")
+            block.data["citations"] = [*(citations or ()), delta.get("citation")]
+        else:
+            block.data.update((k, v) for k, v in delta.items() if k != "type")
+        self._deltas += 1
+        if not self._usage_seen:
+            self.output_tokens_seen = self._deltas
+        return True
+
+    def result(self) -> Completion:
+        if not self.done:
+            raise self._incomplete("no message_stop")
+        blocks = [self._blocks[index].final() for index in sorted(self._blocks)]
+        text = "".join(
+            b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)
+        )
+        return Completion(
+            text=text,
+            stop_reason=self._stop_reason,
+            stop_sequence=self._stop_sequence,
+            content_json=json.dumps(blocks, ensure_ascii=False, separators=(",", ":")),
+            input_tokens=self._input_tokens,
+            output_tokens=self._output_tokens,
+            response_id=self._id,
+            response_model=self._model,
+        )
+
+
+def _required_str(delta: dict[str, Any], key: str, kind: str) -> str:
+    value = delta.get(key)
+    if not isinstance(value, str):
+        raise _stream_error(f"{kind} without a string {key!r}")
+    return value
+
+
+class CompleteFold(_FoldBase):
+    """Folds a legacy Text Completions stream into a Completion.
+
+    The stream has no final event of its own: the ``completion`` event whose ``stop_reason`` is
+    not null is the last one. A fragment is output only when it has text. No usage is sent, so
+    ``output_tokens_seen`` counts fragments and the token columns stay ``None``.
+    """
+
+    _events = frozenset({"completion", "error"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[str] = []
+        self._id: str | None = None
+        self._model: str | None = None
+        self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
+
+    def _handle(self, name: str, payload: dict[str, Any]) -> bool:
+        fragment = payload.get("completion", "")
+        if not isinstance(fragment, str):
+            raise _stream_error("completion event whose 'completion' is not a string")
+        self._model = _str(payload, "model") or self._model
+        self._id = _str(payload, "id") or self._id
+        stop_reason = _str(payload, "stop_reason")
+        if stop_reason is not None:
+            self._stop_reason = stop_reason
+            self._stop_sequence = _str(payload, "stop")
+            self.done = True
+        if not fragment:
+            return False
+        self._parts.append(fragment)
+        self.output_tokens_seen = len(self._parts)
+        return True
+
+    def result(self) -> Completion:
+        if not self.done:
+            raise self._incomplete("no completion event with a stop_reason")
+        return Completion(
+            text="".join(self._parts),
+            stop_reason=self._stop_reason,
+            stop_sequence=self._stop_sequence,
+            response_id=self._id,
+            response_model=self._model,
+        )

@@ -1,0 +1,189 @@
+"""The command line: argv → job → run → exit code. No logic of its own.
+
+``batchrun JOB.yaml`` runs a job; ``validate``, ``sim`` and the other subcommands are words
+before the job file. Errors the user can fix are one paragraph on stderr with exit 2 (a
+traceback only with ``--debug``); stdout carries only what a command is asked to print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from batchrun import __version__
+from batchrun.errors import JobError
+
+__all__ = ["main"]
+
+EXIT_INVALID = 2
+
+_OVERVIEW = """\
+commands:
+  batchrun JOB.yaml [options]      run the job (resumes an earlier run in the same folder)
+  batchrun validate JOB.yaml       check the job file and its input; sends nothing
+  batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
+
+exit codes: 0 every row ok; 1 some rows ended in error; 2 the job or its input is invalid;
+3 aborted by an error no retry can fix (bad key, permission, unknown model, spending limit);
+130/143 interrupted by SIGINT/SIGTERM (finished rows are on disk; run again to resume).
+"""
+
+
+def _job_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", metavar="JOB.yaml", help="the job file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key by its dotted path (value parsed as YAML); "
+        "repeatable, e.g. --set limits.concurrency=64",
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="only the first N input rows (a smoke run)"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun",
+        description="Run a prompt set through Anthropic's streaming APIs into Parquet.",
+        epilog=_OVERVIEW,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _job_args(parser)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore earlier results in the run folder and start over",
+    )
+    parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
+    return parser
+
+
+def _validate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun validate",
+        description="Check a job file and its input without sending anything. "
+        "Prints a summary on stdout; exit 0 when valid, 2 when not.",
+    )
+    _job_args(parser)
+    return parser
+
+
+def _sim_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun sim",
+        description="Serve the built-in simulator of the Anthropic API (Messages and legacy "
+        "Text Completions, streaming) until interrupted. Point a job at it with "
+        "--set endpoint.base_url=http://127.0.0.1:PORT.",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
+    parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    parser.add_argument(
+        "--job",
+        metavar="JOB.yaml",
+        help="take the simulator's settings from this job file's sim: section",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the generated text")
+    parser.add_argument("--ttft-s", type=float, help="time to first token, seconds")
+    parser.add_argument("--token-interval-s", type=float, help="time between tokens, seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args and args[0] in ("validate", "sim") else "run"
+    from batchrun.telemetry import configure_logging
+
+    configure_logging()
+    debug = "--debug" in args
+    try:
+        if command == "sim":
+            return _sim(_sim_parser().parse_args(args))
+        if command == "validate":
+            return _validate(_validate_parser().parse_args(args))
+        return _run(_run_parser().parse_args(args))
+    except JobError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"batchrun: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from batchrun.inputs import check_input
+    from batchrun.job import load_job
+
+    job = load_job(ns.job, ns.overrides)
+    summary = check_input(job, limit=ns.limit)
+    print(
+        f"{ns.job}: valid. {summary.rows} input rows, {summary.requests} requests "
+        f"({job.request.api} API, model {job.request.model}, {job.request.samples} "
+        f"sample(s) per row), endpoint {job.endpoint.base_url}"
+    )
+    return 0
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from batchrun.job import load_job
+    from batchrun.runner import run_job
+
+    job = load_job(ns.job, ns.overrides)
+    outcome = asyncio.run(run_job(job, limit=ns.limit, fresh=ns.fresh))
+    ok, error = outcome.counts.get("ok", 0), outcome.counts.get("error", 0)
+    line = (
+        f"batchrun: {outcome.status}: {ok} ok, {error} error; "
+        f"results in {outcome.run_dir / 'results.parquet'}"
+    )
+    if outcome.message:
+        line += f"\nbatchrun: {outcome.message}"
+    print(line, file=sys.stderr)
+    return outcome.exit_code
+
+
+def _sim(ns: argparse.Namespace) -> int:
+    from batchrun.sim import serve
+    from batchrun.sim.config import SimConfig
+
+    config = SimConfig()
+    if ns.job:
+        from batchrun.job import load_job
+
+        config = load_job(ns.job).sim
+    changes = {
+        key: value
+        for key, value in (
+            ("seed", ns.seed),
+            ("ttft_s", ns.ttft_s),
+            ("token_interval_s", ns.token_interval_s),
+        )
+        if value is not None
+    }
+    config = SimConfig.model_validate({**config.model_dump(), **changes})
+    print(f"batchrun sim: serving on http://{ns.host}:{ns.port} (Ctrl-C to stop)", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, host=ns.host, port=ns.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Stage 3: one streamed attempt over httpx, timed with a monotonic clock.
+
+Sends one request, reads its event stream to the final event and folds it into a
+:class:`~batchrun.records.Completion`, noting when every content delta arrived. Every failure
+leaves as an :class:`~batchrun.errors.AttemptError`: httpx's exceptions are translated here and
+nowhere else. This module does not retry, wait for budgets or write anything: the runner does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from batchrun import apis
+from batchrun.errors import AttemptError, RetryableError, api_error
+from batchrun.records import Completion
+from batchrun.sse import SSEDecoder
+
+__all__ = ["Attempt", "Clock", "stream_attempt"]
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Monotonic time for durations, and wall time derived from it for timestamps.
+
+    Deriving timestamps from one monotonic reading keeps them consistent with the durations
+    beside them, whatever the wall clock does during a run.
+    """
+
+    monotonic: Callable[[], float] = time.perf_counter
+    origin_mono: float = field(default_factory=time.perf_counter)
+    origin_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def now(self) -> float:
+        return self.monotonic()
+
+    def wall(self, mono: float) -> datetime:
+        return self.origin_wall + timedelta(seconds=mono - self.origin_mono)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one attempt did, successful or not: the raw material of both Parquet tables."""
+
+    sent_at: float = 0.0
+    ended_at: float = 0.0
+    http_status: int | None = None
+    request_id: str | None = None
+    chunk_offsets: list[float] = field(default_factory=list)
+    completion: Completion | None = None
+    error: AttemptError | None = None
+    output_tokens_seen: int | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.chunk_offsets[0] if self.chunk_offsets else None
+
+    @property
+    def e2e_s(self) -> float:
+        return self.ended_at - self.sent_at
+
+
+async def stream_attempt(
+    client: httpx.AsyncClient,
+    api: apis.Api,
+    body: dict[str, Any],
+    *,
+    total_s: float,
+    clock: Clock,
+) -> Attempt:
+    """Send ``body`` once and read the stream to its end; never raises for the attempt's failure.
+
+    The outcome is in the returned :class:`Attempt`: ``completion`` on success, ``error`` (an
+    :class:`AttemptError`) otherwise. Connect and idle timeouts are the client's; ``total_s``
+    bounds the whole attempt, headers and body together.
+    """
+    attempt = Attempt(sent_at=clock.now())
+    fold = apis.new_fold(api)
+    try:
+        async with asyncio.timeout(total_s):
+            await _read(client, api, body, attempt, fold, clock)
+        attempt.completion = fold.result()
+    except AttemptError as exc:
+        attempt.error = exc
+    except TimeoutError as exc:
+        attempt.error = RetryableError("timeout", f"attempt exceeded total_s={total_s:g}s")
+        attempt.error.__cause__ = exc
+    except httpx.TimeoutException as exc:
+        attempt.error = RetryableError("timeout", _timeout_message(exc))
+        attempt.error.__cause__ = exc
+    except httpx.HTTPError as exc:
+        # Connection refused or reset, a peer that closed mid-body, a protocol violation.
+        attempt.error = RetryableError("connection_error", f"{type(exc).__name__}: {exc}".strip())
+        attempt.error.__cause__ = exc
+    attempt.ended_at = clock.now()
+    attempt.output_tokens_seen = fold.output_tokens_seen
+    if attempt.error is not None:
+        if attempt.error.http_status is None:
+            attempt.error.http_status = attempt.http_status
+        if attempt.error.request_id is None:
+            attempt.error.request_id = attempt.request_id
+        attempt.error.output_tokens_seen = fold.output_tokens_seen
+        attempt.error.ttft_s = attempt.ttft_s
+    return attempt
+
+
+async def _read(
+    client: httpx.AsyncClient,
+    api: apis.Api,
+    body: dict[str, Any],
+    attempt: Attempt,
+    fold: apis.Fold,
+    clock: Clock,
+) -> None:
+    async with client.stream("POST", apis.request_path(api), json=body) as response:
+        attempt.http_status = response.status_code
+        attempt.request_id = response.headers.get("request-id")
+        if response.status_code != 200:
+            raise await _http_error(response)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            raise RetryableError(
+                "stream_error", f"expected an event stream, got content-type {content_type!r}"
+            )
+        decoder = SSEDecoder()
+        sent_at = attempt.sent_at
+        offsets = attempt.chunk_offsets
+        async for chunk in response.aiter_bytes():
+            for event in decoder.feed(chunk):
+                if fold.feed(event):
+                    offsets.append(clock.now() - sent_at)
+            if fold.done:
+                break
+        if not fold.done:
+            for event in decoder.flush():
+                if fold.feed(event):
+                    offsets.append(clock.now() - sent_at)
+
+
+async def _http_error(response: httpx.Response) -> AttemptError:
+    """Translate a non-200 response into the error the API meant."""
+    raw = b""
+    async for chunk in response.aiter_bytes():
+        raw += chunk
+        if len(raw) > _MAX_ERROR_BODY:
+            break
+    status = response.status_code
+    error_type, message = _error_body(raw, status, response.reason_phrase)
+    should_retry = {"true": True, "false": False}.get(
+        response.headers.get("x-should-retry", "").lower()
+    )
+    return api_error(
+        error_type,
+        message,
+        http_status=status,
+        request_id=response.headers.get("request-id"),
+        retry_after=parse_retry_after(response.headers),
+        should_retry=should_retry,
+    )
+
+
+def _error_body(raw: bytes, status: int, reason: str) -> tuple[str, str]:
+    """The API's ``error.type`` and ``error.message``, or a stand-in for a body from a proxy."""
+    try:
+        payload = json.loads(raw)
+        error = payload["error"]
+        return str(error["type"]), str(error.get("message", ""))[:500]
+    except (ValueError, KeyError, TypeError):
+        text = raw.decode("utf-8", "replace").strip()
+        snippet = " ".join(text.split())[:200]
+        return "http_error", f"HTTP {status} {reason}" + (f": {snippet}" if snippet else "")
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, or ``retry-after`` as seconds
+    or an HTTP date. ``None`` when absent or unreadable."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _timeout_message(exc: httpx.TimeoutException) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect timed out"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "stream idle: no data within timeouts.idle_s"
+    return f"{type(exc).__name__}"

@@ -1,0 +1,96 @@
+"""Progress of a run: a live line on a terminal, periodic log lines elsewhere (cron).
+
+Counts only; it never decides anything. The runner calls ``update`` as requests finish and
+``retry`` as attempts fail; ``start``/``stop`` bracket the run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import structlog
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+__all__ = ["Progress"]
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Progress:
+    """Counters of a run and their display."""
+
+    total: int
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    log_every_s: float = 10.0
+    ok: int = 0
+    error: int = 0
+    retries: int = 0
+    output_tokens: int = 0
+    _started: float = field(default_factory=time.perf_counter)
+    _last_log: float = 0.0
+    _live: Live | None = None
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.error
+
+    def start(self) -> None:
+        self._started = self._last_log = time.perf_counter()
+        if self.stream.isatty():
+            console = Console(file=self.stream)
+            self._live = Live(self._render(), console=console, refresh_per_second=4)
+            self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.stop()
+            self._live = None
+
+    def retry(self) -> None:
+        self.retries += 1
+
+    def update(self, *, ok: bool, output_tokens: int | None) -> None:
+        if ok:
+            self.ok += 1
+        else:
+            self.error += 1
+        self.output_tokens += output_tokens or 0
+        if self._live is not None:
+            self._live.update(self._render())
+            return
+        now = time.perf_counter()
+        if now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            log.info("batchrun.progress", **self.snapshot())
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        rate = self.done / elapsed
+        remaining = self.total - self.done
+        return {
+            "done": self.done,
+            "total": self.total,
+            "ok": self.ok,
+            "error": self.error,
+            "retries": self.retries,
+            "requests_per_s": round(rate, 2),
+            "output_tokens_per_s": round(self.output_tokens / elapsed, 1),
+            "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+        }
+
+    def _render(self) -> Text:
+        s = self.snapshot()
+        eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+        pct = 100 * self.done / self.total if self.total else 100.0
+        return Text(
+            f"{self.done}/{self.total} ({pct:.0f}%)  ok {self.ok}  error {self.error}  "
+            f"retries {self.retries}  {s['requests_per_s']} req/s  "
+            f"{s['output_tokens_per_s']} tok/s  ETA {eta}"
+        )

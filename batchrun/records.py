@@ -1,0 +1,48 @@
+"""The data types the pipeline's stages hand to each other.
+
+Stages meet here and nowhere else: ``inputs`` makes :class:`RequestItem`, ``apis`` folds a stream
+into a :class:`Completion`. No I/O, no behaviour beyond small derived properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Completion", "RequestItem"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestItem:
+    """One request to send: an input row's rendered conversation, for one sample.
+
+    ``messages`` is a list of ``{"role": "user" | "assistant", "content": str | list}`` as the
+    Messages API takes it; a prompt template yields one user message. ``row`` is the 0-based
+    position of the input row, for error messages.
+    """
+
+    id: str
+    sample: int
+    messages: tuple[dict[str, Any], ...]
+    system: str | None = None
+    row: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a stream that ran to its final event said.
+
+    ``text`` joins every text delta of every text block in order (the legacy API: every
+    ``completion`` fragment). ``content_json`` (Messages only) is the content blocks as a
+    non-streaming response would hold them, as JSON. Token counts are the last values the stream
+    sent; ``None`` where the API sends none (the legacy API never does).
+    """
+
+    text: str
+    stop_reason: str | None
+    stop_sequence: str | None = None
+    content_json: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    response_id: str | None = None
+    response_model: str | None = None

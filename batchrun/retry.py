@@ -1,0 +1,90 @@
+"""The retry policy: which failures earn another attempt, and how long to wait first.
+
+The retried unit is a whole attempt, "open the stream and read it to the end"; a half-read
+stream is never resumed. Only :class:`~batchrun.errors.RetryableError` is retried; a server's
+``retry-after`` is honoured (capped at ``max_backoff_s``), otherwise the wait is exponential with
+jitter between ``initial_backoff_s`` and ``max_backoff_s``. After the last attempt the original
+error surfaces, not a wrapper. This is the only module that imports tenacity; it knows nothing of
+HTTP, and its sleep is injectable so tests never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from batchrun.errors import RetryableError
+
+__all__ = ["RetryPolicy", "Sleep"]
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+OnRetry = Callable[[RetryableError, float, int], None]
+
+
+class RetryPolicy:
+    """Runs ``fn(attempt_number, backoff_s)`` until it succeeds, fails for good, or runs out.
+
+    ``attempt_number`` is 1-based; ``backoff_s`` is what was slept just before this attempt.
+    ``on_retry(error, wait_s, next_attempt)`` is told of each retry before the wait.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int,
+        initial_backoff_s: float,
+        max_backoff_s: float,
+        sleep: Sleep = asyncio.sleep,
+        on_retry: OnRetry | None = None,
+    ) -> None:
+        self.max_attempts = max_attempts
+        self.max_backoff_s = max_backoff_s
+        self._jittered = wait_random_exponential(
+            multiplier=initial_backoff_s, min=initial_backoff_s, max=max_backoff_s
+        )
+        self._sleep = sleep
+        self._on_retry = on_retry
+
+    def wait_s(self, state: RetryCallState) -> float:
+        """The wait before the next attempt: ``retry-after`` if the server gave one."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_backoff_s)
+        return float(self._jittered(state))
+
+    async def call(self, fn: Callable[[int, float], Awaitable[T]]) -> T:
+        slept = 0.0
+
+        async def sleep(seconds: float) -> None:
+            nonlocal slept
+            slept = seconds
+            await self._sleep(seconds)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if self._on_retry is not None and isinstance(exc, RetryableError):
+                wait = state.next_action.sleep if state.next_action else 0.0
+                self._on_retry(exc, wait, state.attempt_number + 1)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            retry=retry_if_exception_type(RetryableError),
+            wait=self.wait_s,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await fn(attempt.retry_state.attempt_number, slept)
+        raise AssertionError("unreachable: tenacity either returns or reraises")

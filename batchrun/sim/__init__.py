@@ -1,0 +1,27 @@
+"""The built-in simulator of the Anthropic API: a real HTTP server on loopback.
+
+It speaks the Messages and legacy Complete APIs (streaming and not), validates requests as the
+API does, writes deterministic text on a configurable schedule and injects the faults that
+:class:`SimConfig` asks for. Modules, in request order: ``server`` (routes) → ``validate`` →
+``faults`` → ``text`` (the model) → ``events`` (wire bytes) → ``stream`` (timing); ``responses``
+holds the API's error shapes, ``stats`` what happened, ``background`` the thread runner.
+It must not import batchrun's client side: the simulator is an independent party.
+"""
+
+from __future__ import annotations
+
+from batchrun.sim.background import SimServer
+from batchrun.sim.config import Fault, FaultKind, SimConfig
+from batchrun.sim.server import create_app, serve
+from batchrun.sim.stats import SimStats, StreamTiming
+
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "SimConfig",
+    "SimServer",
+    "SimStats",
+    "StreamTiming",
+    "create_app",
+    "serve",
+]

@@ -1,0 +1,137 @@
+"""Simulator: the deterministic "model". Request content in, tokens and a stop reason out.
+
+Pure functions, no I/O and no clock. The text is a function of the simulator's seed and the
+request's content alone (not of ``stream``, the token cap, the stop sequences or the attempt), so
+a capped or stopped reply is a prefix of the uncapped one, and a retried request gets the same
+reply. It must not know about HTTP or SSE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Reply", "content_key", "estimate_tokens", "generate"]
+
+# Fields that cut or transport the reply but do not change what the "model" would say.
+_NOT_CONTENT = frozenset({"stream", "max_tokens", "max_tokens_to_sample", "stop_sequences"})
+
+# Function words come up often, so that a test can stop on one (" the", " of") deterministically.
+# (Word lists read better as prose, hence str.split.)
+_COMMON = (  # noqa: SIM905
+    "the the the of of and and to to a a in is that it for with as on was be by this are or at "
+    "from not but we which can have an they their has more one all when will there its"
+).split()
+_CONTENT = (  # noqa: SIM905
+    "model system river window garden signal market history theory language morning question "
+    "answer problem method result simple quiet bright careful ancient modern common early "
+    "distant gentle heavy honest local narrow patient rapid rough silent steady strange "
+    "useful warm wide young building city country data evening forest friend island journey "
+    "kitchen letter machine memory mountain music number ocean paper picture planet pattern "
+    "process reason record season shadow story stream table teacher thought value village voice "
+    "water weather winter world writer explain consider describe follow include measure notice "
+    "offer prepare remember suggest understand carry change choose gather imagine improve "
+    "observe produce return travel usually often perhaps quickly slowly together nearly rather "
+    "almost simply clearly indeed however therefore meanwhile"
+).split()
+_ENDINGS = (".", ".", ".", ".", "!", "?")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the model says: the tokens in order (joined, the text) and why it stopped."""
+
+    tokens: tuple[str, ...]
+    stop_reason: str
+    stop_sequence: str | None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+def content_key(body: dict[str, Any]) -> bytes:
+    """A digest of the request's content: the body without the fields that only cut or carry it."""
+    content = {k: v for k, v in body.items() if k not in _NOT_CONTENT}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def estimate_tokens(chars: int) -> int:
+    """A cheap input token count: about four characters a token, at least one."""
+    return max(1, math.ceil(chars / 4))
+
+
+def _words(rng: random.Random) -> Iterator[str]:
+    """Endless English-looking tokens, each word with its leading space, punctuation bare."""
+    while True:
+        length = rng.randint(4, 16)
+        for i in range(length):
+            word = rng.choice(_COMMON) if rng.random() < 0.45 else rng.choice(_CONTENT)
+            yield " " + (word.capitalize() if i == 0 else word)
+            if 0 < i < length - 1 and rng.random() < 0.08:
+                yield ","
+        yield rng.choice(_ENDINGS)
+
+
+def generate(
+    seed: int,
+    key: bytes,
+    *,
+    min_tokens: int,
+    max_tokens: int,
+    cap: int,
+    stop_sequences: Sequence[str] = (),
+    natural_stop: str = "end_turn",
+    leading_space: bool = False,
+) -> Reply:
+    """The reply to the request whose :func:`content_key` is ``key``.
+
+    Its natural length is drawn in [min_tokens, max_tokens]; ``cap`` (the request's max_tokens)
+    cuts it with ``max_tokens``; the first stop sequence the text would contain cuts it just
+    before that sequence with ``stop_sequence``. ``leading_space`` keeps the space before the
+    first word, as the legacy API does; the Messages API starts with the bare word.
+    """
+    rng = random.Random(int.from_bytes(hashlib.sha256(b"%d:" % seed + key).digest()[:16]))
+    natural = rng.randint(min_tokens, max(min_tokens, max_tokens))
+    words = _words(rng)
+    tokens = [next(words) for _ in range(natural)]
+    if tokens[-1] not in _ENDINGS:
+        tokens[-1] = "."
+    if not leading_space:
+        tokens[0] = tokens[0].lstrip()
+    shown = tokens[:cap]
+    stop_reason = natural_stop if natural <= cap else "max_tokens"
+    return _apply_stops(shown, stop_reason, [s for s in stop_sequences if s])
+
+
+def _apply_stops(tokens: list[str], stop_reason: str, stops: list[str]) -> Reply:
+    """Cut ``tokens`` before the first stop sequence that their text completes, if any."""
+    text = ""
+    for n, token in enumerate(tokens):
+        start = max(0, len(text) - max((len(s) for s in stops), default=0))
+        text += token
+        hits = [(i, s) for s in stops if (i := text.find(s, start)) >= 0]
+        if hits:
+            cut, stop = min(hits)
+            return Reply(_cut(tokens[: n + 1], cut), "stop_sequence", stop)
+    return Reply(tuple(tokens), stop_reason, None)
+
+
+def _cut(tokens: list[str], length: int) -> tuple[str, ...]:
+    """The tokens whose joined text is the first ``length`` characters (the last one may be cut)."""
+    out: list[str] = []
+    size = 0
+    for token in tokens:
+        if size + len(token) >= length:
+            if length > size:
+                out.append(token[: length - size])
+            break
+        out.append(token)
+        size += len(token)
+    return tuple(out)

@@ -1,0 +1,125 @@
+"""Server-sent events: bytes in, events out, following the WHATWG parsing rules.
+
+Part of stage 3 (call): the client feeds each network chunk to :class:`SSEDecoder` and hands the
+events it returns to a fold in :mod:`batchrun.apis`. This module does no I/O, knows nothing of
+HTTP or of the Anthropic payloads, and never raises on odd input: whatever the bytes, they
+decode to some (possibly empty) list of events.
+
+Rules kept (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
+LF, CRLF and CR end lines, also when a CRLF pair is split between chunks; a leading BOM is
+dropped; ``:`` starts a comment; a line without a colon is a field with an empty value; one space
+after the colon is stripped; ``data`` lines join with ``\\n``; a blank line dispatches, unless no
+``data`` line came; ``id`` containing NUL is ignored and the last id carries over to later
+events; ``retry`` counts only when all ASCII digits; unknown fields are ignored. At the end of
+the body an unterminated event is discarded, as the standard says.
+
+``retry`` belongs to the event it arrived in (as in httpx-sse) rather than setting a
+connection-wide reconnection time: batchrun never reconnects to a stream, it retries the request.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+__all__ = ["SSEDecoder", "ServerSentEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    """One dispatched event. ``id`` is the last event id seen so far on the stream."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental decoder: feed chunks split anywhere, get the events they complete."""
+
+    __slots__ = ("_data", "_decoder", "_event", "_last_id", "_partial", "_retry", "_skip_lf")
+
+    def __init__(self) -> None:
+        # utf-8-sig drops one BOM at the start of the stream, even one split across chunks.
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._partial: list[str] = []  # pieces of the current, unterminated line
+        self._skip_lf = False  # the last text ended in CR: a LF starting the next is its pair
+        self._event = ""
+        self._data: list[str] = []
+        self._last_id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Decode ``chunk`` and return the events completed by it, in order."""
+        text = self._decoder.decode(chunk)
+        if not text:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+                if not text:
+                    return []
+        if "\r" in text:
+            # A CR at the very end already ends its line; remember it to swallow a LF that
+            # may open the next chunk, so that a split CRLF counts once.
+            self._skip_lf = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" not in text:
+            # Joining once per line keeps a long line that trickles in linear, not quadratic.
+            self._partial.append(text)
+            return []
+        if self._partial:
+            self._partial.append(text)
+            text = "".join(self._partial)
+            self._partial.clear()
+        lines = text.split("\n")
+        rest = lines.pop()
+        if rest:
+            self._partial.append(rest)
+        return self._lines(lines)
+
+    def flush(self) -> list[ServerSentEvent]:
+        """End of body: discard any unterminated line or event and reset. Never dispatches."""
+        self._decoder.reset()
+        self._partial.clear()
+        self._skip_lf = False
+        self._event = ""
+        self._data = []
+        self._retry = None
+        return []
+
+    def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
+        events: list[ServerSentEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(
+                        ServerSentEvent(
+                            self._event or "message", "\n".join(data), self._last_id, self._retry
+                        )
+                    )
+                    data = self._data = []
+                self._event = ""
+                self._retry = None
+                continue
+            colon = line.find(":")
+            if colon == 0:
+                continue  # a comment; servers send these as keep-alives
+            if colon < 0:
+                field, value = line, ""
+            else:
+                field = line[:colon]
+                value = line[colon + 2 :] if line.startswith(" ", colon + 1) else line[colon + 1 :]
+            if field == "data":
+                data.append(value)
+            elif field == "event":
+                self._event = value
+            elif field == "id":
+                if "\0" not in value:
+                    self._last_id = value
+            elif field == "retry" and value.isdigit() and value.isascii():
+                self._retry = int(value)
+        return events

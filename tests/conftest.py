@@ -1,0 +1,92 @@
+"""Shared test helpers: job files in a temporary folder, and the simulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batchrun.sim import SimServer
+from batchrun.sim.config import SimConfig
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain photosynthesis briefly.",
+    "Why is the sky blue?",
+    "Name three prime numbers.",
+    "What does HTTP 529 mean?",
+    "Translate 'good morning' into German.",
+    "How many legs does a spider have?",
+    "What is the boiling point of water?",
+]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+JobWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def write_job(tmp_path: Path) -> JobWriter:
+    """Write a CSV of `rows` questions and a job file over it; returns the job file's path.
+
+    The job runs fast: the simulator answers at once, backoffs are tiny, and the run folder is
+    `tmp_path/out`. `extra` is merged into the job (e.g. {"request": {"api": "complete"}}).
+    """
+
+    def write(rows: int = 6, extra: dict[str, Any] | None = None, name: str = "job") -> Path:
+        lines = ["id,question"] + [f"r{i},{QUESTIONS[i % len(QUESTIONS)]}" for i in range(rows)]
+        (tmp_path / "data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        job: dict[str, Any] = {
+            "name": name,
+            "input": {"path": "data.csv", "id_column": "id", "prompt": "{question}"},
+            "request": {"api": "messages", "model": "claude-sonnet-4-5", "max_tokens": 64},
+            "endpoint": {"base_url": "sim"},
+            "limits": {"concurrency": 4},
+            "retry": {"max_attempts": 3, "initial_backoff_s": 0.001, "max_backoff_s": 0.01},
+            "timeouts": {"connect_s": 2, "idle_s": 2, "total_s": 10},
+            "output": {"dir": "out"},
+            "telemetry": {"traces": "none"},
+            "sim": {"ttft_s": 0, "token_interval_s": 0},
+        }
+        job = deep_merge(job, extra or {})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def sim_server() -> Iterator[Callable[..., SimServer]]:
+    """Start simulators on loopback with the given settings; all are stopped after the test."""
+    started: list[SimServer] = []
+
+    def start(**config: Any) -> SimServer:
+        server = SimServer(SimConfig.model_validate({"ttft_s": 0, "token_interval_s": 0, **config}))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def no_sleep(seconds: float) -> None:
+    """An injected sleep for backoffs: yields to the loop but does not wait."""
+    await asyncio.sleep(0)

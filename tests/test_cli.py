@@ -1,0 +1,120 @@
+"""The command line as users and cron call it: a real subprocess, its stderr and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from tests.conftest import JobWriter
+
+ENV = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+
+
+def batchrun(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchrun.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        check=False,
+    )
+
+
+def test_help_explains_every_command() -> None:
+    """--help names the commands and the exit codes, on stdout, exit 0."""
+    done = batchrun("--help")
+    assert done.returncode == 0
+    for word in ("validate", "sim", "--set", "--limit", "--fresh", "130/143"):
+        assert word in done.stdout
+    for sub in ("validate", "sim"):
+        assert batchrun(sub, "--help").returncode == 0
+
+
+def test_a_run_on_the_simulator(write_job: JobWriter, tmp_path: Path) -> None:
+    """`batchrun JOB` with base_url sim needs no key, exits 0, and prints nothing on stdout."""
+    done = batchrun(write_job(rows=5))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "complete: 5 ok, 0 error" in done.stderr.splitlines()[-1]
+    assert pl.read_parquet(tmp_path / "out" / "results.parquet").height == 5
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert {"batchrun.run.started", "batchrun.run.finished"} <= {e["event"] for e in logs}
+
+
+def test_set_and_limit(write_job: JobWriter, tmp_path: Path) -> None:
+    """--set overrides a key by its dotted path; --limit keeps the first N rows."""
+    done = batchrun(
+        write_job(rows=5),
+        "--limit",
+        "2",
+        "--set",
+        "request.samples=2",
+        "--set",
+        "output.dir=elsewhere",
+    )
+    assert done.returncode == 0, done.stderr
+    assert pl.read_parquet(tmp_path / "elsewhere" / "results.parquet").height == 4
+
+
+def test_validate_sends_nothing_and_summarises(write_job: JobWriter, tmp_path: Path) -> None:
+    """validate prints a summary on stdout, exit 0, and creates no run folder."""
+    done = batchrun("validate", write_job(rows=7))
+    assert done.returncode == 0, done.stderr
+    assert "7 input rows" in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_invalid_job_is_exit_2_without_a_traceback(write_job: JobWriter, tmp_path: Path) -> None:
+    """An unknown key: exit 2, a message naming the key and a suggestion, no run folder."""
+    job = write_job()
+    job.write_text(job.read_text().replace("concurrency:", "concurency:"), encoding="utf-8")
+    for args in (("validate", job), (job,)):
+        done = batchrun(*args)
+        assert done.returncode == 2
+        assert "concurency" in done.stderr
+        assert "concurrency" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_key_for_a_real_endpoint_is_exit_2(write_job: JobWriter) -> None:
+    """Pointing at a URL without the key variable set fails before sending, naming the variable."""
+    done = batchrun(write_job(), "--set", "endpoint.base_url=http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert "ANTHROPIC_API_KEY" in done.stderr
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_resumes(write_job: JobWriter, tmp_path: Path) -> None:
+    """SIGTERM: exit 143 with the finished rows on disk; running again completes the rest."""
+    job = write_job(
+        rows=40,
+        extra={"limits": {"concurrency": 2}, "sim": {"ttft_s": 0.05, "token_interval_s": 0.002}},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun.cli", str(job)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    first = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert 0 < first.height < 40
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["status"] == "interrupted"
+    done = batchrun(job)
+    assert done.returncode == 0, done.stderr
+    final = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert final.height == 40
+    assert final["id"].n_unique() == 40

@@ -1,0 +1,145 @@
+"""The run folder: checkpoint parts, compaction, resume keys and atomic writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from batchrun.results import (
+    ATTEMPT_SCHEMA,
+    RESULT_SCHEMA,
+    ResultsWriter,
+    done_keys,
+    read_table,
+    write_json_atomic,
+)
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def _result(id_: str, sample: int = 0, status: str = "ok", **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
+    row.update(
+        run_id="r1",
+        id=id_,
+        sample=sample,
+        model="m",
+        api="messages",
+        status=status,
+        attempts=1,
+        started_at=T0,
+        finished_at=T0,
+        chunk_offsets_s=[0.1, 0.2],
+    )
+    row.update(extra)
+    return row
+
+
+def _attempt(id_: str, number: int = 1, run_id: str = "r1") -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(ATTEMPT_SCHEMA)
+    row.update(
+        run_id=run_id,
+        id=id_,
+        sample=0,
+        attempt=number,
+        outcome="ok",
+        started_at=T0,
+        finished_at=T0,
+        backoff_s=0.0,
+    )
+    return row
+
+
+def test_parts_are_written_and_compacted_with_the_contract_schema(tmp_path: Path) -> None:
+    """Rows flushed in two parts end up, once each, in final files with the exact schema."""
+    writer = ResultsWriter(tmp_path)
+    writer.add(_result("a", completion="x"), [_attempt("a")])
+    writer.flush()
+    writer.add(
+        _result("b", status="error", error_type="overloaded_error"),
+        [_attempt("b", 1), _attempt("b", 2)],
+    )
+    writer.flush()
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+        "attempts-000001.parquet",
+        "attempts-000002.parquet",
+        "results-000001.parquet",
+        "results-000002.parquet",
+    ]
+    counts = writer.finalize()
+    assert counts == {"ok": 1, "error": 1}
+    results = pl.read_parquet(tmp_path / "results.parquet")
+    assert results.schema == pl.Schema(RESULT_SCHEMA)
+    assert results["id"].to_list() == ["a", "b"]
+    assert results["started_at"][0] == T0
+    assert results["chunk_offsets_s"][0].to_list() == [0.1, 0.2]
+    attempts = pl.read_parquet(tmp_path / "attempts.parquet")
+    assert attempts.schema == pl.Schema(ATTEMPT_SCHEMA)
+    assert attempts.height == 3
+    assert list((tmp_path / "parts").iterdir()) == []
+
+
+def test_a_resumed_run_adds_to_the_final_files_without_duplicates(tmp_path: Path) -> None:
+    """Compaction merges earlier final files with new parts; a re-run row replaces its old one."""
+    first = ResultsWriter(tmp_path)
+    first.add(_result("a"), [_attempt("a")])
+    first.add(_result("b", status="error"), [_attempt("b")])
+    first.finalize()
+    assert done_keys(tmp_path) == {("a", 0), ("b", 0)}
+    second = ResultsWriter(tmp_path)
+    second.add(_result("b", run_id="r2"), [_attempt("b", run_id="r2")])
+    second.add(_result("c", run_id="r2"), [_attempt("c", run_id="r2")])
+    assert second.finalize() == {"ok": 3}
+    results = read_table(tmp_path, "results")
+    assert sorted(results["id"].to_list()) == ["a", "b", "c"]
+    assert results.filter(pl.col("id") == "b")["run_id"].to_list() == ["r2"]
+    assert pl.read_parquet(tmp_path / "attempts.parquet").height == 4
+
+
+def test_checkpoints_are_readable_before_the_end(tmp_path: Path) -> None:
+    """A run that dies after a flush leaves its finished rows readable from the parts."""
+    writer = ResultsWriter(tmp_path)
+    writer.add(_result("a"), [_attempt("a")])
+    writer.flush()
+    writer.add(_result("b"), [_attempt("b")])  # buffered only: lost with the process
+    assert done_keys(tmp_path) == {("a", 0)}
+
+
+def test_part_numbers_continue_after_a_restart(tmp_path: Path) -> None:
+    """A new writer on a folder with parts never overwrites them."""
+    ResultsWriter(tmp_path).flush()
+    writer = ResultsWriter(tmp_path)
+    writer.add(_result("a"), [])
+    writer.flush()
+    again = ResultsWriter(tmp_path)
+    again.add(_result("b"), [])
+    again.flush()
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+        "results-000001.parquet",
+        "results-000002.parquet",
+    ]
+
+
+def test_leftover_temporary_files_are_not_read(tmp_path: Path) -> None:
+    """A half-written part (a temporary name) is never taken for data."""
+    writer = ResultsWriter(tmp_path)
+    writer.add(_result("a"), [])
+    writer.flush()
+    (tmp_path / "parts" / ".results-000002.parquet.tmp").write_bytes(b"PAR1 torn")
+    assert done_keys(tmp_path) == {("a", 0)}
+
+
+def test_an_empty_run_folder_has_empty_tables(tmp_path: Path) -> None:
+    """Reading a folder with no results gives an empty table with the contract's schema."""
+    assert read_table(tmp_path, "results").schema == pl.Schema(RESULT_SCHEMA)
+    assert done_keys(tmp_path) == set()
+
+
+def test_json_is_written_atomically(tmp_path: Path) -> None:
+    """write_json_atomic leaves only the final file, with datetimes as ISO strings."""
+    write_json_atomic(tmp_path / "run.json", {"at": T0, "path": tmp_path})
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    assert '"at": "2026-01-02T03:04:05.123456+00:00"' in (tmp_path / "run.json").read_text()

@@ -1,0 +1,129 @@
+"""The retry policy: what is retried, how long it waits, what surfaces at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchrun.errors import FatalAPIError, PermanentError, RetryableError
+from batchrun.retry import RetryPolicy
+
+
+class Recorder:
+    """An injected sleep that records instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def _policy(
+    sleep: Recorder, *, max_attempts: int = 4, initial: float = 1.0, maximum: float = 8.0
+) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=max_attempts, initial_backoff_s=initial, max_backoff_s=maximum, sleep=sleep
+    )
+
+
+async def test_retryable_errors_are_retried_until_success() -> None:
+    """Two overloads then a success: three attempts, numbered, each told its backoff."""
+    sleep = Recorder()
+    calls: list[tuple[int, float]] = []
+
+    async def fn(number: int, backoff: float) -> str:
+        calls.append((number, backoff))
+        if number < 3:
+            raise RetryableError("overloaded_error", "Overloaded", http_status=529)
+        return "done"
+
+    assert await _policy(sleep).call(fn) == "done"
+    assert [n for n, _ in calls] == [1, 2, 3]
+    assert [b for _, b in calls] == [0.0, *sleep.waits]
+
+
+async def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
+    """Waits lie in [initial, min(max, initial * 2**(n-1))]; the first is exactly initial."""
+    sleep = Recorder()
+
+    async def fn(number: int, backoff: float) -> None:
+        raise RetryableError("api_error", "x", http_status=500)
+
+    with pytest.raises(RetryableError):
+        await _policy(sleep, max_attempts=6, initial=1.0, maximum=8.0).call(fn)
+    assert len(sleep.waits) == 5
+    assert sleep.waits[0] == 1.0
+    for n, wait in enumerate(sleep.waits, start=1):
+        assert 1.0 <= wait <= min(8.0, 2 ** (n - 1))
+
+
+async def test_retry_after_is_honoured_and_capped() -> None:
+    """A server's retry-after sets the wait, never above max_backoff_s."""
+    sleep = Recorder()
+    asks = iter([3.0, 100.0])
+
+    async def fn(number: int, backoff: float) -> None:
+        if number < 3:
+            raise RetryableError(
+                "rate_limit_error", "slow down", http_status=429, retry_after=next(asks)
+            )
+
+    await _policy(sleep, maximum=20.0).call(fn)
+    assert sleep.waits == [3.0, 20.0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentError("invalid_request_error", "bad", http_status=400),
+        FatalAPIError("authentication_error", "bad key", http_status=401),
+    ],
+)
+async def test_permanent_and_fatal_errors_are_not_retried(error: Exception) -> None:
+    """A 400 or a 401 fails on the first attempt, and the original error surfaces."""
+    sleep = Recorder()
+    calls = 0
+
+    async def fn(number: int, backoff: float) -> None:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    with pytest.raises(type(error)) as info:
+        await _policy(sleep).call(fn)
+    assert info.value is error
+    assert calls == 1
+    assert sleep.waits == []
+
+
+async def test_the_last_error_surfaces_unwrapped() -> None:
+    """After the last attempt the caller gets the last RetryableError itself."""
+    sleep = Recorder()
+    errors = [RetryableError("overloaded_error", f"try {i}") for i in range(3)]
+
+    async def fn(number: int, backoff: float) -> None:
+        raise errors[number - 1]
+
+    with pytest.raises(RetryableError) as info:
+        await _policy(sleep, max_attempts=3).call(fn)
+    assert info.value is errors[2]
+
+
+async def test_on_retry_hears_each_retry() -> None:
+    """on_retry is called before each wait with the error, the wait and the next attempt."""
+    sleep = Recorder()
+    heard: list[tuple[str, float, int]] = []
+
+    async def fn(number: int, backoff: float) -> None:
+        if number < 3:
+            raise RetryableError("overloaded_error", "o", retry_after=0.5)
+
+    policy = RetryPolicy(
+        max_attempts=5,
+        initial_backoff_s=1,
+        max_backoff_s=9,
+        sleep=sleep,
+        on_retry=lambda e, w, n: heard.append((e.error_type, w, n)),
+    )
+    await policy.call(fn)
+    assert heard == [("overloaded_error", 0.5, 2), ("overloaded_error", 0.5, 3)]
