@@ -11,63 +11,20 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from batchrun import apis
+from batchrun.clock import Clock
 from batchrun.errors import AttemptError, RetryableError, api_error
-from batchrun.records import Completion
+from batchrun.records import Attempt
 from batchrun.sse import SSEDecoder
 
-__all__ = ["Attempt", "Clock", "stream_attempt"]
+__all__ = ["parse_retry_after", "stream_attempt"]
 
 _MAX_ERROR_BODY = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """Monotonic time for durations, and wall time derived from it for timestamps.
-
-    Deriving timestamps from one monotonic reading keeps them consistent with the durations
-    beside them, whatever the wall clock does during a run.
-    """
-
-    monotonic: Callable[[], float] = time.perf_counter
-    origin_mono: float = field(default_factory=time.perf_counter)
-    origin_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def now(self) -> float:
-        return self.monotonic()
-
-    def wall(self, mono: float) -> datetime:
-        return self.origin_wall + timedelta(seconds=mono - self.origin_mono)
-
-
-@dataclass(slots=True)
-class Attempt:
-    """What one attempt did, successful or not: the raw material of both Parquet tables."""
-
-    sent_at: float = 0.0
-    ended_at: float = 0.0
-    http_status: int | None = None
-    request_id: str | None = None
-    chunk_offsets: list[float] = field(default_factory=list)
-    completion: Completion | None = None
-    error: AttemptError | None = None
-    output_tokens_seen: int | None = None
-
-    @property
-    def ttft_s(self) -> float | None:
-        return self.chunk_offsets[0] if self.chunk_offsets else None
-
-    @property
-    def e2e_s(self) -> float:
-        return self.ended_at - self.sent_at
 
 
 async def stream_attempt(
@@ -125,6 +82,11 @@ async def _read(
     async with client.stream("POST", apis.request_path(api), json=body) as response:
         attempt.http_status = response.status_code
         attempt.request_id = response.headers.get("request-id")
+        attempt.ratelimit_headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.startswith("anthropic-ratelimit-") or name in ("retry-after", "retry-after-ms")
+        }
         if response.status_code != 200:
             raise await _http_error(response)
         content_type = response.headers.get("content-type", "")

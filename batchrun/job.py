@@ -214,6 +214,12 @@ class LimitsConfig(_Section):
     requests_per_minute: int | None = Field(default=None, gt=0)
     input_tokens_per_minute: int | None = Field(default=None, gt=0)
     output_tokens_per_minute: int | None = Field(default=None, gt=0)
+    # Share the budgets with other batchrun runs on this host that use the same key and
+    # base URL (state under state_dir, keyed by a hash of both; never the key itself).
+    shared: bool = True
+    state_dir: str | None = None  # null: $XDG_STATE_HOME/batchrun or ~/.local/state/batchrun
+    # Count input tokens exactly with /v1/messages/count_tokens instead of estimating them.
+    exact_input_tokens: bool = False
 
 
 class RetryConfig(_Section):

@@ -6,10 +6,12 @@ into a :class:`Completion`. No I/O, no behaviour beyond small derived properties
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Completion", "RequestItem"]
+from batchrun.errors import AttemptError
+
+__all__ = ["Attempt", "Completion", "RequestItem"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +48,31 @@ class Completion:
     output_tokens: int | None = None
     response_id: str | None = None
     response_model: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one attempt did, successful or not: the raw material of both Parquet tables.
+
+    Times are monotonic clock readings; ``chunk_offsets`` are seconds after ``sent_at``.
+    ``ratelimit_headers`` holds the response's ``anthropic-ratelimit-*`` and ``retry-after``
+    headers (lower-case names), for the limiter to learn from.
+    """
+
+    sent_at: float = 0.0
+    ended_at: float = 0.0
+    http_status: int | None = None
+    request_id: str | None = None
+    chunk_offsets: list[float] = field(default_factory=list)
+    completion: Completion | None = None
+    error: AttemptError | None = None
+    output_tokens_seen: int | None = None
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.chunk_offsets[0] if self.chunk_offsets else None
+
+    @property
+    def e2e_s(self) -> float:
+        return self.ended_at - self.sent_at

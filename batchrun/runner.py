@@ -28,14 +28,15 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from batchrun import __version__, apis
-from batchrun.client import Attempt, Clock, stream_attempt
+from batchrun.client import stream_attempt
+from batchrun.clock import Clock
 from batchrun.errors import AttemptError, FatalAPIError, JobError, RetryableError
 from batchrun.inputs import InputSummary, check_input, iter_batches
 from batchrun.job import Job
 from batchrun.limits import Budget, Unlimited
 from batchrun.pool import run_pool
 from batchrun.progress import Progress
-from batchrun.records import RequestItem
+from batchrun.records import Attempt, RequestItem
 from batchrun.results import ResultsWriter, done_keys, write_json_atomic
 from batchrun.retry import RetryPolicy, Sleep
 from batchrun.sim import SimServer

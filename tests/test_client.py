@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from batchrun.client import Attempt, Clock, parse_retry_after, stream_attempt
+from batchrun.client import parse_retry_after, stream_attempt
+from batchrun.clock import Clock
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
+from batchrun.records import Attempt
 from tests.conftest import FIXTURES
 
 BODY = {

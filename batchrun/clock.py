@@ -1,0 +1,33 @@
+"""Time, injectable: a monotonic clock for durations and wall timestamps derived from it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["Clock"]
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Monotonic time for durations, and wall time derived from it for timestamps.
+
+    Deriving timestamps from one monotonic reading keeps them consistent with the durations
+    beside them, whatever the wall clock does during a run.
+    """
+
+    monotonic: Callable[[], float] = time.perf_counter
+    origin_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
+    origin_mono: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Read right after the wall clock: the two origins name the same instant.
+        object.__setattr__(self, "origin_mono", self.monotonic())
+
+    def now(self) -> float:
+        return self.monotonic()
+
+    def wall(self, mono: float) -> datetime:
+        return self.origin_wall + timedelta(seconds=mono - self.origin_mono)
