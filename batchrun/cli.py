@@ -15,17 +15,19 @@ import traceback
 from collections.abc import Sequence
 
 from batchrun import __version__
-from batchrun.errors import JobError
+from batchrun.errors import JobError, RunLockedError
 
 __all__ = ["main"]
 
 EXIT_INVALID = 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the run folder; try again later
 
 _OVERVIEW = """\
 commands:
   batchrun JOB.yaml [options]      run the job (resumes an earlier run in the same folder)
   batchrun validate JOB.yaml       check the job file and its input; sends nothing
   batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
+  batchrun report RUN_DIR [RUN_B]  summary of a run (and report.html), or two runs compared
 
 exit codes: 0 every row ok; 1 some rows ended in error; 2 the job or its input is invalid;
 3 aborted by an error no retry can fix (bad key, permission, unknown model, spending limit);
@@ -73,6 +75,19 @@ def _run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ignore earlier results in the run folder and start over",
     )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="on resume, send again the rows that ended in error",
+    )
+    parser.add_argument(
+        "--grace-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, how long requests in flight may take to finish before they "
+        "are abandoned and left for the next run (default 10)",
+    )
     parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
     return parser
 
@@ -107,9 +122,31 @@ def _sim_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun report",
+        description="Summarise a finished or partial run folder on stdout and write a "
+        "self-contained report.html (plots, slowest and failed rows) into it. With two folders, "
+        "compare them: summaries side by side with deltas, and the rows whose completion "
+        "changed (matched on id and sample). Exit 0; 2 when a folder holds no results.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run folder, or two")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
+    parser.add_argument("--no-html", action="store_true", help="do not write report.html")
+    parser.add_argument(
+        "--rows",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="slowest, failed or changed rows to list (default 20)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args.pop(0) if args and args[0] in ("validate", "sim") else "run"
+    command = args.pop(0) if args and args[0] in ("validate", "sim", "report") else "run"
     from batchrun.telemetry import configure_logging
 
     configure_logging()
@@ -119,12 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sim(_sim_parser().parse_args(args))
         if command == "validate":
             return _validate(_validate_parser().parse_args(args))
+        if command == "report":
+            return _report(_report_parser().parse_args(args))
         return _run(_run_parser().parse_args(args))
     except JobError as exc:
         if debug:
             traceback.print_exc()
         print(f"batchrun: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except RunLockedError as exc:
+        print(f"batchrun: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except KeyboardInterrupt:
         return 130
 
@@ -148,7 +190,11 @@ def _run(ns: argparse.Namespace) -> int:
     from batchrun.runner import run_job
 
     job = load_job(ns.job, ns.overrides)
-    outcome = asyncio.run(run_job(job, limit=ns.limit, fresh=ns.fresh))
+    outcome = asyncio.run(
+        run_job(
+            job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors, grace_s=ns.grace_s
+        )
+    )
     ok, error = outcome.counts.get("ok", 0), outcome.counts.get("error", 0)
     line = (
         f"batchrun: {outcome.status}: {ok} ok, {error} error; "
@@ -158,6 +204,14 @@ def _run(ns: argparse.Namespace) -> int:
         line += f"\nbatchrun: {outcome.message}"
     print(line, file=sys.stderr)
     return outcome.exit_code
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from batchrun.report import report_command
+
+    if len(ns.runs) > 2:
+        _report_parser().error("give one run folder, or two to compare")
+    return report_command(ns.runs, as_json=ns.json, html=not ns.no_html, rows=ns.rows)
 
 
 def _sim(ns: argparse.Namespace) -> int:

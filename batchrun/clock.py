@@ -31,3 +31,7 @@ class Clock:
 
     def wall(self, mono: float) -> datetime:
         return self.origin_wall + timedelta(seconds=mono - self.origin_mono)
+
+    def epoch_ns(self, mono: float) -> int:
+        """A monotonic reading as nanoseconds since the epoch (OpenTelemetry's unit)."""
+        return int(self.wall(mono).timestamp() * 1e9)

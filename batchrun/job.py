@@ -1,38 +1,30 @@
-"""The job file: its schema, ``--set`` overrides and line-aware errors. The only YAML reader.
+"""The job file's schema: every key, its default and its limits, as frozen pydantic models.
 
-Validates at the boundary, then freezes: :func:`load_job` turns a YAML file into a frozen
-:class:`Job` or raises one :class:`~batchrun.errors.JobError` listing every problem, each as
-``FILE:LINE:COL: dotted.key: message``. It must not read the input data, touch the network or
-read the API key (it only holds the name of the variable that holds it).
+Validates at the boundary, then freezes: :func:`load_job` turns a YAML file and ``--set``
+overrides into a frozen :class:`Job` or raises one :class:`~batchrun.errors.JobError` listing
+every problem as ``FILE:LINE:COL: dotted.key: message`` (the reading is
+:mod:`batchrun.jobfile`'s, the wording :mod:`batchrun.jobmessages`'). It must not read the
+input data, touch the network or read the API key (it only holds the name of the variable that
+holds it).
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
 import re
-import string
-import types
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from batchrun.errors import JobError
+from batchrun.jobfile import load_model
+from batchrun.jobmessages import looks_like_key, model_in
 from batchrun.sim.config import SimConfig
+from batchrun.templates import TemplatePart, columns_of, parse_template
 
 __all__ = [
     "EndpointConfig",
@@ -48,43 +40,10 @@ __all__ = [
     "parse_template",
 ]
 
-Loc = tuple[str | int, ...]
-TemplatePart = tuple[str, str | None]  # (literal text, column whose value follows it, or None)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_KEYS = {"endpoint.api_key_env", "sim.api_key"}  # values never echoed in messages
-
-
-def parse_template(text: str) -> tuple[TemplatePart, ...]:
-    """Split a ``{column}`` template into (literal, column) parts; ``{{`` and ``}}`` are braces.
-
-    Fields are plain column names, taken literally (``{a.b}`` is the column ``a.b``); format
-    specs and conversions are refused. Raises ``ValueError`` with a user-facing message.
-    """
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(
-            f"invalid template: {exc} (write {{{{ or }}}} for a literal brace)"
-        ) from None
-    parts: list[TemplatePart] = []
-    for literal, field, spec, conversion in parsed:
-        if field is not None and field.strip() == "":
-            raise ValueError("invalid template: empty field {}; name a column, e.g. {question}")
-        if spec or conversion:
-            raise ValueError(
-                f"invalid template: field {{{field}...}} has a format spec or conversion; "
-                "fields are plain column names"
-            )
-        if parts and parts[-1][1] is None:  # "{{" ends a literal early: join it to the next
-            literal = parts.pop()[0] + literal
-        parts.append((literal, field))
-    return tuple(parts)
-
-
-def _columns(parts: tuple[TemplatePart, ...]) -> list[str]:
-    return list(dict.fromkeys(col for _, col in parts if col is not None))
 
 
 class _Section(BaseModel):
@@ -94,7 +53,11 @@ class _Section(BaseModel):
 class InputConfig(_Section):
     """Where the rows come from and how a row becomes a conversation."""
 
-    path: str = Field(min_length=1)
+    path: str = Field(
+        min_length=1,
+        description="the .csv or .parquet file (or a glob), relative to the job file, "
+        "e.g. path: data/eval.csv",
+    )
     id_column: str | None = Field(default=None, min_length=1)  # None: the 0-based row number
     prompt: str | None = Field(default=None, min_length=1)
     system: str | None = None
@@ -127,12 +90,12 @@ class InputConfig(_Section):
     @property
     def prompt_columns(self) -> list[str]:
         """Input columns the prompt template uses, in order of first use."""
-        return _columns(self.prompt_parts)
+        return columns_of(self.prompt_parts)
 
     @property
     def system_columns(self) -> list[str]:
         """Input columns the system template uses, in order of first use."""
-        return _columns(self.system_parts or ())
+        return columns_of(self.system_parts or ())
 
     @property
     def template_columns(self) -> list[str]:
@@ -188,10 +151,11 @@ class EndpointConfig(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if value.startswith("sk-"):
+        if looks_like_key(value):
             raise ValueError(
-                "this looks like an API key itself; put the key in an environment variable "
-                "and give the variable's name here (e.g. ANTHROPIC_API_KEY)"
+                "this looks like an API key itself; never put the key in the job file or on the "
+                "command line: put it in an environment variable (export ANTHROPIC_API_KEY=...) "
+                "and give the variable's name here, e.g. api_key_env: ANTHROPIC_API_KEY"
             )
         if not _ENV_NAME.fullmatch(value):
             raise ValueError(
@@ -259,7 +223,7 @@ class OutputConfig(_Section):
             parts = parse_template(value)
         except ValueError as exc:
             raise ValueError(str(exc).replace("template", "path")) from None
-        unknown = [c for c in _columns(parts) if c not in ("name", "date")]
+        unknown = [c for c in columns_of(parts) if c not in ("name", "date")]
         if unknown:
             raise ValueError(
                 f"unknown placeholder {{{unknown[0]}}}; use only {{name}} and {{date}}"
@@ -282,8 +246,10 @@ class Job(_Section):
     ``path = <cwd>/job.yaml`` until :meth:`with_path` says otherwise.
     """
 
-    name: str
-    input: InputConfig
+    name: str = Field(description="the run's name, for its folder and traces, e.g. name: eval")
+    input: InputConfig = Field(
+        description='the rows to send, e.g. input: {path: data.csv, prompt: "{question}"}'
+    )
     request: RequestConfig = RequestConfig()
     endpoint: EndpointConfig = EndpointConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -300,7 +266,7 @@ class Job(_Section):
     def _empty_sections(cls, data: Any) -> Any:
         # `limits:` with every key commented out reads as null: it means "all defaults".
         if isinstance(data, dict):
-            sections = [k for k, f in cls.model_fields.items() if _model_in(f.annotation)]
+            sections = [k for k, f in cls.model_fields.items() if model_in(f.annotation)]
             return {k: ({} if k in sections and v is None else v) for k, v in data.items()}
         return data
 
@@ -340,15 +306,21 @@ class Job(_Section):
     def input_paths(self) -> list[Path]:
         """The input files, sorted; ``input.path`` may be a glob. None found is a JobError."""
         pattern = str(Path(self.input.path).expanduser())
+        fix = f"relative paths start at the job file's folder, {self.base_dir}; fix input.path"
         if not glob.has_magic(pattern):
             path = self.base_dir / pattern
+            if path.is_dir():
+                raise JobError(
+                    f"input.path: {self.input.path} is a folder; name a .csv or .parquet file "
+                    f"in it, or a glob such as {Path(self.input.path) / '*.csv'}"
+                )
             if not path.is_file():
-                raise JobError(f"input.path: no such file: {self.input.path}")
+                raise JobError(f"input.path: no such file: {self.input.path} ({fix})")
             return [path]
         found = glob.glob(pattern, root_dir=self.base_dir, recursive=True)
         paths = sorted(p for p in (self.base_dir / f for f in found) if p.is_file())
         if not paths:
-            raise JobError(f"input.path: no file matches {self.input.path!r}")
+            raise JobError(f"input.path: no file matches {self.input.path!r} ({fix})")
         return paths
 
     def resolved(self) -> dict[str, Any]:
@@ -359,233 +331,10 @@ class Job(_Section):
         return data
 
 
-# --- loading -------------------------------------------------------------------------------
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The model class inside an annotation such as ``Fault``, ``list[Fault]``, ``X | None``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (list, tuple, Union, types.UnionType):
-        for arg in get_args(annotation):
-            if (found := _model_in(arg)) is not None:
-                return found
-    return None
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Job
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        model = _model_in(field.annotation) if field is not None else None
-    return model
-
-
-def _dotted(loc: Loc) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
-def _unknown_key(section: Loc, key: str) -> str:
-    model = _model_at(section)
-    valid = list(model.model_fields) if model is not None else []
-    close = difflib.get_close_matches(key, valid, n=1)
-    if close:
-        return f"unknown key; did you mean {close[0]!r}?"
-    return "unknown key; valid keys here: " + ", ".join(valid)
-
-
-def _show(value: object) -> str | None:
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str | date):
-        text = repr(value if isinstance(value, str) else value.isoformat())
-        return text if len(text) <= 60 else text[:57] + "..."
-    return None
-
-
-def _describe(err: ErrorDetails) -> str:
-    loc = tuple(err["loc"])
-    kind = err["type"]
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return _unknown_key(loc[:-1], str(loc[-1]))
-    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind == "literal_error" and isinstance(err.get("input"), str):
-        options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
-        close = difflib.get_close_matches(str(err.get("input")), options, n=1)
-        if close:
-            return f"{msg} (got {err.get('input')!r}; did you mean {close[0]!r}?)"
-    shown = _show(err.get("input"))
-    if shown is None or _dotted(loc) in _SECRET_KEYS or "@" in shown or "(got" in msg:
-        return msg
-    return f"{msg} (got {shown})"
-
-
-class _Marks:
-    """Where each dotted path of a YAML document starts: its key and its value."""
-
-    def __init__(self, root: yaml.Node, problems: list[tuple[int, int, str]]) -> None:
-        self.keys: dict[Loc, yaml.Mark] = {(): root.start_mark}
-        self.values: dict[Loc, yaml.Mark] = {(): root.start_mark}
-        self.sections: set[Loc] = set()  # paths whose value is a mapping: errors point at the key
-        self._walk(root, (), problems)
-
-    def _walk(self, node: yaml.Node, loc: Loc, problems: list[tuple[int, int, str]]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            self.sections.add(loc)
-            for key_node, value_node in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-                sub = (*loc, key)
-                if sub in self.keys and key != "<<":
-                    first = self.keys[sub].line + 1
-                    mark = key_node.start_mark
-                    problems.append(
-                        (
-                            mark.line,
-                            mark.column,
-                            f"{_dotted(sub)}: duplicate key (first on line {first})",
-                        )
-                    )
-                    continue
-                self.keys[sub], self.values[sub] = key_node.start_mark, value_node.start_mark
-                self._walk(value_node, sub, problems)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.keys[(*loc, i)] = self.values[(*loc, i)] = item.start_mark
-                self._walk(item, (*loc, i), problems)
-
-    def find(self, loc: Loc, *, at_key: bool) -> yaml.Mark:
-        if loc in self.values:
-            return self.keys[loc] if at_key or loc in self.sections else self.values[loc]
-        while loc not in self.keys:  # a missing key: point at the section that lacks it
-            loc = loc[:-1]
-        return self.keys[loc]
-
-
-def _parse_override(item: str) -> tuple[Loc, object]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ValueError("expected KEY=VALUE, e.g. limits.concurrency=64")
-    loc: Loc = tuple(key.strip().split("."))
-    model: type[BaseModel] = Job
-    target: Any = None
-    for i, part in enumerate(loc):
-        if part not in model.model_fields:
-            valid = [_dotted((*loc[:i], k)) for k in model.model_fields]
-            close = difflib.get_close_matches(_dotted(loc[: i + 1]), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown key {_dotted(loc[: i + 1])!r}{hint}")
-        target = model.model_fields[str(part)].annotation
-        if i < len(loc) - 1:
-            sub = target
-            if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-                raise ValueError(f"{_dotted(loc[: i + 1])} is a value, not a section")
-            model = sub
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        if target not in (str, str | None):
-            raise ValueError(
-                f"the value is not valid YAML: {getattr(exc, 'problem', exc)}"
-            ) from None
-        value = raw
-    # A text key keeps the text as written: `input.prompt={q}` is not a mapping, `name=2024` no int.
-    if target in (str, str | None) and value is not None and not isinstance(value, str):
-        value = raw
-    return loc, value
-
-
-def _apply(data: dict[str, Any], loc: Loc, value: object) -> None:
-    node = data
-    for part in loc[:-1]:
-        child = node.get(str(part))
-        if child is None:
-            child = node[str(part)] = {}
-        if not isinstance(child, dict):
-            raise ValueError(f"{_dotted(loc[:-1])} in the job file is not a mapping")
-        node = child
-    node[str(loc[-1])] = value
-
-
-def _read(path: Path, shown: str) -> tuple[Any, _Marks, list[tuple[int, int, str]]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise JobError(f"{shown}: no such job file") from None
-    except IsADirectoryError:
-        raise JobError(f"{shown}: is a folder, not a job file") from None
-    except OSError as exc:
-        raise JobError(f"{shown}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise JobError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
-        raise JobError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise JobError(f"{shown}: YAML error: {exc}") from None
-    finally:
-        loader.dispose()
-    if node is None:
-        raise JobError(f"{shown}: the job file is empty")
-    if not isinstance(data, dict):
-        raise JobError(f"{shown}:1:1: the job file must be a mapping of keys (name, input, ...)")
-    problems: list[tuple[int, int, str]] = []
-    return data, _Marks(node, problems), problems
-
-
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
     """Read, override and validate a job file; every problem found is in one JobError.
 
     ``overrides`` are ``KEY=VALUE`` strings (``--set``): a dotted key of the schema and a YAML
     value, applied in order after the file is read.
     """
-    shown = str(path)
-    data, marks, problems = _read(Path(path), shown)
-    lines = [f"{shown}:{line + 1}:{col + 1}: {msg}" for line, col, msg in problems]
-    applied: dict[Loc, str] = {}
-    for item in overrides:
-        try:
-            loc, value = _parse_override(item)
-            _apply(data, loc, value)
-        except ValueError as exc:
-            lines.append(f"--set {_redact(item)}: {exc}")
-        else:
-            applied[loc] = item
-    try:
-        job = Job.model_validate(data)
-    except ValidationError as exc:
-        lines.extend(_report(exc, shown, marks, applied))
-    if lines:
-        raise JobError("\n".join(lines))
-    return job.with_path(path)
-
-
-def _redact(item: str) -> str:
-    key = item.partition("=")[0].strip()
-    return f"{key}=***" if key in _SECRET_KEYS else item
-
-
-def _report(exc: ValidationError, shown: str, marks: _Marks, applied: dict[Loc, str]) -> list[str]:
-    placed: list[tuple[int, int, str]] = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        line = f"{_dotted(loc) or '(top level)'}: {_describe(err)}"
-        by = [item for o, item in applied.items() if loc[: len(o)] == o]
-        if by:
-            placed.append((-1, 0, f"--set {_redact(by[-1])}: {line}"))
-        else:
-            mark = marks.find(loc, at_key=err["type"] in ("extra_forbidden", "missing"))
-            placed.append(
-                (mark.line, mark.column, f"{shown}:{mark.line + 1}:{mark.column + 1}: {line}")
-            )
-    return [msg for *_, msg in sorted(placed, key=lambda p: (p[0], p[1]))]
+    return load_model(path, Job, overrides, secret_keys=_SECRET_KEYS).with_path(path)

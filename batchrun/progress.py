@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -28,6 +29,8 @@ class Progress:
     total: int
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     log_every_s: float = 10.0
+    # The budget's effective limits and concurrency, shown beside the counts.
+    limits: Callable[[], Mapping[str, int | float | None]] = dict
     ok: int = 0
     error: int = 0
     retries: int = 0
@@ -75,6 +78,7 @@ class Progress:
         rate = self.done / elapsed
         remaining = self.total - self.done
         return {
+            **{f"limits.{k}": v for k, v in self.limits().items()},
             "done": self.done,
             "total": self.total,
             "ok": self.ok,
@@ -89,8 +93,16 @@ class Progress:
         s = self.snapshot()
         eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
         pct = 100 * self.done / self.total if self.total else 100.0
+        limits = self.limits()
+        extra = ""
+        if limits.get("concurrency") is not None:
+            extra += f"  concurrency {limits['concurrency']}/{limits.get('max_concurrency')}"
+        if limits.get("requests_per_minute"):
+            extra += f"  rpm {limits['requests_per_minute']}"
+        if limits.get("paused_s"):
+            extra += f"  paused {limits['paused_s']:.0f}s (429)"
         return Text(
             f"{self.done}/{self.total} ({pct:.0f}%)  ok {self.ok}  error {self.error}  "
             f"retries {self.retries}  {s['requests_per_s']} req/s  "
-            f"{s['output_tokens_per_s']} tok/s  ETA {eta}"
+            f"{s['output_tokens_per_s']} tok/s  ETA {eta}{extra}"
         )

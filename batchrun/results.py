@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import structlog
+
+from batchrun.clock import Clock
+from batchrun.errors import AttemptError
+from batchrun.records import Attempt, RequestItem
 
 __all__ = [
     "ATTEMPT_SCHEMA",
     "RESULT_SCHEMA",
     "ResultsWriter",
-    "done_keys",
+    "attempt_row",
     "read_table",
+    "result_row",
+    "resume_index",
     "write_json_atomic",
 ]
 
@@ -57,6 +65,9 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "output_tokens_per_s": pl.Float64,
     "chunk_offsets_s": pl.List(pl.Float64),
     "trace_id": pl.String,
+    # An addition to the contract: sha256 of the request as sent (API path and JSON body), so a
+    # resumed run can tell that the job still asks for the same thing.
+    "request_hash": pl.String,
 }
 
 ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
@@ -76,6 +87,10 @@ ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "error_message": pl.String,
 }
 
+log = structlog.get_logger()
+
+MERGE_AFTER_PARTS = 64  # small checkpoint parts per table before they are merged into one
+
 _TABLES = {"results": RESULT_SCHEMA, "attempts": ATTEMPT_SCHEMA}
 _KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "attempt"]}
 
@@ -83,11 +98,10 @@ _KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "at
 class ResultsWriter:
     """Buffers rows and writes them as checkpoint parts; compacts everything at the end."""
 
-    def __init__(self, run_dir: Path, *, flush_rows: int = 500) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.parts_dir = run_dir / "parts"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self.flush_rows = flush_rows
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
         self._seq = 1 + max((_part_seq(p) for p in self.parts_dir.glob("*.parquet")), default=0)
 
@@ -102,10 +116,7 @@ class ResultsWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._buffers["results"])
-
-    def should_flush(self) -> bool:
-        return self.pending >= self.flush_rows
+        return len(self._buffers["results"]) + len(self._buffers["attempts"])
 
     def take(self) -> dict[str, list[dict[str, Any]]]:
         """Hand over the buffered rows (to be written off the event loop by ``write_part``)."""
@@ -114,12 +125,35 @@ class ResultsWriter:
 
     def write_part(self, rows: dict[str, list[dict[str, Any]]]) -> None:
         """Write one checkpoint: attempts first, so a results part never lacks its attempts."""
-        seq = self._seq
-        self._seq += 1
+        seq = self._next_seq()
         for name in ("attempts", "results"):
             if rows[name]:
                 frame = pl.DataFrame(rows[name], schema=_TABLES[name], orient="row")
                 _write_parquet_atomic(frame, self.parts_dir / f"{name}-{seq:06d}.parquet")
+        self._merge_small_parts()
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def _merge_small_parts(self) -> None:
+        """Fold many small checkpoints into one, so frequent flushes don't pile up files.
+
+        The merged part takes a new, higher number, so the later-wins order is kept; a crash
+        between writing it and deleting the small parts only leaves duplicates, which reading
+        removes.
+        """
+        for name in ("attempts", "results"):
+            small = [p for p in self.parts_dir.glob(f"{name}-*.parquet") if ".merged" not in p.name]
+            if len(small) < MERGE_AFTER_PARTS:
+                continue
+            small.sort(key=_part_seq)
+            frame = pl.concat([pl.read_parquet(p) for p in small], how="vertical")
+            target = self.parts_dir / f"{name}-{self._next_seq():06d}.merged.parquet"
+            _write_parquet_atomic(frame, target)
+            for part in small:
+                part.unlink()
 
     def flush(self) -> None:
         self.write_part(self.take())
@@ -146,17 +180,35 @@ def read_table(run_dir: Path, name: str) -> pl.DataFrame:
     schema = _TABLES[name]
     sources = [run_dir / f"{name}.parquet"]
     sources += sorted((run_dir / "parts").glob(f"{name}-*.parquet"), key=_part_seq)
-    frames = [pl.scan_parquet(path) for path in sources if path.exists()]
+    frames = [frame for path in sources if (frame := _read_part(path, schema)) is not None]
     if not frames:
         return pl.DataFrame(schema=schema)
-    combined = pl.concat(frames, how="vertical").collect()
+    combined = pl.concat(frames, how="vertical")
     return combined.unique(subset=_KEYS[name], keep="last", maintain_order=True)
 
 
-def done_keys(run_dir: Path) -> set[tuple[str, int]]:
-    """The (id, sample) pairs that already have a result in this run folder."""
-    frame = read_table(run_dir, "results")
-    return set(zip(frame["id"].to_list(), frame["sample"].to_list(), strict=True))
+def _read_part(path: Path, schema: Mapping[str, Any]) -> pl.DataFrame | None:
+    """A part or final file, or ``None`` when it is absent or unreadable (torn by a crash)."""
+    if not path.exists():
+        return None
+    try:
+        frame = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        log.warning("batchrun.results.unreadable_part", path=str(path), error=str(exc)[:200])
+        return None
+    # Files written before a column was added lack it: add it as nulls.
+    missing = [
+        pl.lit(None, dtype=dtype).alias(col)
+        for col, dtype in schema.items()
+        if col not in frame.columns
+    ]
+    return frame.with_columns(missing).select(list(schema))
+
+
+def resume_index(run_dir: Path) -> dict[tuple[str, int], tuple[str, str | None]]:
+    """Every (id, sample) with a result in this run folder: its status and request hash."""
+    frame = read_table(run_dir, "results").select("id", "sample", "status", "request_hash")
+    return {(i, s): (st, h) for i, s, st, h in frame.iter_rows()}
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -191,4 +243,89 @@ def _write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
 
 
 def _part_seq(path: Path) -> int:
-    return int(path.stem.rsplit("-", 1)[1])
+    match = re.search(r"-(\d+)", path.name)
+    return int(match.group(1)) if match else 0
+
+
+def attempt_row(
+    run_id: str, item: RequestItem, number: int, backoff_s: float, a: Attempt, clock: Clock
+) -> dict[str, Any]:
+    """The attempts.parquet row of one attempt."""
+    err = a.error
+    return {
+        "run_id": run_id,
+        "id": item.id,
+        "sample": item.sample,
+        "attempt": number,
+        "outcome": "ok" if err is None else err.error_type,
+        "http_status": a.http_status,
+        "request_id": a.request_id,
+        "started_at": clock.wall(a.sent_at),
+        "finished_at": clock.wall(a.ended_at),
+        "backoff_s": backoff_s,
+        "ttft_s": a.ttft_s,
+        "output_tokens_seen": a.output_tokens_seen,
+        "retry_after_s": err.retry_after if err is not None else None,
+        "error_message": err.message if err is not None else None,
+    }
+
+
+def result_row(
+    *,
+    run_id: str,
+    item: RequestItem,
+    model: str,
+    api: str,
+    final: Attempt,
+    error: AttemptError | None,
+    attempts: int,
+    first_sent: float,
+    queue_s: float,
+    retry_wait_s: float,
+    trace_id: str | None,
+    request_hash: str,
+    clock: Clock,
+) -> dict[str, Any]:
+    """The results.parquet row of one request, from its last attempt; timing from the
+    successful attempt only, so a failed attempt's text or timing never leaks in."""
+    row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
+    row.update(
+        run_id=run_id,
+        id=item.id,
+        sample=item.sample,
+        model=model,
+        api=api,
+        status="ok" if error is None else "error",
+        error_type=None if error is None else error.error_type,
+        error_message=None if error is None else error.message,
+        http_status=final.http_status,
+        attempts=attempts,
+        request_id=final.request_id,
+        started_at=clock.wall(first_sent),
+        finished_at=clock.wall(final.ended_at),
+        queue_s=max(0.0, queue_s),
+        retry_wait_s=retry_wait_s,
+        trace_id=trace_id,
+        request_hash=request_hash,
+    )
+    done = final.completion
+    if error is None and done is not None:
+        offsets = final.chunk_offsets
+        out = done.output_tokens
+        e2e = final.e2e_s
+        row.update(
+            completion=done.text,
+            content_json=done.content_json,
+            stop_reason=done.stop_reason,
+            stop_sequence=done.stop_sequence,
+            input_tokens=done.input_tokens,
+            output_tokens=out,
+            ttft_s=final.ttft_s,
+            e2e_s=e2e,
+            chunk_offsets_s=offsets,
+            tpot_s=(offsets[-1] - offsets[0]) / (out - 1)
+            if out is not None and out >= 2 and offsets
+            else None,
+            output_tokens_per_s=out / e2e if out is not None and e2e > 0 else None,
+        )
+    return row

@@ -2,8 +2,9 @@
 
 The retried unit is a whole attempt, "open the stream and read it to the end"; a half-read
 stream is never resumed. Only :class:`~batchrun.errors.RetryableError` is retried; a server's
-``retry-after`` is honoured (capped at ``max_backoff_s``), otherwise the wait is exponential with
-jitter between ``initial_backoff_s`` and ``max_backoff_s``. After the last attempt the original
+``retry-after`` is honoured (one longer than ``max_backoff_s`` ends the request instead of
+hanging it), otherwise the wait is exponential with jitter between ``initial_backoff_s`` and
+``max_backoff_s``. After the last attempt the original
 error surfaces, not a wrapper. This is the only module that imports tenacity; it knows nothing of
 HTTP, and its sleep is injectable so tests never wait.
 """
@@ -17,7 +18,7 @@ from typing import TypeVar
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -55,11 +56,18 @@ class RetryPolicy:
         self._sleep = sleep
         self._on_retry = on_retry
 
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        """Retryable, unless the server asks for a longer wait than the job allows: then the
+        request ends now with that error rather than hanging."""
+        if not isinstance(exc, RetryableError):
+            return False
+        return exc.retry_after is None or exc.retry_after <= self.max_backoff_s
+
     def wait_s(self, state: RetryCallState) -> float:
         """The wait before the next attempt: ``retry-after`` if the server gave one."""
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.max_backoff_s)
+            return exc.retry_after
         return float(self._jittered(state))
 
     async def call(self, fn: Callable[[int, float], Awaitable[T]]) -> T:
@@ -78,7 +86,7 @@ class RetryPolicy:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
-            retry=retry_if_exception_type(RetryableError),
+            retry=retry_if_exception(self._worth_retrying),
             wait=self.wait_s,
             sleep=sleep,
             before_sleep=before_sleep,

@@ -1,9 +1,9 @@
 """The composition root: wires load → schedule → call (with retries) → record for one job.
 
-``run_job`` is the only function that knows every stage. It owns the httpx client (auth headers,
-timeouts, transport), the simulator when the job asks for ``sim``, the run folder, signals and
-the exit code. Per-request failures become ``error`` rows here; only a fatal API error (exit 3),
-a signal (130/143) or an invalid job (exit 2, raised as JobError) end a run early.
+``run_job`` is the only function that knows every stage. It owns the run folder and its lock,
+the resume check, the httpx client (auth headers, timeouts, transport), the simulator when the
+job asks for ``sim``, telemetry, signals and the exit code. Requests themselves are
+``worker.process``'s; this module decides nothing about a single request.
 """
 
 from __future__ import annotations
@@ -16,39 +16,39 @@ import platform
 import secrets
 import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 import structlog
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
-from batchrun import __version__, apis
-from batchrun.client import stream_attempt
+from batchrun import __version__
 from batchrun.clock import Clock
-from batchrun.errors import AttemptError, FatalAPIError, JobError, RetryableError
+from batchrun.errors import FatalAPIError, JobError
 from batchrun.inputs import InputSummary, check_input, iter_batches
 from batchrun.job import Job
-from batchrun.limits import Budget, Unlimited
+from batchrun.limits import Budget, CountTokens, RateBudget, make_budget
 from batchrun.pool import run_pool
 from batchrun.progress import Progress
-from batchrun.records import Attempt, RequestItem
-from batchrun.results import ResultsWriter, done_keys, write_json_atomic
-from batchrun.retry import RetryPolicy, Sleep
+from batchrun.records import RequestItem
+from batchrun.results import ResultsWriter, resume_index, write_json_atomic
+from batchrun.retry import Sleep
+from batchrun.runlock import RunLock
 from batchrun.sim import SimServer
-from batchrun.telemetry import make_tracer_provider, trace_id_hex
+from batchrun.telemetry import Telemetry, setup_telemetry
+from batchrun.worker import RunContext, build_request, process
 
 __all__ = ["RunOutcome", "run_job"]
 
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_FATAL = 0, 1, 3
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-_FLUSH_EVERY_S = 2.0
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_FLUSH_EVERY_S = 0.2  # at most this much finished work is lost to a kill -9
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,29 +61,16 @@ class RunOutcome:
     exit_code: int
     status: str  # complete | aborted | interrupted
     message: str | None = None
+    sent: int = 0  # requests this run took on (the rest were already done)
 
 
 @dataclass
-class _Run:
-    """State shared by the workers of one run."""
+class _Stop:
+    """Why dispatching stopped, if it did."""
 
-    job: Job
-    run_id: str
-    client: httpx.AsyncClient
-    writer: ResultsWriter
-    policy_sleep: Sleep
-    clock: Clock
-    budget: Budget
-    progress: Progress
-    tracer: trace.Tracer
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
     fatal: FatalAPIError | None = None
-    flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def flush(self) -> None:
-        async with self.flush_lock:
-            rows = self.writer.take()
-            await asyncio.to_thread(self.writer.write_part, rows)
+    signal: signal.Signals | None = None
 
 
 async def run_job(
@@ -91,120 +78,189 @@ async def run_job(
     *,
     limit: int | None = None,
     fresh: bool = False,
+    retry_errors: bool = False,
+    grace_s: float = 10.0,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock | None = None,
     sleep: Sleep = asyncio.sleep,
     budget: Budget | None = None,
-    progress_stream: Any = None,
+    progress_stream: TextIO | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunOutcome:
     """Run ``job`` to the end (or to an abort or a signal) and return how it ended.
 
-    ``transport`` replaces httpx's network transport (tests pass the simulator's or a mock's);
-    ``clock`` and ``sleep`` make time injectable.
+    Resumes what an earlier run left in the run folder unless ``fresh``; rows that ended in
+    ``error`` are sent again only with ``retry_errors``. On SIGINT/SIGTERM no new request starts
+    and requests in flight get ``grace_s`` to finish. ``transport`` replaces httpx's network
+    transport; ``clock`` and ``sleep`` make time injectable; ``telemetry`` replaces the
+    exporters the job asks for (tests pass in-memory ones).
     """
     summary = check_input(job, limit=limit)
     clock = clock or Clock()
     started = clock.now()
     api_key = _api_key(job)
-    run_dir = job.run_dir(clock.wall(started))
-    _prepare_run_dir(run_dir, fresh=fresh)
-    done: set[tuple[str, int]] = set() if fresh else done_keys(run_dir)
-    run_id = f"{clock.wall(started):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
-    structlog.contextvars.bind_contextvars(run_id=run_id)
-    log.info(
-        "batchrun.run.started",
-        job=job.name,
-        run_dir=str(run_dir),
-        requests=summary.requests,
-        already_done=len(done),
-    )
-
-    with contextlib.ExitStack() as stack:
-        base_url = job.endpoint.base_url
-        if base_url == "sim":
-            base_url = stack.enter_context(SimServer(job.sim)).base_url
-        provider = make_tracer_provider(job.name)
-        stack.callback(provider.shutdown)
+    run_dir = _make_run_dir(job.run_dir(clock.wall(started)))
+    with RunLock(run_dir):
+        if fresh:
+            _clear(run_dir)
+        done = await asyncio.to_thread(_resume_plan, job, run_dir, limit, retry_errors)
+        run_id = f"{clock.wall(started):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+        structlog.contextvars.bind_contextvars(run_id=run_id)
         todo = summary.requests - len(done)
-        progress = Progress(total=todo, **({"stream": progress_stream} if progress_stream else {}))
-        async with _client(job, base_url, api_key, transport) as client:
-            run = _Run(
-                job=job,
-                run_id=run_id,
-                client=client,
-                writer=ResultsWriter(run_dir),
-                policy_sleep=sleep,
-                clock=clock,
-                budget=budget or Unlimited(),
-                progress=progress,
-                tracer=provider.get_tracer("batchrun"),
+        log.info(
+            "batchrun.run.started",
+            job=job.name,
+            run_dir=str(run_dir),
+            requests=summary.requests,
+            already_done=len(done),
+        )
+        stop = _Stop()
+        with contextlib.ExitStack() as stack:
+            base_url = str(job.endpoint.base_url)
+            if base_url == "sim":
+                base_url = stack.enter_context(SimServer(job.sim)).base_url
+            if telemetry is None:
+                telemetry = setup_telemetry(
+                    job.telemetry.traces, job_name=job.name, run_dir=run_dir
+                )
+                stack.callback(telemetry.shutdown)
+            else:
+                stack.callback(telemetry.flush)  # the caller's: flushed, left open
+            run_span = telemetry.tracer.start_span(
+                "batchrun.run",
+                start_time=clock.epoch_ns(started),
+                attributes={
+                    "batchrun.job": job.name,
+                    "batchrun.run_id": run_id,
+                    "batchrun.requests": summary.requests,
+                    "batchrun.already_done": len(done),
+                },
             )
-            received = await _run_pool(run, _items(job, limit, done), summary.requests)
-        counts = await asyncio.to_thread(run.writer.finalize)
-    finished = clock.now()
-    status, code, message = _ending(run, received, counts)
-    write_json_atomic(
-        run_dir / "run.json",
-        _manifest(job, run_id, clock, started, finished, status, counts, summary, message),
-    )
+            writer = ResultsWriter(run_dir)
+            async with _client(job, base_url, api_key, transport) as client:
+                if budget is None:
+                    budget = _budget(job, api_key, base_url, client)
+                progress = Progress(
+                    total=todo, stream=progress_stream or sys.stderr, limits=budget.snapshot
+                )
+
+                def on_fatal(exc: FatalAPIError) -> None:
+                    if stop.fatal is None:
+                        stop.fatal = exc
+                        log.error(
+                            "batchrun.run.aborting",
+                            error_type=exc.error_type,
+                            error=exc.message,
+                            http_status=exc.http_status,
+                        )
+                    stop.event.set()
+
+                ctx = RunContext(
+                    job=job,
+                    run_id=run_id,
+                    client=client,
+                    writer=writer,
+                    clock=clock,
+                    sleep=sleep,
+                    budget=budget,
+                    progress=progress,
+                    telemetry=telemetry,
+                    run_span=run_span.get_span_context(),
+                    on_fatal=on_fatal,
+                )
+                try:
+                    await _dispatch(ctx, _items(job, limit, done), stop, grace_s)
+                finally:
+                    await budget.aclose()
+            counts = await asyncio.to_thread(writer.finalize)
+            finished = clock.now()
+            status, code, message = _ending(stop, counts)
+            run_span.set_attributes(
+                {
+                    "batchrun.status": status,
+                    "batchrun.rows.ok": counts.get("ok", 0),
+                    "batchrun.rows.error": counts.get("error", 0),
+                    "batchrun.sent": progress.done,
+                }
+            )
+            run_span.end(end_time=clock.epoch_ns(finished))
+        write_json_atomic(
+            run_dir / "run.json",
+            _manifest(job, run_id, clock, started, finished, status, counts, summary, message),
+        )
     log.info(
         "batchrun.run.finished",
         status=status,
         exit_code=code,
         **counts,
+        sent=progress.done,
         duration_s=round(finished - started, 3),
         results=str(run_dir / "results.parquet"),
     )
     structlog.contextvars.unbind_contextvars("run_id")
-    return RunOutcome(run_dir, run_id, counts, code, status, message)
+    return RunOutcome(run_dir, run_id, counts, code, status, message, progress.done)
 
 
-async def _run_pool(run: _Run, items: AsyncIterator[RequestItem], total: int) -> int | None:
-    """Run every item through the pool; return the signal that stopped it, if one did."""
-    received: list[int] = []
+async def _dispatch(
+    ctx: RunContext, items: AsyncIterator[RequestItem], stop: _Stop, grace_s: float
+) -> None:
+    """Run every item through the pool, flushing checkpoints, until done or stopped."""
     loop = asyncio.get_running_loop()
+    pool = asyncio.create_task(
+        run_pool(
+            items,
+            lambda item, queued_at: process(ctx, item, queued_at),
+            concurrency=ctx.job.limits.concurrency,
+            stop=stop.event,
+            clock=ctx.clock.now,
+        )
+    )
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.signal is not None:
+            # A second signal: leave at once. Checkpoints on disk are whole files, never torn.
+            os._exit(SIGNAL_EXIT[sig])
+        stop.signal = sig
+        log.warning(
+            "batchrun.run.interrupted",
+            signal=sig.name,
+            grace_s=grace_s,
+            note="no new requests; those in flight may finish; send again to exit at once",
+        )
+        stop.event.set()
+        loop.call_later(grace_s, pool.cancel)
+
     installed = []
-    for sig in _SIGNAL_EXIT:
+    for sig in SIGNAL_EXIT:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, _on_signal, run, sig, received)
+            loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
 
+    finished = asyncio.Event()
+
     async def flush_periodically() -> None:
-        while True:
-            await asyncio.sleep(_FLUSH_EVERY_S)
-            await run.flush()
+        # Never cancelled mid-write: a part being written when the run ends must be on disk
+        # before finalize reads (and then removes) the parts.
+        while not finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), _FLUSH_EVERY_S)
+            if ctx.writer.pending:
+                await asyncio.to_thread(ctx.writer.write_part, ctx.writer.take())
 
     flusher = asyncio.create_task(flush_periodically())
-    run.progress.start()
+    ctx.progress.start()
     try:
-        await run_pool(
-            items,
-            lambda item, queued_at: _request(run, item, queued_at),
-            concurrency=run.job.limits.concurrency,
-            stop=run.stop,
-            clock=run.clock.now,
-        )
+        await pool
+    except asyncio.CancelledError:
+        if stop.signal is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise  # cancelled from outside, not by our grace period
+        log.warning("batchrun.run.grace_expired", note="requests in flight will be resent")
     finally:
-        run.progress.stop()
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        ctx.progress.stop()
+        finished.set()
+        await asyncio.shield(flusher)
         for sig in installed:
             loop.remove_signal_handler(sig)
-    return received[0] if received else None
-
-
-def _on_signal(run: _Run, sig: signal.Signals, received: list[int]) -> None:
-    if received:
-        # A second signal: leave at once. Checkpoints on disk are whole files, never torn.
-        os._exit(_SIGNAL_EXIT[sig])
-    received.append(sig)
-    log.warning(
-        "batchrun.run.interrupted",
-        signal=sig.name,
-        note="finishing requests in flight; send again to exit at once",
-    )
-    run.stop.set()
 
 
 async def _items(
@@ -218,223 +274,68 @@ async def _items(
                 yield item
 
 
-async def _request(run: _Run, item: RequestItem, queued_at: float) -> None:
-    """One request through all its attempts, recorded as one result row and its attempt rows."""
-    job = run.job
-    req = job.request
-    body = apis.build_body(
-        req.api,
-        item,
-        model=req.model,
-        max_tokens=req.max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        stop_sequences=req.stop_sequences,
-    )
-    operation = "chat" if req.api == "messages" else "text_completion"
-    attempts: list[dict[str, Any]] = []
-    final: Attempt | None = None
-    first_sent: float | None = None
-    retry_wait = 0.0
+def _resume_plan(
+    job: Job, run_dir: Path, limit: int | None, retry_errors: bool
+) -> set[tuple[str, int]]:
+    """The (id, sample) pairs to skip; refuses to resume when the job now asks otherwise.
 
-    with run.tracer.start_as_current_span(
-        f"{operation} {req.model}",
-        kind=SpanKind.CLIENT,
-        context=trace.set_span_in_context(trace.INVALID_SPAN),
-        attributes={
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": "anthropic",
-            "gen_ai.request.model": req.model,
-            "gen_ai.request.max_tokens": req.max_tokens,
-            "batchrun.id": item.id,
-            "batchrun.sample": item.sample,
-        },
-    ) as span:
-        trace_id = trace_id_hex(span)
-        with structlog.contextvars.bound_contextvars(
-            id=item.id, sample=item.sample, trace_id=trace_id
-        ):
-
-            async def attempt_once(number: int, backoff_s: float) -> Attempt:
-                nonlocal final, first_sent, retry_wait
-                retry_wait += backoff_s
-                await run.budget.acquire(body)
-                with run.tracer.start_as_current_span(f"attempt {number}") as attempt_span:
-                    result = await stream_attempt(
-                        run.client, req.api, body, total_s=job.timeouts.total_s, clock=run.clock
-                    )
-                    if result.http_status is not None:
-                        attempt_span.set_attribute("http.response.status_code", result.http_status)
-                    if result.error is not None:
-                        attempt_span.set_attribute("error.type", result.error.error_type)
-                run.budget.settle(body, result.output_tokens_seen)
-                if first_sent is None:
-                    first_sent = result.sent_at
-                final = result
-                attempts.append(_attempt_row(run, item, number, backoff_s, result))
-                if result.error is not None:
-                    raise result.error
-                return result
-
-            def on_retry(exc: RetryableError, wait_s: float, next_attempt: int) -> None:
-                run.progress.retry()
-                log.info(
-                    "batchrun.request.retry_scheduled",
-                    error_type=exc.error_type,
-                    error=exc.message,
-                    http_status=exc.http_status,
-                    wait_s=round(wait_s, 3),
-                    next_attempt=next_attempt,
-                )
-
-            policy = RetryPolicy(
-                max_attempts=job.retry.max_attempts,
-                initial_backoff_s=job.retry.initial_backoff_s,
-                max_backoff_s=job.retry.max_backoff_s,
-                sleep=run.policy_sleep,
-                on_retry=on_retry,
-            )
-            error: AttemptError | None = None
-            try:
-                await policy.call(attempt_once)
-            except FatalAPIError as exc:
-                # No request can succeed: stop dispatching, and leave this row unrecorded so a
-                # run after the fix sends it.
-                run.writer.add_attempts(attempts)
-                if run.fatal is None:
-                    run.fatal = exc
-                    log.error(
-                        "batchrun.run.aborting",
-                        error_type=exc.error_type,
-                        error=exc.message,
-                        http_status=exc.http_status,
-                    )
-                run.stop.set()
-                return
-            except AttemptError as exc:
-                error = exc
-                log.warning(
-                    "batchrun.request.failed",
-                    error_type=exc.error_type,
-                    error=exc.message,
-                    http_status=exc.http_status,
-                    attempts=len(attempts),
-                )
-            assert final is not None
-            assert first_sent is not None
-            if error is not None:
-                span.set_attribute("error.type", error.error_type)
-            row = _result_row(
-                run,
-                item,
-                final,
-                error,
-                attempts=len(attempts),
-                queue_s=first_sent - queued_at,
-                retry_wait_s=retry_wait,
-                first_sent=first_sent,
-                trace_id=trace_id,
-            )
-    run.writer.add(row, attempts)
-    run.progress.update(ok=error is None, output_tokens=row["output_tokens"])
-    if run.writer.should_flush():
-        await run.flush()
-
-
-def _attempt_row(
-    run: _Run, item: RequestItem, number: int, backoff_s: float, a: Attempt
-) -> dict[str, Any]:
-    err = a.error
-    return {
-        "run_id": run.run_id,
-        "id": item.id,
-        "sample": item.sample,
-        "attempt": number,
-        "outcome": "ok" if err is None else err.error_type,
-        "http_status": a.http_status,
-        "request_id": a.request_id,
-        "started_at": run.clock.wall(a.sent_at),
-        "finished_at": run.clock.wall(a.ended_at),
-        "backoff_s": backoff_s,
-        "ttft_s": a.ttft_s,
-        "output_tokens_seen": a.output_tokens_seen,
-        "retry_after_s": err.retry_after if err is not None else None,
-        "error_message": err.message if err is not None else None,
-    }
-
-
-def _result_row(
-    run: _Run,
-    item: RequestItem,
-    final: Attempt,
-    error: AttemptError | None,
-    *,
-    attempts: int,
-    queue_s: float,
-    retry_wait_s: float,
-    first_sent: float,
-    trace_id: str,
-) -> dict[str, Any]:
-    req = run.job.request
-    row: dict[str, Any] = {
-        "run_id": run.run_id,
-        "id": item.id,
-        "sample": item.sample,
-        "model": req.model,
-        "api": req.api,
-        "status": "ok" if error is None else "error",
-        "completion": None,
-        "content_json": None,
-        "stop_reason": None,
-        "stop_sequence": None,
-        "input_tokens": None,
-        "output_tokens": None,
-        "error_type": None if error is None else error.error_type,
-        "error_message": None if error is None else error.message,
-        "http_status": final.http_status,
-        "attempts": attempts,
-        "request_id": final.request_id,
-        "started_at": run.clock.wall(first_sent),
-        "finished_at": run.clock.wall(final.ended_at),
-        "queue_s": max(0.0, queue_s),
-        "retry_wait_s": retry_wait_s,
-        "ttft_s": None,
-        "e2e_s": None,
-        "tpot_s": None,
-        "output_tokens_per_s": None,
-        "chunk_offsets_s": None,
-        "trace_id": trace_id,
-    }
-    done = final.completion
-    if error is None and done is not None:
-        offsets = final.chunk_offsets
-        out = done.output_tokens
-        e2e = final.e2e_s
-        row.update(
-            completion=done.text,
-            content_json=done.content_json,
-            stop_reason=done.stop_reason,
-            stop_sequence=done.stop_sequence,
-            input_tokens=done.input_tokens,
-            output_tokens=out,
-            ttft_s=final.ttft_s,
-            e2e_s=e2e,
-            chunk_offsets_s=offsets,
-            tpot_s=(offsets[-1] - offsets[0]) / (out - 1)
-            if out is not None and out >= 2 and offsets
-            else None,
-            output_tokens_per_s=out / e2e if out is not None and e2e > 0 else None,
+    A request is compared by the hash of what would be sent. Any difference (model, template,
+    max_tokens, input text, ...) means the folder's rows answer another question.
+    """
+    index = resume_index(run_dir)
+    if not index:
+        return set()
+    changed: list[str] = []
+    count = 0
+    for batch in iter_batches(job, limit=limit):
+        for item in batch:
+            seen = index.get((item.id, item.sample))
+            if seen is not None and seen[1] is not None and seen[1] != build_request(job, item)[1]:
+                count += 1
+                if len(changed) < 3:
+                    changed.append(f"{item.id!r} (sample {item.sample})")
+    if count:
+        raise JobError(
+            f"{job.path}: the run folder {run_dir} holds results of a different job: "
+            f"{count} request(s) would now be sent differently (model, prompt, max_tokens or "
+            f"input changed), e.g. {', '.join(changed)}. Run with --fresh to start over, or "
+            "set output.dir to a new folder."
         )
-    return row
+    return {key for key, (status, _) in index.items() if status == "ok" or not retry_errors}
 
 
-def _ending(run: _Run, received: int | None, counts: dict[str, int]) -> tuple[str, int, str | None]:
-    if run.fatal is not None:
-        exc = run.fatal
+def _budget(job: Job, api_key: str, base_url: str, client: httpx.AsyncClient) -> RateBudget:
+    """The run's budget; shared with other runs on this host that use the same key and URL."""
+    limits = job.limits
+    if job.endpoint.base_url == "sim":
+        limits = limits.model_copy(update={"shared": False})  # a private, throwaway server
+    fingerprint = hashlib.sha256(f"{api_key}\n{base_url}".encode()).hexdigest()
+    return make_budget(
+        limits,
+        key_fingerprint=fingerprint,
+        max_concurrency=limits.concurrency,
+        max_wait_s=job.retry.max_backoff_s,
+        count_tokens=_token_counter(client),
+    )
+
+
+def _token_counter(client: httpx.AsyncClient) -> CountTokens:
+    """``/v1/messages/count_tokens``, for exact input-token budgets."""
+
+    async def count(body: dict[str, Any]) -> int:
+        response = await client.post("/v1/messages/count_tokens", json=body)
+        response.raise_for_status()
+        return int(response.json()["input_tokens"])
+
+    return count
+
+
+def _ending(stop: _Stop, counts: dict[str, int]) -> tuple[str, int, str | None]:
+    if stop.fatal is not None:
+        exc = stop.fatal
         return "aborted", EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"
-    if received is not None:
-        return "interrupted", _SIGNAL_EXIT[signal.Signals(received)], "interrupted by a signal"
+    if stop.signal is not None:
+        return "interrupted", SIGNAL_EXIT[stop.signal], f"interrupted by {stop.signal.name}"
     return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
 
 
@@ -457,25 +358,34 @@ def _api_key(job: Job) -> str:
         return key.strip()
     if job.endpoint.base_url == "sim":
         return "sim-key"
+    state = "empty" if name in os.environ else "not set"
     raise JobError(
-        f"{job.path}: endpoint.api_key_env: the environment variable {name} is "
-        f"{'empty' if name in os.environ else 'not set'}; export {name}=... with "
-        "your API key (or use base_url: sim to run on the built-in simulator)"
+        f"{job.path}: endpoint.api_key_env: the environment variable {name} is {state}; "
+        f"export {name}=... with your API key (or use base_url: sim to run on the built-in "
+        "simulator)"
     )
 
 
-def _prepare_run_dir(run_dir: Path, *, fresh: bool) -> None:
+def _make_run_dir(run_dir: Path) -> Path:
+    run_dir = run_dir.resolve()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(run_dir, 0o700)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = run_dir / ".batchrun.write-test"
+        probe.touch()
+        probe.unlink()
     except OSError as exc:
         raise JobError(
-            f"output.dir: cannot create the run folder {run_dir}: {exc.strerror}"
+            f"output.dir: cannot write the run folder {run_dir}: {exc.strerror}; "
+            "choose a folder you can write with --set output.dir=..."
         ) from exc
-    if fresh:
-        for name in ("results.parquet", "attempts.parquet", "run.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "parts", ignore_errors=True)
+    return run_dir
+
+
+def _clear(run_dir: Path) -> None:
+    """--fresh: remove what an earlier run wrote (only batchrun's own files)."""
+    for name in ("results.parquet", "attempts.parquet", "run.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "parts", ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

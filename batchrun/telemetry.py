@@ -1,59 +1,261 @@
-"""Observability, configured once: structlog for logs, OpenTelemetry for traces.
+"""Observability, configured once: structlog for logs, OpenTelemetry for traces and metrics.
 
-Other modules call ``structlog.get_logger()`` and ``tracer()``; this is the only place that
-chooses renderers, processors and exporters. Logs go to stderr (stdout carries only what a
-command is asked to print): JSON lines when stderr is not a terminal, a readable console format
-when it is. Per-request context (``id``, ``sample``, ``attempt``, ``trace_id``) is bound with
-contextvars by the runner.
+Other modules call ``structlog.get_logger()`` and use the :class:`Telemetry` the runner hands
+them; this is the only place that chooses renderers, processors and exporters. Logs go to
+stderr (stdout carries only what a command is asked to print): JSON lines when stderr is not a
+terminal, a readable console format when it is; every line inside a request carries its
+``trace_id`` and ``span_id``. ``telemetry.traces`` picks the exporter for spans and metrics
+alike: ``file`` (OTLP JSON lines in the run folder), ``otlp`` (OTLP/HTTP, configured by the
+standard ``OTEL_*`` variables), ``console`` (stderr) or ``none``. Nothing here ever sees a
+request header.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
 import sys
+import threading
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
-from opentelemetry import trace
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 
 from batchrun import __version__
 
-__all__ = ["configure_logging", "make_tracer_provider"]
+__all__ = ["Instruments", "Telemetry", "configure_logging", "setup_telemetry"]
+
+_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
+_METRIC_INTERVAL_MS = 10_000
 
 
-def configure_logging(*, stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Send structlog output to ``stream`` (stderr), as JSON unless it is a terminal."""
-    stream = stream or sys.stderr
-    if json is None:
-        json = not stream.isatty()
+def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None = None) -> None:
+    """Send structlog output to stderr (or ``stream``), as JSON unless it is a terminal.
+
+    The stream is looked up at every line, not once: a live progress display that redirects
+    stderr then prints log lines above itself instead of being garbled by them.
+    """
+    target = stream or sys.stderr
+    if json_lines is None:
+        json_lines = not target.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=target.isatty())
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_span_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *args: structlog.PrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
 
 
-def make_tracer_provider(job_name: str) -> TracerProvider:
-    """A tracer provider for one run. Exporters are chosen by ``telemetry.traces`` (issue 5)."""
-    resource = Resource.create(
-        {"service.name": "batchrun", "service.version": __version__, "batchrun.job": job_name}
-    )
-    return TracerProvider(resource=resource)
+def _add_span_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event
 
 
-def trace_id_hex(span: trace.Span) -> str:
-    return format(span.get_span_context().trace_id, "032x")
+@dataclass(frozen=True)
+class Instruments:
+    """The metrics batchrun records (OpenTelemetry GenAI client conventions, plus two)."""
+
+    duration: metrics.Histogram
+    tokens: metrics.Histogram
+    ttft: metrics.Histogram
+    per_chunk: metrics.Histogram
+    retries: metrics.Counter
+    errors: metrics.Counter
+
+    @classmethod
+    def create(cls, meter: metrics.Meter) -> Instruments:
+        return cls(
+            duration=meter.create_histogram(
+                "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
+            ),
+            tokens=meter.create_histogram(
+                "gen_ai.client.token.usage", unit="{token}", description="Tokens used"
+            ),
+            ttft=meter.create_histogram(
+                "gen_ai.client.operation.time_to_first_chunk",
+                unit="s",
+                description="Time from sending the request to the first content chunk",
+            ),
+            per_chunk=meter.create_histogram(
+                "gen_ai.client.operation.time_per_output_chunk",
+                unit="s",
+                description="Time between consecutive content chunks",
+            ),
+            retries=meter.create_counter(
+                "batchrun.client.retries", unit="{attempt}", description="Attempts retried"
+            ),
+            errors=meter.create_counter(
+                "batchrun.client.errors", unit="{request}", description="Requests that failed"
+            ),
+        )
+
+
+class Telemetry:
+    """A run's tracer and meter, with their exporters; ``shutdown`` flushes everything."""
+
+    def __init__(self, tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.tracer = tracer_provider.get_tracer("batchrun", __version__)
+        self.instruments = Instruments.create(meter_provider.get_meter("batchrun", __version__))
+
+    def flush(self) -> None:
+        self.tracer_provider.force_flush()
+        self.meter_provider.force_flush()
+
+    def shutdown(self) -> None:
+        """Flush and close the exporters (the SDK's at-exit hook is not relied on)."""
+        self.flush()
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def setup_telemetry(
+    traces: str,
+    *,
+    job_name: str,
+    run_dir: Path,
+    span_exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
+) -> Telemetry:
+    """Exporters for ``telemetry.traces``; tests pass in-memory ones instead."""
+    attributes: dict[str, Any] = {"service.version": __version__, "batchrun.job": job_name}
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = "batchrun"
+    resource = Resource.create(attributes)
+    tracer_provider = TracerProvider(resource=resource)
+    readers: list[MetricReader] = []
+    if span_exporter is None:
+        span_exporter, metric_exporter = _exporters(traces, run_dir)
+        if metric_exporter is not None:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    metric_exporter, export_interval_millis=_METRIC_INTERVAL_MS
+                )
+            )
+    if span_exporter is not None:
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    if metric_reader is not None:
+        readers.append(metric_reader)
+    return Telemetry(tracer_provider, MeterProvider(resource=resource, metric_readers=readers))
+
+
+def _exporters(traces: str, run_dir: Path) -> tuple[SpanExporter | None, MetricExporter | None]:
+    if traces == "file":
+        return (
+            OtlpJsonSpanFile(run_dir / "traces.jsonl"),
+            OtlpJsonMetricFile(run_dir / "metrics.jsonl"),
+        )
+    if traces == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(), OTLPMetricExporter()
+    if traces == "console":
+        return ConsoleSpanExporter(out=sys.stderr), ConsoleMetricExporter(out=sys.stderr)
+    return None, None
+
+
+class _JsonLines:
+    """Appends OTLP JSON export requests to a file, one per line, as the Collector's
+    ``otlpjsonfile`` receiver reads them (ids in hex, enums as integers)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, request: Message) -> None:
+        payload = MessageToDict(request, use_integers_for_enums=True)
+        line = json.dumps(_hex_ids(payload), separators=(",", ":")) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+
+class OtlpJsonSpanFile(SpanExporter):
+    """Spans as OTLP JSON lines (``traces.jsonl``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._out = _JsonLines(path)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._out.write(encode_spans(spans))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+class OtlpJsonMetricFile(MetricExporter):
+    """Metrics as OTLP JSON lines (``metrics.jsonl``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._out = _JsonLines(path)
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        if metrics_data.resource_metrics:
+            self._out.write(encode_metrics(metrics_data))
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        return None
+
+
+def _hex_ids(value: Any) -> Any:
+    """protobuf's JSON writes bytes as base64; OTLP JSON wants trace and span ids in hex."""
+    if isinstance(value, dict):
+        return {
+            key: base64.b64decode(item).hex()
+            if key in _ID_KEYS and isinstance(item, str)
+            else _hex_ids(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_hex_ids(item) for item in value]
+    return value

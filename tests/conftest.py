@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,13 @@ import yaml
 
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Shared rate-limit state goes to a throwaway folder, never the user's state directory;
+    set before any test builds a subprocess environment from os.environ."""
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="batchrun-state-")
+
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
 

@@ -229,16 +229,38 @@ def test_messages_from_json_text_in_csv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("cell", "fragment"),
     [
-        ("not json", "is not valid JSON: Expecting value at character 0"),
+        ("not json", "the cell is not valid JSON: Expecting value at character 0"),
         ('{"role": "user"}', "must be a non-empty list of {role, content} messages"),
         ("[]", "must be a non-empty list"),
         ('[{"role": "system", "content": "x"}]', "message 1 has role 'system'"),
-        ('[{"role": "assistant", "content": "x"}]', "must start with a user message"),
+        (
+            '[{"role": "assistant", "content": "x"}]',
+            "must start with a user message, not assistant",
+        ),
         ('[{"role": "user", "content": "  "}]', "message 1 has empty content"),
         ('[{"role": "user", "content": []}]', "message 1 has empty content"),
         ('[{"role": "user", "content": [{"type": "text", "text": ""}]}]', "empty content"),
         ('[{"role": "user", "content": "x", "name": "n"}]', "exactly role and content"),
         ('[{"role": "user", "content": 3}]', "message 1 has empty content"),
+        (
+            '[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]',
+            "messages 1 and 2 are both user: roles must alternate",
+        ),
+        (
+            '[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
+            '{"role": "assistant", "content": "c"}]',
+            "messages 2 and 3 are both assistant",
+        ),
+        (
+            '[{"role": "user", "content": "a"}, {"role": "assistant", "content": "So, "}]',
+            "message 2 (the assistant prefill) ends in whitespace",
+        ),
+        (
+            '[{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]',
+            "message 2 has empty content",
+        ),
+        ('[{"role": "user", "content": [{"text": "x"}]}]', "message 1 has empty content"),
+        ("[" * 5000, "is not valid JSON"),
     ],
 )
 def test_bad_messages_cell_names_row_and_id(tmp_path: Path, cell: str, fragment: str) -> None:
@@ -247,7 +269,7 @@ def test_bad_messages_cell_names_row_and_id(tmp_path: Path, cell: str, fragment:
     pl.DataFrame({"id": ["a", "b"], "m": [good, cell]}).write_csv(tmp_path / "c.csv")
     job = make_job(tmp_path, {"path": "c.csv", "id_column": "id", "messages_column": "m"})
     message = error_of(job)
-    assert message.startswith("c.csv: data row 2 (1-based), id 'b': input.messages_column 'm' ")
+    assert message.startswith("c.csv: data row 2 (1-based), id 'b': input.messages_column 'm': ")
     assert fragment in message
     with pytest.raises(JobError, match="data row 2"):
         items(job)
@@ -257,7 +279,10 @@ def test_null_messages_cell(tmp_path: Path) -> None:
     """A missing conversation is an error naming the row."""
     pl.DataFrame({"m": [None]}, schema={"m": pl.String}).write_parquet(tmp_path / "c.parquet")
     job = make_job(tmp_path, {"path": "c.parquet", "messages_column": "m"})
-    assert error_of(job) == "c.parquet: data row 1 (1-based): input.messages_column 'm' is null"
+    assert error_of(job) == (
+        "c.parquet: data row 1 (1-based): input.messages_column 'm': the cell is null; "
+        "every row needs a conversation"
+    )
 
 
 def test_complete_api_takes_text_content_only(tmp_path: Path) -> None:
@@ -328,7 +353,8 @@ def test_null_ids_are_listed_with_rows(tmp_path: Path) -> None:
     job = make_job(tmp_path, {"path": "a.csv", "id_column": "id", "prompt": "{q}"})
     assert error_of(job).splitlines() == [
         *[
-            f"a.csv: data row {n} (1-based): input.id_column 'id' is null or empty"
+            f"a.csv: data row {n} (1-based): input.id_column 'id' is null or empty; "
+            "every row needs an id"
             for n in range(1, 6)
         ],
         "... and 2 more like this",
@@ -343,17 +369,53 @@ def test_duplicate_ids_are_listed_with_counts(tmp_path: Path) -> None:
     job = make_job(tmp_path, {"path": "p*.csv", "id_column": "id", "prompt": "{q}"})
     assert error_of(job) == (
         "p*.csv: input.id_column 'id' has duplicate ids: 'a' (3 rows), 'b' (2 rows), "
-        "'d' (2 rows), 'e' (2 rows), 'f' (2 rows), and 1 more"
+        "'d' (2 rows), 'e' (2 rows), 'f' (2 rows), and 1 more; ids must be unique: fix the "
+        "data, or remove input.id_column to number the rows instead"
     )
 
 
-def test_non_utf8_csv_names_the_file(tmp_path: Path) -> None:
-    """A CSV that is not UTF-8 is a JobError naming the file."""
+def test_non_utf8_csv_names_the_file_and_line(tmp_path: Path) -> None:
+    """A CSV that is not UTF-8 is a JobError naming the file, the line and the fix."""
     (tmp_path / "a.csv").write_bytes(b"q\nok\n\xff\xfe bad\n")
     job = make_job(tmp_path, {"path": "a.csv", "prompt": "{q}"})
-    assert error_of(job).startswith("a.csv: cannot read: ")
-    with pytest.raises(JobError, match=r"a\.csv: cannot read"):
+    message = error_of(job)
+    assert message.startswith("a.csv: line 3: not UTF-8 text (byte 0xff at offset 5): save it")
+    with pytest.raises(JobError, match=r"a\.csv: line 3: not UTF-8"):
         items(job)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ("id,q\nr1,ok\n".encode("utf-16"), "a.csv: is UTF-16 text, not UTF-8"),
+        (b"id,q\xe9\nr1,ok\n", "a.csv: line 1: not UTF-8 text (byte 0xe9 at offset 4)"),
+        (b"id,q\nr1,\x00\n", "a.csv: holds NUL bytes"),
+    ],
+)
+def test_csv_encoding_is_sniffed(tmp_path: Path, data: bytes, fragment: str) -> None:
+    """UTF-16, NUL bytes and a bad header byte are caught before polars reads on with them."""
+    (tmp_path / "a.csv").write_bytes(data)
+    job = make_job(tmp_path, {"path": "a.csv", "id_column": "id", "prompt": "{q}"})
+    assert error_of(job).startswith(fragment)
+
+
+def test_non_utf8_far_into_a_csv_is_located(tmp_path: Path) -> None:
+    """A bad byte past the first MiB, and a character split between reads, are placed right."""
+    line = "r,\u00e9t\u00e9 \u2014 long enough\n"
+    body = line * (2 * (1 << 20) // len(line.encode()))
+    (tmp_path / "a.csv").write_bytes(b"id,q\n" + body.encode() + b"x,\xc3(\n")
+    job = make_job(tmp_path, {"path": "a.csv", "prompt": "{q}"})
+    lines = body.count("\n") + 2
+    assert error_of(job).startswith(f"a.csv: line {lines}: not UTF-8 text (byte 0xc3 ")
+
+
+def test_ragged_csv_names_the_line(tmp_path: Path) -> None:
+    """A line with more fields than the header is named, with the usual cause."""
+    (tmp_path / "a.csv").write_text("id,q\nr1,ok\nr2,a, b\n", encoding="utf-8")
+    job = make_job(tmp_path, {"path": "a.csv", "prompt": "{q}"})
+    assert error_of(job) == (
+        "a.csv: line 3: 3 fields, but the header has 2; put cells that hold commas in double quotes"
+    )
 
 
 def test_truncated_parquet_names_the_file(tmp_path: Path) -> None:
@@ -362,14 +424,16 @@ def test_truncated_parquet_names_the_file(tmp_path: Path) -> None:
     data = (tmp_path / "a.parquet").read_bytes()
     (tmp_path / "a.parquet").write_bytes(data[: len(data) // 2])
     job = make_job(tmp_path, {"path": "a.parquet", "prompt": "{q}"})
-    assert error_of(job).startswith("a.parquet: cannot read: ")
+    message = error_of(job)
+    assert message.startswith("a.parquet: not a readable Parquet file (")
+    assert "cut short" in message
 
 
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("", "a.csv: cannot read: "),
-        ("q\n", "a.csv: the input has no data rows"),
+        ("", "a.csv: the file is empty; a CSV needs a header row and at least one data row"),
+        ("q\n", "input.path 'a.csv': the input has a header but no data rows; add rows"),
     ],
 )
 def test_empty_csv(tmp_path: Path, content: str, expected: str) -> None:
@@ -387,20 +451,29 @@ def test_mixed_kinds_in_one_glob(tmp_path: Path) -> None:
     with pytest.raises(JobError):
         check_input(job)
     job = make_job(tmp_path, {"path": "[ab].*", "prompt": "{q}"})
-    assert error_of(job) == "input.path '[ab].*' matches both .csv and .parquet files"
+    assert error_of(job) == (
+        "input.path '[ab].*' matches both .csv and .parquet files; "
+        "use a pattern that matches one kind, e.g. *.csv"
+    )
 
 
 def test_unknown_extension_names_the_file(tmp_path: Path) -> None:
     """Only .csv and .parquet are read; another file is named."""
     (tmp_path / "a.json").write_text("[]", encoding="utf-8")
     job = make_job(tmp_path, {"path": "a.json", "prompt": "{q}"})
-    assert error_of(job) == "a.json: input files must be .csv or .parquet"
+    assert error_of(job) == (
+        "a.json: input.path names a .json file; input files must be .csv or .parquet "
+        "(convert it, or fix input.path)"
+    )
 
 
 def test_missing_input_file(tmp_path: Path) -> None:
     """A missing input file is a JobError naming input.path."""
     job = make_job(tmp_path, {"path": "nope.csv", "prompt": "{q}"})
-    assert error_of(job) == "input.path: no such file: nope.csv"
+    assert error_of(job) == (
+        "input.path: no such file: nope.csv (relative paths start at the job file's folder, "
+        f"{tmp_path.resolve()}; fix input.path)"
+    )
 
 
 def test_nested_template_column_is_refused(tmp_path: Path) -> None:

@@ -200,8 +200,10 @@ def test_missing_required_keys(in_tmp: Path) -> None:
     """A missing required key is named, at the section that lacks it."""
     write(in_tmp, "input:\n  prompt: '{q}'\n")
     assert error_of("eval.yaml").splitlines() == [
-        "eval.yaml:1:1: name: required key is missing",
-        "eval.yaml:1:1: input.path: required key is missing",
+        "eval.yaml:1:1: name: required key is missing "
+        "(the run's name, for its folder and traces, e.g. name: eval)",
+        "eval.yaml:1:1: input.path: required key is missing (the .csv or .parquet file "
+        "(or a glob), relative to the job file, e.g. path: data/eval.csv)",
     ]
 
 
@@ -387,7 +389,7 @@ def test_duplicate_key_is_an_error(in_tmp: Path) -> None:
     """A key given twice in one mapping is reported where it repeats."""
     write(in_tmp, MINIMAL + "request:\n  samples: 2\n  samples: 3\n")
     assert error_of("eval.yaml") == (
-        "eval.yaml:7:3: request.samples: duplicate key (first on line 6)"
+        "eval.yaml:7:3: request.samples: duplicate key (first on line 6); keep one"
     )
 
 
@@ -537,3 +539,120 @@ def test_job_built_in_code_lives_in_cwd(tmp_path: Path, monkeypatch: pytest.Monk
     moved = job.with_path(tmp_path / "sub" / "j.yaml")
     assert moved.base_dir == tmp_path.resolve() / "sub"
     assert moved.model_dump() == job.model_dump()
+
+
+# --- messages that say the fix --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "hint"),
+    [
+        ("name: eval\ninput: {path: a.csv\n", "2:8", "the '{' opened at line 2, column 8"),
+        ('name: "eval\n', "1:7", "the quote opened at line 1, column 7 is never closed"),
+        ("name: eval\ninput:\n\tpath: a.csv\n", "3:1", "spaces, never tabs"),
+        ("name: a: b\n", "1:8", "a value containing ': ' must be in quotes"),
+        ("name: *x\n", "1:7", "alias"),
+        ("name: !!python/name:os.system x\n", "1:7", "tags (!!type, !name) are not allowed"),
+        ("name: eval\n  input: x\n", "2:8", "check this line's indentation"),
+        ("input:\n  path: a.csv\n prompt: x\n", "3:2", "check the indentation"),
+    ],
+)
+def test_yaml_syntax_errors_say_the_likely_fix(
+    in_tmp: Path, text: str, where: str, hint: str
+) -> None:
+    """Each kind of YAML syntax error is placed at its line and column, with the likely fix."""
+    write(in_tmp, text)
+    message = error_of("eval.yaml")
+    assert message.startswith(f"eval.yaml:{where}: YAML syntax error: "), message
+    assert hint in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "request:\n  max_tokens: '64'\n",
+            "eval.yaml:6:15: request.max_tokens: Input should be a valid integer (got '64'); "
+            "write the value without quotes",
+        ),
+        (
+            "telemetry:\n  capture_content: 'true'\n",
+            "eval.yaml:6:20: telemetry.capture_content: Input should be a valid boolean "
+            "(got 'true'); write the value without quotes",
+        ),
+        (
+            "request:\n  model:\n",
+            "eval.yaml:6:9: request.model: Input should be a valid string (got null); the key has "
+            "no value: give one, or remove the key to use the default",
+        ),
+        (
+            "limits: 8\n",
+            "eval.yaml:5:9: limits: must be a section, its keys indented on the lines below it, "
+            "not 8",
+        ),
+        (
+            "request:\n  stop_sequences: '###'\n",
+            "eval.yaml:6:19: request.stop_sequences: must be a list, e.g. [a, b] (got '###')",
+        ),
+        (
+            "concurrency: 4\n",
+            "eval.yaml:5:1: concurrency: unknown key here; it belongs in the limits section "
+            "(limits.concurrency)",
+        ),
+    ],
+)
+def test_type_errors_say_the_fix(in_tmp: Path, extra: str, expected: str) -> None:
+    """Quoted numbers, empty values, scalars for sections and misplaced keys say what to do."""
+    write(in_tmp, MINIMAL + extra)
+    assert error_of("eval.yaml") == expected
+
+
+def test_an_unquoted_template_is_explained(in_tmp: Path) -> None:
+    """`prompt: {question}` unquoted reads as a mapping: the message says to quote it."""
+    write(in_tmp, MINIMAL.replace('"{question}"', "{question}"))
+    assert error_of("eval.yaml") == (
+        "eval.yaml:4:3: input.prompt: Input should be a valid string; YAML reads an unquoted "
+        "value starting with '{' as a mapping: put the value in quotes, "
+        'e.g. prompt: "{question}"'
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-ant-api03-abc",
+        "SK-ANT-XYZ",
+        "sk_live_123",
+        "Zx8kQ2mP9vN4rT7wY1bC6dF3gH5jK0lMnOpQ",
+    ],
+)
+def test_anything_like_a_key_is_refused_as_api_key_env_and_never_echoed(
+    tmp_path: Path, value: str
+) -> None:
+    """Key-looking values are refused with a pointer to environment variables, not repeated."""
+    message = error_of(write(tmp_path, MINIMAL), (f"endpoint.api_key_env={value}",))
+    assert "looks like an API key" in message
+    assert "environment variable" in message
+    assert value not in message
+
+
+@pytest.mark.parametrize("name", ["ANTHROPIC_API_KEY", "MY_TEAM_ANTHROPIC_KEY_PRODUCTION_2", "K"])
+def test_ordinary_variable_names_are_accepted(tmp_path: Path, name: str) -> None:
+    """Names of environment variables, even long ones, are not mistaken for keys."""
+    job = load_job(write(tmp_path, MINIMAL), (f"endpoint.api_key_env={name}",))
+    assert job.endpoint.api_key_env == name
+
+
+def test_a_key_in_any_override_is_not_echoed(tmp_path: Path) -> None:
+    """A key-like value given to another key is redacted from the --set it came in."""
+    item = "endpoint.base_url=http://h:1/?key=sk-ant-api03-LEAK"
+    message = error_of(write(tmp_path, MINIMAL), (item,))
+    assert message.startswith("--set endpoint.base_url=***: endpoint.base_url: must not have")
+    assert "LEAK" not in message
+
+
+def test_input_path_naming_a_folder_suggests_a_glob(tmp_path: Path) -> None:
+    """A folder as input.path is refused with a glob to use instead."""
+    (tmp_path / "data" / "eval.csv").mkdir(parents=True)
+    with pytest.raises(JobError, match=r"is a folder; .* or a glob such as data/eval\.csv/\*\.csv"):
+        load_job(write(tmp_path, MINIMAL)).input_paths()

@@ -12,8 +12,8 @@ from batchrun.results import (
     ATTEMPT_SCHEMA,
     RESULT_SCHEMA,
     ResultsWriter,
-    done_keys,
     read_table,
+    resume_index,
     write_json_atomic,
 )
 
@@ -88,7 +88,7 @@ def test_a_resumed_run_adds_to_the_final_files_without_duplicates(tmp_path: Path
     first.add(_result("a"), [_attempt("a")])
     first.add(_result("b", status="error"), [_attempt("b")])
     first.finalize()
-    assert done_keys(tmp_path) == {("a", 0), ("b", 0)}
+    assert set(resume_index(tmp_path)) == {("a", 0), ("b", 0)}
     second = ResultsWriter(tmp_path)
     second.add(_result("b", run_id="r2"), [_attempt("b", run_id="r2")])
     second.add(_result("c", run_id="r2"), [_attempt("c", run_id="r2")])
@@ -105,7 +105,7 @@ def test_checkpoints_are_readable_before_the_end(tmp_path: Path) -> None:
     writer.add(_result("a"), [_attempt("a")])
     writer.flush()
     writer.add(_result("b"), [_attempt("b")])  # buffered only: lost with the process
-    assert done_keys(tmp_path) == {("a", 0)}
+    assert set(resume_index(tmp_path)) == {("a", 0)}
 
 
 def test_part_numbers_continue_after_a_restart(tmp_path: Path) -> None:
@@ -129,13 +129,13 @@ def test_leftover_temporary_files_are_not_read(tmp_path: Path) -> None:
     writer.add(_result("a"), [])
     writer.flush()
     (tmp_path / "parts" / ".results-000002.parquet.tmp").write_bytes(b"PAR1 torn")
-    assert done_keys(tmp_path) == {("a", 0)}
+    assert set(resume_index(tmp_path)) == {("a", 0)}
 
 
 def test_an_empty_run_folder_has_empty_tables(tmp_path: Path) -> None:
     """Reading a folder with no results gives an empty table with the contract's schema."""
     assert read_table(tmp_path, "results").schema == pl.Schema(RESULT_SCHEMA)
-    assert done_keys(tmp_path) == set()
+    assert resume_index(tmp_path) == {}
 
 
 def test_json_is_written_atomically(tmp_path: Path) -> None:
@@ -143,3 +143,21 @@ def test_json_is_written_atomically(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "run.json", {"at": T0, "path": tmp_path})
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert '"at": "2026-01-02T03:04:05.123456+00:00"' in (tmp_path / "run.json").read_text()
+
+
+def test_many_small_parts_are_merged_keeping_later_rows_winning(tmp_path: Path) -> None:
+    """Past MERGE_AFTER_PARTS flushes the parts are merged; a row written later still wins."""
+    from batchrun.results import MERGE_AFTER_PARTS
+
+    writer = ResultsWriter(tmp_path)
+    for i in range(MERGE_AFTER_PARTS + 5):
+        writer.add(_result(f"r{i % 10}", run_id=f"run{i}"), [_attempt(f"r{i % 10}", i + 1)])
+        writer.flush()
+    parts = list((tmp_path / "parts").glob("results-*.parquet"))
+    assert len(parts) < MERGE_AFTER_PARTS
+    assert any(".merged" in p.name for p in parts)
+    results = read_table(tmp_path, "results")
+    assert results.height == 10
+    last = MERGE_AFTER_PARTS + 4
+    assert results.filter(pl.col("id") == f"r{last % 10}")["run_id"].to_list() == [f"run{last}"]
+    assert read_table(tmp_path, "attempts").height == MERGE_AFTER_PARTS + 5

@@ -57,10 +57,10 @@ async def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
         assert 1.0 <= wait <= min(8.0, 2 ** (n - 1))
 
 
-async def test_retry_after_is_honoured_and_capped() -> None:
-    """A server's retry-after sets the wait, never above max_backoff_s."""
+async def test_retry_after_is_honoured() -> None:
+    """A server's retry-after sets the wait, whatever the backoff would have been."""
     sleep = Recorder()
-    asks = iter([3.0, 100.0])
+    asks = iter([3.0, 0.25])
 
     async def fn(number: int, backoff: float) -> None:
         if number < 3:
@@ -69,7 +69,21 @@ async def test_retry_after_is_honoured_and_capped() -> None:
             )
 
     await _policy(sleep, maximum=20.0).call(fn)
-    assert sleep.waits == [3.0, 20.0]
+    assert sleep.waits == [3.0, 0.25]
+
+
+async def test_a_retry_after_beyond_max_backoff_ends_the_request() -> None:
+    """A retry-after longer than max_backoff_s is not waited for: the error surfaces at once."""
+    sleep = Recorder()
+    error = RetryableError("rate_limit_error", "slow", http_status=429, retry_after=100.0)
+
+    async def fn(number: int, backoff: float) -> None:
+        raise error
+
+    with pytest.raises(RetryableError) as info:
+        await _policy(sleep, maximum=20.0).call(fn)
+    assert info.value is error
+    assert sleep.waits == []
 
 
 @pytest.mark.parametrize(

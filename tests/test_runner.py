@@ -87,7 +87,7 @@ async def test_a_clean_run_writes_the_contract(write_job: JobWriter) -> None:
     outcome, results, attempts = await _run(_job(write_job, rows=6))
     assert outcome.exit_code == 0
     assert outcome.status == "complete"
-    assert results.columns == RESULT_COLUMNS
+    assert results.columns == [*RESULT_COLUMNS, "request_hash"]
     assert attempts.columns[: len(ATTEMPT_COLUMNS)] == ATTEMPT_COLUMNS
     assert sorted(results["id"].to_list()) == [f"r{i}" for i in range(6)]
     assert results["status"].unique().to_list() == ["ok"]
@@ -171,7 +171,9 @@ async def test_every_transient_fault_is_retried_to_the_same_answer(
     """A fault on the first attempt is retried; the row is ok with the text of a clean run."""
     clean = sim_server()
     _, expected, _ = await _run(_job(write_job, clean, rows=3, request={"api": api}))
-    server = sim_server(stall_s=1.0, faults=[{"kind": kind, "attempts": [1]}])
+    # retry-after 0: within the job's tiny max_backoff_s (a longer one ends the row; see below).
+    fault = {"kind": kind, "attempts": [1], "retry_after_s": 0}
+    server = sim_server(stall_s=1.0, faults=[fault])
     job = _job(
         write_job,
         server,
@@ -193,6 +195,18 @@ async def test_every_transient_fault_is_retried_to_the_same_answer(
     if kind.endswith("_midstream") or kind in ("malformed", "truncated"):
         assert (first["output_tokens_seen"] > 0).all()
     assert server.stats.faults_by_kind == {kind: 3}
+
+
+async def test_a_retry_after_beyond_max_backoff_ends_the_row(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """A 429 asking for longer than retry.max_backoff_s is an error row at once, not a hang."""
+    server = sim_server(faults=[{"kind": "rate_limited", "retry_after_s": 30}])
+    outcome, results, attempts = await _run(_job(write_job, server, rows=2))
+    assert outcome.exit_code == 1
+    assert results["error_type"].to_list() == ["rate_limit_error"] * 2
+    assert results["attempts"].to_list() == [1, 1]
+    assert attempts["retry_after_s"].to_list() == [30.0, 30.0]
 
 
 async def test_a_bad_row_is_an_error_row_and_the_run_goes_on(

@@ -72,3 +72,10 @@ class SimConfig(_Frozen):
     )  # a larger max_tokens is a 400, as per model
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)  # a larger body is a 413
     faults: list[Fault] = Field(default_factory=list)
+    # Server-side rate limits (null: unlimited), enforced with 429 + retry-after and reported in
+    # the anthropic-ratelimit-* headers. Buckets hold rate_limit_burst_s seconds of their rate
+    # (the API's hold a full minute) and refill continuously.
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    input_tokens_per_minute: int | None = Field(default=None, gt=0)
+    output_tokens_per_minute: int | None = Field(default=None, gt=0)
+    rate_limit_burst_s: float = Field(default=60.0, gt=0)

@@ -1,8 +1,8 @@
 """Simulator: the API's HTTP shapes. Ids, error bodies, faults answered before any stream, headers.
 
-Builds ``aiohttp`` responses but never sends them and never sleeps. Rate-limit headers come from a
-:class:`RateLimits` seam; today's :class:`StaticLimits` reports fixed, plausible numbers, and a
-real limiter (one that also answers 429s) can take its place without touching the handlers.
+Builds ``aiohttp`` responses but never sends them and never sleeps. Rate limits come through a
+:class:`RateLimits` seam: :class:`StaticLimits` admits everything and reports fixed, plausible
+numbers; :class:`~batchrun.sim.ratelimit.ServerLimiter` enforces the configured limits.
 It must not validate requests, pick faults or stream events.
 """
 
@@ -15,6 +15,9 @@ from typing import Protocol
 
 from aiohttp import web
 
+from batchrun.sim.config import SimConfig
+from batchrun.sim.ratelimit import Admission, ServerLimiter
+
 __all__ = [
     "HTTP_FAULTS",
     "RateLimits",
@@ -23,6 +26,8 @@ __all__ = [
     "error_response",
     "fault_response",
     "make_id",
+    "make_limits",
+    "rate_limit_response",
 ]
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -76,9 +81,32 @@ def make_id(prefix: str, *parts: bytes | str | int) -> str:
 
 
 class RateLimits(Protocol):
-    """The seam for rate limiting: headers for every response (later: decisions too)."""
+    """The seam for rate limiting: a decision per request, headers for every response."""
+
+    def admit(self, *, input_tokens: int, max_tokens: int) -> Admission: ...
+
+    def finish(self, admission: Admission) -> None: ...
+
+    def refusal_message(self, admission: Admission) -> str: ...
 
     def headers(self, *, exhausted: bool = False) -> dict[str, str]: ...
+
+
+def make_limits(config: SimConfig) -> RateLimits:
+    """A :class:`ServerLimiter` when ``config`` sets any limit, else :class:`StaticLimits`."""
+    limits = (
+        config.requests_per_minute,
+        config.input_tokens_per_minute,
+        config.output_tokens_per_minute,
+    )
+    if all(v is None for v in limits):
+        return StaticLimits()
+    return ServerLimiter(
+        requests_per_minute=config.requests_per_minute,
+        input_tokens_per_minute=config.input_tokens_per_minute,
+        output_tokens_per_minute=config.output_tokens_per_minute,
+        burst_s=config.rate_limit_burst_s,
+    )
 
 
 class StaticLimits:
@@ -87,6 +115,15 @@ class StaticLimits:
     def __init__(self, requests: int = 4_000, tokens: int = 400_000) -> None:
         self.requests = requests
         self.tokens = tokens
+
+    def admit(self, *, input_tokens: int, max_tokens: int) -> Admission:
+        return Admission()
+
+    def finish(self, admission: Admission) -> None:
+        return None
+
+    def refusal_message(self, admission: Admission) -> str:
+        return HTTP_FAULTS["rate_limited"][2]
 
     def headers(self, *, exhausted: bool = False) -> dict[str, str]:
         reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -123,6 +160,14 @@ def error_response(
         text=json.dumps(error_body(error_type, message, request_id)),
         content_type="application/json",
         headers={"request-id": request_id, **(headers or {})},
+    )
+
+
+def rate_limit_response(limits: RateLimits, admission: Admission, request_id: str) -> web.Response:
+    """The 429 a refused request gets: the API's body, ``retry-after`` and the limit headers."""
+    headers = {"retry-after": str(admission.retry_after_s or 1), **limits.headers()}
+    return error_response(
+        429, "rate_limit_error", limits.refusal_message(admission), request_id, headers
     )
 
 

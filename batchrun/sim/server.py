@@ -2,8 +2,9 @@
 
 One catch-all handler so that every answer, even to an unknown path, has the API's error body
 and a ``request-id``. Order: path, auth, version, size, JSON, fields; then (Messages and Complete
-only) the fault rules; then the reply. Invalid requests are never faulted, so a wrong request
-fails the same way every time. It must not encode events or decide fault shapes itself.
+only) the rate limits (a 429, charged nothing), the fault rules and the reply. Invalid requests
+are never limited or faulted, so a wrong request fails the same way every time. It must not
+encode events, decide fault shapes or count rate limits itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from batchrun.sim.events import (
     messages_script,
 )
 from batchrun.sim.faults import AttemptCounter, select_fault
+from batchrun.sim.ratelimit import Admission
 from batchrun.sim.responses import (
     HTTP_FAULTS,
     RateLimits,
@@ -31,6 +33,8 @@ from batchrun.sim.responses import (
     error_response,
     fault_response,
     make_id,
+    make_limits,
+    rate_limit_response,
 )
 from batchrun.sim.stats import SimStats
 from batchrun.sim.stream import plan, play
@@ -76,7 +80,7 @@ class _Call:
 def create_app(config: SimConfig, *, stats: SimStats | None = None) -> web.Application:
     """The simulator as an aiohttp application (one catch-all route)."""
     app = web.Application(client_max_size=config.max_body_bytes)
-    app[STATE] = SimState(config, stats=stats or SimStats())
+    app[STATE] = SimState(config, stats=stats or SimStats(), limits=make_limits(config))
     app.router.add_route("*", "/{tail:.*}", _handle)
     app.on_shutdown.append(_cancel_inflight)
     return app
@@ -154,13 +158,22 @@ async def _route(
             f"There was an error parsing the body of your request: {exc}",
         ) from exc
     req = validate(api, payload, max_tokens_limit=config.max_tokens_limit)
-    headers = {"request-id": call.request_id, **state.limits.headers()}
     if api == "count_tokens":
+        headers = {"request-id": call.request_id, **state.limits.headers()}
         return web.json_response({"input_tokens": req.input_tokens}, headers=headers)
-    fault = select_fault(config.faults, seed=config.seed, body=body, digest=digest, attempt=attempt)
-    if fault is not None:
-        state.stats.record_fault(fault.kind)
-    return await _reply(call, req, fault, headers)
+    admission = state.limits.admit(input_tokens=req.input_tokens, max_tokens=req.max_tokens)
+    if not admission.ok:
+        return rate_limit_response(state.limits, admission, call.request_id)
+    try:
+        headers = {"request-id": call.request_id, **state.limits.headers()}
+        fault = select_fault(
+            config.faults, seed=config.seed, body=body, digest=digest, attempt=attempt
+        )
+        if fault is not None:
+            state.stats.record_fault(fault.kind)
+        return await _reply(call, req, fault, headers, admission)
+    finally:
+        state.limits.finish(admission)
 
 
 def _model_reply(config: SimConfig, req: GenRequest) -> Reply:
@@ -188,7 +201,11 @@ def _drop(request: web.Request) -> web.StreamResponse:
 
 
 async def _reply(
-    call: _Call, req: GenRequest, fault: Fault | None, headers: dict[str, str]
+    call: _Call,
+    req: GenRequest,
+    fault: Fault | None,
+    headers: dict[str, str],
+    admission: Admission,
 ) -> web.StreamResponse:
     config, request = call.state.config, call.request
     kind: str | None = fault.kind if fault is not None else None
@@ -214,6 +231,7 @@ async def _reply(
             retry_after_s=fault.retry_after_s,
         )
     reply = _model_reply(config, req)
+    admission.output_tokens = len(reply.tokens)  # what the rate limit is charged in the end
     object_id = make_id("msg_" if req.api == "messages" else "compl_", config.seed, req.key)
     if not req.stream:
         return await _reply_json(call, req, reply, object_id, kind, headers)

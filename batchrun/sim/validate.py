@@ -1,20 +1,34 @@
-"""Simulator: request validation, as the API does it. A JSON body in, a checked request out.
+"""Simulator: request validation, as the API does it. Headers and a JSON body in, a request out.
 
-Pure: no HTTP objects, no clock. Error messages imitate the API's pydantic style
-(``messages: Field required``, ``max_tokens: Input should be a valid integer``) so that clients
-are tested against what the real service says. It must not generate text or pick faults.
+Pure: no HTTP objects, no clock. Error messages imitate the API's (``messages: Field required``,
+``max_tokens: Input should be a valid integer``, ``messages: roles must alternate between "user"
+and "assistant" ...``, ``prompt is too long: N tokens > M maximum``) so that clients are tested
+against what the real service says. Stricter than today's API in one place, on purpose: the
+first message is ``user`` and roles alternate (the API used to require it and now merges
+consecutive turns; batchrun never sends such a conversation). Every input is answered with a
+:class:`Rejected` or a :class:`GenRequest`, never another exception. It must not generate text
+or pick faults.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchrun.sim.text import content_key, estimate_tokens
 
-__all__ = ["Api", "GenRequest", "Rejected", "validate"]
+__all__ = ["Api", "GenRequest", "Rejected", "check_headers", "parse_body", "validate"]
 
 Api = Literal["messages", "complete", "count_tokens"]
+
+CONTEXT_WINDOW = 200_000  # tokens; a longer prompt is a 400, as for every current model
+_MAX_DEPTH = 64  # JSON nesting; far beyond any real request, well within Python's stack
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _MESSAGES_FIELDS = frozenset(
     "model messages max_tokens system stop_sequences temperature top_p top_k metadata stream "  # noqa: SIM905
@@ -61,6 +75,65 @@ def _invalid(message: str) -> Rejected:
     return Rejected(400, "invalid_request_error", message)
 
 
+def _unparsable(reason: object) -> Rejected:
+    return _invalid(f"There was an error parsing the body of your request: {reason}")
+
+
+def check_headers(headers: Mapping[str, str], *, api_key: str | None) -> None:
+    """The API's header checks: a key (``x-api-key`` or ``Bearer``) and ``anthropic-version``.
+
+    ``api_key`` is the one key accepted; ``None`` accepts any non-empty key.
+    """
+    key = headers.get("x-api-key")
+    authorization = headers.get("authorization", "")
+    if key is None and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    if not key:
+        raise Rejected(401, "authentication_error", "x-api-key header is required")
+    if api_key is not None and key != api_key:
+        raise Rejected(401, "authentication_error", "invalid x-api-key")
+    version = headers.get("anthropic-version")
+    if not version:
+        raise _invalid("anthropic-version: header is required")
+    if not _VERSION.fullmatch(version.strip()):
+        raise _invalid(f"anthropic-version: {version[:40]!r} is not a valid version")
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON, strictly: UTF-8, no NaN or Infinity, bounded nesting."""
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+    except UnicodeDecodeError as exc:
+        raise _unparsable(f"invalid UTF-8 at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise _unparsable("the JSON is nested too deeply") from exc
+    except ValueError as exc:
+        raise _unparsable(exc) from exc
+
+
+def _scan(body: Any) -> None:
+    """Refuse what JSON cannot carry or the simulator cannot echo: lone surrogates, NaN,
+    Infinity, and nesting deeper than any request needs. Iterative, so depth cannot hurt."""
+    stack = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise _unparsable("the JSON is nested too deeply")
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise _unparsable("a string holds a lone UTF-16 surrogate")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _unparsable(f"{json.dumps(value)} is not valid JSON")
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def _check(value: Any, kind: type, where: str) -> None:
     """Reject ``value`` unless it is a ``kind`` (bools are not numbers; ints are)."""
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
@@ -88,15 +161,20 @@ def _range(body: dict[str, Any], name: str, kind: type, low: float, high: float 
         raise _invalid(f"{name}: Input should be less than or equal to {high:g}")
 
 
-def validate(api: Api, body: Any, *, max_tokens_limit: int) -> GenRequest:
+def validate(
+    api: Api, body: Any, *, max_tokens_limit: int, context_window: int = CONTEXT_WINDOW
+) -> GenRequest:
     """Check ``body`` for ``api`` as the API would; raise :class:`Rejected` on the first fault."""
     if not isinstance(body, dict):
         raise _invalid("body: Input should be a valid dictionary")
+    _scan(body)
     allowed = _COMPLETE_FIELDS if api == "complete" else _MESSAGES_FIELDS
     for name in body:
         if name not in allowed and not (api == "count_tokens" and name == "max_tokens"):
             raise _invalid(f"{name}: Extra inputs are not permitted")
     model = _required(body, "model", str)
+    if not model:
+        raise _invalid("model: String should have at least 1 character")
     if api == "complete":
         chars = _check_prompt(_required(body, "prompt", str))
         cap_name = "max_tokens_to_sample"
@@ -117,8 +195,7 @@ def validate(api: Api, body: Any, *, max_tokens_limit: int) -> GenRequest:
     _range(body, "temperature", float, 0.0, 1.0)
     _range(body, "top_p", float, 0.0, 1.0)
     _range(body, "top_k", int, 0, None)
-    if "metadata" in body:
-        _check(body["metadata"], dict, "metadata")
+    _check_metadata(body)
     if "stream" in body:
         _check(body["stream"], bool, "stream")
     stops = body.get("stop_sequences", [])
@@ -127,15 +204,32 @@ def validate(api: Api, body: Any, *, max_tokens_limit: int) -> GenRequest:
         _check(stop, str, f"stop_sequences.{i}")
     if not model.startswith("claude-"):
         raise Rejected(404, "not_found_error", f"model: {model}")
+    tokens = estimate_tokens(chars)
+    if api != "count_tokens" and tokens > context_window:
+        raise _invalid(f"prompt is too long: {tokens} tokens > {context_window} maximum")
     return GenRequest(
         api=api,
         model=model,
         max_tokens=cap,
         stop_sequences=tuple(stops),
         stream=body.get("stream") is True,
-        input_tokens=estimate_tokens(chars),
+        input_tokens=tokens,
         key=content_key(body),
     )
+
+
+def _check_metadata(body: dict[str, Any]) -> None:
+    if "metadata" not in body:
+        return
+    metadata = body["metadata"]
+    _check(metadata, dict, "metadata")
+    for name, value in metadata.items():
+        if name != "user_id":
+            raise _invalid(f"metadata.{name}: Extra inputs are not permitted")
+        if value is not None:
+            _check(value, str, "metadata.user_id")
+            if len(value) > 256:
+                raise _invalid("metadata.user_id: String should have at most 256 characters")
 
 
 def _check_prompt(prompt: str) -> int:
@@ -153,34 +247,49 @@ def _check_prompt(prompt: str) -> int:
 
 
 def _check_messages(messages: list[Any]) -> int:
-    """Roles, content types and non-empty text; returns the characters of content."""
+    """Roles, alternation, content types and non-blank text; returns the characters of content."""
     if not messages:
         raise _invalid("messages: at least one message is required")
     chars = 0
+    previous = None
     for i, message in enumerate(messages):
         where = f"messages.{i}"
         _check(message, dict, where)
         if "role" not in message:
             raise _invalid(f"{where}.role: Field required")
-        if message["role"] not in ("user", "assistant"):
+        role = message["role"]
+        if role not in ("user", "assistant"):
             raise _invalid(f"{where}.role: Input should be 'user' or 'assistant'")
+        if previous is None and role != "user":
+            raise _invalid('messages: first message must use the "user" role')
+        if role == previous:
+            raise _invalid(
+                'messages: roles must alternate between "user" and "assistant", '
+                f'but found multiple "{role}" roles in a row'
+            )
+        previous = role
         if "content" not in message:
             raise _invalid(f"{where}.content: Field required")
         content = message["content"]
-        final_assistant = i == len(messages) - 1 and message["role"] == "assistant"
+        final_assistant = i == len(messages) - 1 and role == "assistant"
         if isinstance(content, str):
             chars += len(content)
-            empty = not content
+            empty, tail = not content, content
+            if content and not content.strip() and not final_assistant:
+                raise _invalid("messages: text content blocks must contain non-whitespace text")
         elif isinstance(content, list):
             chars += _check_blocks(content, f"{where}.content")
-            empty = not content
+            last = content[-1] if content else {}
+            empty, tail = not content, last.get("text", "") if last.get("type") == "text" else ""
         else:
             raise _invalid(f"{where}.content: Input should be a valid string or list")
         if empty and not final_assistant:
             raise _invalid(
-                "messages: all messages must have non-empty content except for the optional "
+                f"{where}: all messages must have non-empty content except for the optional "
                 "final assistant message"
             )
+        if final_assistant and tail != tail.rstrip():
+            raise _invalid("messages: final assistant content cannot end with trailing whitespace")
     return chars
 
 
@@ -198,6 +307,8 @@ def _check_blocks(blocks: list[Any], where: str) -> int:
             _check(text, str, f"{where}.{j}.text")
             if not text:
                 raise _invalid("messages: text content blocks must be non-empty")
+            if not text.strip():
+                raise _invalid("messages: text content blocks must contain non-whitespace text")
             chars += len(text)
         else:
             chars += len(str(block))
@@ -210,5 +321,8 @@ def _check_system(system: Any) -> int:
     if isinstance(system, str):
         return len(system)
     if isinstance(system, list):
+        for j, block in enumerate(system):
+            if isinstance(block, dict) and block.get("type") != "text":
+                raise _invalid(f"system.{j}.type: Input should be 'text'")
         return _check_blocks(system, "system")
     raise _invalid("system: Input should be a valid string or list")

@@ -1,0 +1,89 @@
+"""Stage 2's gate: requests- and tokens-per-minute budgets, learned from the server and shared.
+
+Every attempt (retries too) waits in ``Budget.acquire`` and reports back through
+``Budget.settle``. Modules: ``budget`` (the seam: protocol, reservation, refusal), ``rate`` (the
+rate-limited budget), ``bucket`` (token-bucket arithmetic), ``estimate`` (request costs and
+rate-limit headers), ``adaptive`` (AIMD concurrency), ``store`` and ``sqlite`` (where buckets
+live). This package must not speak HTTP, retry, or write results.
+
+Sharing: with ``limits.shared: true`` (the default) every batchrun process on the host that uses
+the same API key and base URL takes from one set of buckets and honours one 429 pause, kept in
+``<state_dir>/budget-<fingerprint>.sqlite3`` (``state_dir`` defaults to
+``$XDG_STATE_HOME/batchrun`` or ``~/.local/state/batchrun``; the fingerprint is a hash of key and
+base URL, never the key). ``shared: false`` keeps the buckets in the process. Another store (a
+network one, for many hosts) implements :class:`BudgetStore` and is passed to
+:class:`RateBudget`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from batchrun.job import LimitsConfig
+from batchrun.limits.bucket import BURST_S, Adjust, BucketSpec, Want
+from batchrun.limits.budget import Budget, BudgetWaitError, Reservation, Snapshot, Unlimited
+from batchrun.limits.rate import CountTokens, RateBudget, Sleep
+from batchrun.limits.sqlite import SqliteStore, default_state_dir, state_path
+from batchrun.limits.store import BudgetStore, MemoryStore, StoreUnavailable
+
+__all__ = [
+    "BURST_S",
+    "Adjust",
+    "BucketSpec",
+    "Budget",
+    "BudgetStore",
+    "BudgetWaitError",
+    "CountTokens",
+    "MemoryStore",
+    "RateBudget",
+    "Reservation",
+    "Snapshot",
+    "SqliteStore",
+    "StoreUnavailable",
+    "Unlimited",
+    "Want",
+    "default_state_dir",
+    "make_budget",
+    "state_path",
+]
+
+
+def make_budget(
+    limits: LimitsConfig,
+    *,
+    key_fingerprint: str,
+    max_concurrency: int,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    max_wait_s: float | None = None,
+    count_tokens: CountTokens | None = None,
+) -> RateBudget:
+    """The budget of a run.
+
+    ``key_fingerprint`` names the shared state (``sha256(api_key + "\\n" + base_url)``, never the
+    key). ``max_wait_s`` bounds a wait for a 429's pause (pass ``retry.max_backoff_s``).
+    ``count_tokens`` posts a body to ``/v1/messages/count_tokens`` and returns its
+    ``input_tokens``; it is used only with ``limits.exact_input_tokens`` and an input limit in
+    force. With no limit set, nothing waits until a response teaches one. ``clock`` must be the
+    same in every process sharing the state: keep ``time.monotonic`` outside tests.
+    """
+    store: BudgetStore
+    if limits.shared:
+        store = SqliteStore(state_path(limits.state_dir, key_fingerprint), clock=clock)
+    else:
+        store = MemoryStore(clock)
+    return RateBudget(
+        {
+            "requests": limits.requests_per_minute,
+            "input_tokens": limits.input_tokens_per_minute,
+            "output_tokens": limits.output_tokens_per_minute,
+        },
+        store,
+        max_concurrency=max_concurrency,
+        clock=clock,
+        sleep=sleep,
+        max_wait_s=max_wait_s,
+        count_tokens=count_tokens if limits.exact_input_tokens else None,
+    )

@@ -1,0 +1,205 @@
+"""Pieces of the HTML report that are not charts: the style sheet, figure cards and tables.
+
+Markup only, every value escaped; no statistics are computed here and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+__all__ = ["CSS", "NONE", "cards", "facts", "ms", "row_table", "seconds"]
+
+NONE = "\u2013"  # an en dash: shown where there is no value
+
+CSS = """
+:root { --ink:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --panel:#fff;
+  --ok:#1a7f37; --bad:#cf222e; --warn:#9a6700; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink);
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+  sans-serif; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 24px 40px; }
+header h1 { margin: 0 0 4px; font-size: 24px; font-weight: 650; }
+.meta { margin: 2px 0; color: var(--muted); }
+.path { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.badge { display:inline-block; vertical-align: middle; margin-left: 8px; padding: 1px 10px;
+  border-radius: 999px; font-size: 12px; font-weight: 600; color: #fff; background: var(--warn); }
+.badge.complete { background: var(--ok); }
+.badge.aborted, .badge.interrupted { background: var(--bad); }
+.banner { margin: 12px 0 0; padding: 8px 12px; border-radius: 6px; background: #fff8c5;
+  border: 1px solid #d4a72c66; }
+.cards { display:grid; grid-template-columns: repeat(auto-fit, minmax(128px, 1fr)); gap: 12px;
+  margin: 20px 0; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
+  padding: 10px 14px; }
+.card .k { color: var(--muted); font-size: 12px; white-space: nowrap; }
+.card .v { font-size: 21px; font-weight: 650; font-variant-numeric: tabular-nums;
+  white-space: nowrap; }
+.card .s { color: var(--muted); font-size: 12px; }
+.card .v.bad { color: var(--bad); }
+.grid { display:grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 16px;
+  margin-bottom: 16px; }
+.split { display:grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 24px; }
+@media (max-width: 900px) { .split { grid-template-columns: 1fr; } }
+.panel { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
+  padding: 14px 16px; min-width: 0; }
+.panel.wide { margin-bottom: 16px; }
+.panel h2 { margin: 0 0 8px; font-size: 15px; font-weight: 600; }
+.panel h3 { margin: 10px 0 2px; font-size: 12px; font-weight: 500; color: var(--muted); }
+svg.chart { display:block; width: 100%; height: auto; }
+svg.chart.empty { max-height: 60px; }
+svg text { font-family: inherit; fill: var(--ink); }
+svg .tick { font-size: 11px; fill: var(--muted); }
+svg .axis { font-size: 11px; fill: var(--muted); }
+svg .label { font-size: 12px; }
+svg .value { font-size: 12px; fill: var(--muted); font-variant-numeric: tabular-nums; }
+svg .mark { font-size: 11px; font-weight: 600; }
+svg rect:hover { opacity: .8; }
+.note { margin: 4px 0 0; color: var(--muted); font-size: 12px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
+th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left;
+  white-space: nowrap; }
+th { font-size: 12px; font-weight: 600; color: var(--muted); background: var(--bg); }
+td.n, th.n { text-align: right; }
+td.mono { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+td.msg { white-space: normal; min-width: 240px; color: var(--muted); }
+td.ids { font-size: 11px; line-height: 1.35; }
+td.ids span { color: var(--muted); }
+td.error { color: var(--bad); font-weight: 600; }
+footer { margin-top: 24px; color: var(--muted); font-size: 12px; text-align: center; }
+"""
+
+_TIMING_NAMES = {
+    "ttft_s": "time to first token, ms",
+    "tpot_s": "time per output token, ms",
+    "e2e_s": "end-to-end latency, ms",
+    "queue_s": "queue wait before sending, ms",
+    "stream_output_tokens_per_s": "output tokens/s of one stream",
+}
+
+
+def ms(value: float | None) -> str:
+    """Seconds shown as milliseconds with one decimal, or an en dash for nothing."""
+    return NONE if value is None else f"{value * 1000:,.1f}"
+
+
+def seconds(value: float | None) -> str:
+    """Seconds with three decimals, or an en dash for nothing."""
+    return NONE if value is None else f"{value:.3f}"
+
+
+def cards(summary: Mapping[str, Any]) -> str:
+    """The row of headline figures."""
+    status, rows = summary["status"], summary["rows"]
+    ok_share = 100 * status["ok"] / rows if rows else 0.0
+    retries = summary["attempts"]["retries"] or 0
+    items = [
+        ("rows", f"{rows:,}", f"{status['ok']:,} ok · {status['error']:,} error", ""),
+        ("success", f"{ok_share:.1f}%", "rows ending ok", "bad" if status["error"] else ""),
+        ("duration", _duration(summary["duration_s"]), "wall time, active", ""),
+        ("requests/s", _rate(summary["requests_per_s"]), "over the run", ""),
+        ("output tokens/s", _rate(summary["output_tokens_per_s"]), "over the run", ""),
+        _latency_card("TTFT p50", summary["ttft_s"]),
+        _latency_card("e2e p50", summary["e2e_s"]),
+        ("retries", f"{retries:,}", f"on {summary['attempts']['rows_retried']:,} rows", ""),
+    ]
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="k">{escape(k)}</div>'
+            f'<div class="v {cls}">{escape(v)}</div>'
+            f'<div class="s">{escape(s)}</div></div>'
+            for k, v, s, cls in items
+        )
+        + "</div>"
+    )
+
+
+def facts(summary: Mapping[str, Any]) -> str:
+    """Percentiles of every per-request timing, then tokens and attempts."""
+    head = "".join(f'<th class="n">{h}</th>' for h in ("rows", "mean", "p50", "p90", "p99", "max"))
+    body = []
+    for key, name in _TIMING_NAMES.items():
+        d = summary[key]
+        show = _rate if key == "stream_output_tokens_per_s" else ms
+        cells = [f"{d['count']:,}"] + [show(d[k]) for k in ("mean", "p50", "p90", "p99", "max")]
+        body.append(
+            f"<tr><td>{escape(name)}</td>"
+            + "".join(f'<td class="n">{c}</td>' for c in cells)
+            + "</tr>"
+        )
+    tokens, attempts = summary["tokens"], summary["attempts"]
+    extra = [
+        ("input tokens", _count(tokens["input"])),
+        ("output tokens", _count(tokens["output"])),
+        ("attempts (first included)", _count(attempts["total"])),
+        ("most attempts on one row", _count(attempts["max_per_row"])),
+        (
+            "retry wait, total / longest (s)",
+            f"{seconds(summary['retry_wait_s']['total'])} / "
+            f"{seconds(summary['retry_wait_s']['max'])}",
+        ),
+    ]
+    facts_rows = "".join(
+        f'<tr><td>{escape(k)}</td><td class="n">{escape(v)}</td></tr>' for k, v in extra
+    )
+    return (
+        f'<div class="split"><div class="scroll"><table><tr><th>timing</th>{head}</tr>'
+        f'{"".join(body)}</table></div><div class="scroll"><table><tr><th>totals</th>'
+        f'<th class="n">value</th></tr>{facts_rows}</table></div></div>'
+    )
+
+
+def row_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of results.parquet with their trace and request ids, to look them up."""
+    if not rows:
+        return "<p>None.</p>"
+    head = (
+        "<tr><th>id</th><th class='n'>sample</th><th>status</th><th>stop / error</th>"
+        "<th class='n'>attempts</th><th class='n'>ttft ms</th><th class='n'>e2e ms</th>"
+        "<th class='n'>out tokens</th><th>trace_id · request_id</th><th>message</th></tr>"
+    )
+    body = []
+    for row in rows:
+        error = row["status"] == "error"
+        message = str(row["error_message"] or "")
+        body.append(
+            f"<tr><td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
+            f"<td class='{'error' if error else ''}'>{escape(str(row['status']))}</td>"
+            f"<td>{escape(str(row['error_type'] if error else row['stop_reason'] or ''))}</td>"
+            f"<td class='n'>{_count(row['attempts'])}</td><td class='n'>{ms(row['ttft_s'])}</td>"
+            f"<td class='n'>{ms(row['e2e_s'])}</td>"
+            f"<td class='n'>{_count(row['output_tokens'])}</td>"
+            f"<td class='mono ids'>{escape(str(row['trace_id'] or NONE))}<br>"
+            f"<span>{escape(str(row['request_id'] or NONE))}</span></td>"
+            f"<td class='msg'>{escape(message[:300])}</td></tr>"
+        )
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _latency_card(name: str, stats: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    p50, p99 = stats["p50"], stats["p99"]
+    if p50 is None:
+        return (name, NONE, "no ok rows", "")
+    if p99 < 1:
+        return (name, f"{ms(p50)} ms", f"p99 {ms(p99)} ms", "")
+    return (name, f"{p50:,.2f} s", f"p99 {p99:,.2f} s", "")
+
+
+def _count(value: int | None) -> str:
+    return NONE if value is None else f"{value:,}"
+
+
+def _rate(value: float | None) -> str:
+    return NONE if value is None else (f"{value:,.0f}" if value >= 100 else f"{value:.2f}")
+
+
+def _duration(value: float) -> str:
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    if value >= 120:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f} s"

@@ -1,0 +1,145 @@
+"""The summary of a run: counts, tokens, throughput and latency percentiles, as plain data.
+
+Computed with polars from the tables ``load_run`` read; the result is a JSON-ready dict whose
+keys are stable (scripts and dashboards read ``batchrun report --json``). Percentiles use linear
+interpolation over the rows that have the value (timings exist only for ``ok`` rows). This
+module neither prints nor writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from batchrun.report.load import RunData
+
+__all__ = ["PERCENTILES", "TIMINGS", "counts", "distribution", "summarize", "to_json"]
+
+PERCENTILES = (0.5, 0.9, 0.99)
+# Per-request timings summarised by percentiles: summary key → results column. The run's overall
+# ``output_tokens_per_s`` is a single number; one stream's rate is ``stream_output_tokens_per_s``.
+TIMINGS = {
+    "ttft_s": "ttft_s",
+    "tpot_s": "tpot_s",
+    "e2e_s": "e2e_s",
+    "queue_s": "queue_s",
+    "stream_output_tokens_per_s": "output_tokens_per_s",
+}
+
+
+def summarize(run: RunData) -> dict[str, Any]:
+    """The run's summary as a JSON-ready dict (see the README for every key)."""
+    results, attempts = run.results, run.attempts
+    rows = results.height
+    duration = active_duration_s(results)
+    output_tokens = _sum(results["output_tokens"])
+    retried = results.filter(pl.col("attempts") > 1)
+    failed_attempts = attempts.filter(pl.col("outcome") != "ok")
+    return {
+        "run_dir": str(run.run_dir),
+        "state": run.state,
+        "run_ids": sorted(results["run_id"].drop_nulls().unique().to_list()),
+        "models": sorted(results["model"].drop_nulls().unique().to_list()),
+        "apis": sorted(results["api"].drop_nulls().unique().to_list()),
+        "rows": rows,
+        "status": {"ok": 0, "error": 0, **counts(results["status"])},
+        "stop_reasons": counts(results["stop_reason"]),
+        "tokens": {"input": _sum(results["input_tokens"]), "output": output_tokens},
+        "first_started_at": _iso(results["started_at"].min()),
+        "last_finished_at": _iso(results["finished_at"].max()),
+        "duration_s": duration,
+        "requests_per_s": _ratio(rows, duration),
+        "output_tokens_per_s": _ratio(output_tokens, duration),
+        **{key: distribution(results[column]) for key, column in TIMINGS.items()},
+        "attempts": {
+            "total": _int(results["attempts"].sum()),
+            "retries": _int((results["attempts"] - 1).clip(lower_bound=0).sum()),
+            "rows_retried": retried.height,
+            "max_per_row": _int(results["attempts"].max()),
+        },
+        "retry_wait_s": {
+            "total": _float(results["retry_wait_s"].sum()),
+            "max": _float(results["retry_wait_s"].max()),
+        },
+        "errors": counts(results.filter(pl.col("status") == "error")["error_type"]),
+        "failed_attempts": counts(failed_attempts["outcome"]),
+    }
+
+
+def active_duration_s(results: pl.DataFrame) -> float:
+    """Wall time the run was active: per session (run_id), first start to last finish, summed.
+
+    A resumed run has one run_id per session; the pause between sessions is not counted.
+    """
+    spans = (
+        results.drop_nulls(["started_at", "finished_at"])
+        .group_by("run_id")
+        .agg(span=pl.col("finished_at").max() - pl.col("started_at").min())
+    )
+    if spans.is_empty():
+        return 0.0
+    return float(spans["span"].dt.total_microseconds().sum()) / 1e6
+
+
+def distribution(values: pl.Series) -> dict[str, float | int | None]:
+    """count, mean, p50, p90, p99 and max of the non-null values (null when there are none)."""
+    present = values.drop_nulls().drop_nans() if values.dtype.is_float() else values.drop_nulls()
+    stats: dict[str, float | int | None] = {"count": present.len()}
+    stats["mean"] = _float(present.mean()) if present.len() else None
+    for q in PERCENTILES:
+        key = f"p{round(q * 100)}"
+        stats[key] = _float(present.quantile(q, "linear")) if present.len() else None
+    stats["max"] = _float(present.max()) if present.len() else None
+    return stats
+
+
+def counts(values: pl.Series) -> dict[str, int]:
+    """Occurrences of each non-null value, most frequent first (ties by value)."""
+    table = (
+        values.drop_nulls()
+        .value_counts(name="n")
+        .sort(["n", values.name], descending=[True, False])
+    )
+    return {str(key): int(n) for key, n in table.iter_rows()}
+
+
+def to_json(payload: Mapping[str, Any]) -> str:
+    """JSON text for stdout: NaN and infinities become null (JSON has neither)."""
+    return json.dumps(_finite(payload), indent=2, ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _ratio(numerator: int | None, denominator: float) -> float | None:
+    if numerator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def _sum(values: pl.Series) -> int | None:
+    """The sum, or null when no row has a value (the legacy API reports no token counts)."""
+    return None if values.null_count() == values.len() else int(values.sum())
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
