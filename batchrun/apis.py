@@ -175,8 +175,8 @@ def _stream_error(message: str) -> RetryableError:
 def _payload(name: str, data: str) -> dict[str, Any]:
     try:
         payload = json.loads(data)
-    except ValueError as exc:
-        raise _stream_error(f"{name} event data is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _stream_error(f"{name} event data is not JSON ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):
         raise _stream_error(f"{name} event data is a JSON {type(payload).__name__}, not an object")
     return payload
@@ -225,9 +225,10 @@ class _FoldBase:
                 # No `event:` line: fall back on the payload's own "type", if it has one.
                 try:
                     payload = json.loads(event.data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     return False
-                if not isinstance(payload, dict) or payload.get("type") not in self._events:
+                kind = payload.get("type") if isinstance(payload, dict) else None
+                if not isinstance(kind, str) or kind not in self._events:
                     return False
                 name = payload["type"]
             else:
@@ -370,7 +371,8 @@ class MessagesFold(_FoldBase):
             block.json_parts.append(_required_str(delta, "partial_json", kind))
         elif kind == "citations_delta":
             citations = block.data.get("citations")
-            block.data["citations"] = [*(citations or ()), delta.get("citation")]
+            kept = citations if isinstance(citations, list) else []
+            block.data["citations"] = [*kept, delta.get("citation")]
         else:
             block.data.update((k, v) for k, v in delta.items() if k != "type")
         self._deltas += 1

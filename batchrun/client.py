@@ -137,7 +137,7 @@ def _error_body(raw: bytes, status: int, reason: str) -> tuple[str, str]:
         payload = json.loads(raw)
         error = payload["error"]
         return str(error["type"]), str(error.get("message", ""))[:500]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         text = raw.decode("utf-8", "replace").strip()
         snippet = " ".join(text.split())[:200]
         return "http_error", f"HTTP {status} {reason}" + (f": {snippet}" if snippet else "")

@@ -247,6 +247,14 @@ def _part_seq(path: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text Parquet can hold: a lone UTF-16 surrogate (valid JSON, invalid UTF-8) becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text) if text is not None else None
+
+
 def attempt_row(
     run_id: str, item: RequestItem, number: int, backoff_s: float, a: Attempt, clock: Clock
 ) -> dict[str, Any]:
@@ -266,7 +274,7 @@ def attempt_row(
         "ttft_s": a.ttft_s,
         "output_tokens_seen": a.output_tokens_seen,
         "retry_after_s": err.retry_after if err is not None else None,
-        "error_message": err.message if err is not None else None,
+        "error_message": _utf8(err.message) if err is not None else None,
     }
 
 
@@ -297,7 +305,7 @@ def result_row(
         api=api,
         status="ok" if error is None else "error",
         error_type=None if error is None else error.error_type,
-        error_message=None if error is None else error.message,
+        error_message=None if error is None else _utf8(error.message),
         http_status=final.http_status,
         attempts=attempts,
         request_id=final.request_id,
@@ -314,10 +322,10 @@ def result_row(
         out = done.output_tokens
         e2e = final.e2e_s
         row.update(
-            completion=done.text,
-            content_json=done.content_json,
+            completion=_utf8(done.text),
+            content_json=_utf8(done.content_json),
             stop_reason=done.stop_reason,
-            stop_sequence=done.stop_sequence,
+            stop_sequence=_utf8(done.stop_sequence),
             input_tokens=done.input_tokens,
             output_tokens=out,
             ttft_s=final.ttft_s,

@@ -120,6 +120,6 @@ class SSEDecoder:
             elif field == "id":
                 if "\0" not in value:
                     self._last_id = value
-            elif field == "retry" and value.isdigit() and value.isascii():
+            elif field == "retry" and value.isdigit() and value.isascii() and len(value) < 16:
                 self._retry = int(value)
         return events

@@ -3,7 +3,7 @@
 The simulator must answer anything sent to it with a 200 or the API's error body and a
 ``request-id``, never a 500. Bytes fed to the decoder and then to either fold may only end in a
 completion or an :class:`~batchrun.errors.AttemptError`. Known crashes in modules this file does
-not own are pinned below as strict xfails, each naming the fix; remove the mark once it is in.
+not own were fixed where they lived; the tests below keep them fixed.
 """
 
 from __future__ import annotations
@@ -287,11 +287,6 @@ def test_check_headers(headers: dict[str, str], status: int, fragment: str) -> N
     check_headers({"x-api-key": KEY, "anthropic-version": "2023-06-01"}, api_key=KEY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sim/server.py parses with json.loads and lets RecursionError out as a 500; "
-    "it should call batchrun.sim.validate.parse_body (and check_headers) instead",
-)
 def test_a_deeply_nested_body_is_a_400(http: httpx.Client) -> None:
     """A body nested 100,000 deep is refused as unparsable, not a 500."""
     response = http.post("/v1/messages", content=b"[" * 100_000, headers=HEADERS)
@@ -384,27 +379,15 @@ def test_a_cut_or_damaged_real_stream_is_never_a_false_success(data: st.DataObje
     _fold_all(SSEDecoder().feed(bytes(damaged)) + SSEDecoder().flush())
 
 
-# --- known crashes outside this file's modules (strict xfails: fix, then drop the mark) ---
+# --- crashes the fuzzing found outside this file's modules, fixed there ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="sse.py: int() of a retry field over 4300 digits raises ValueError; "
-    "ignore retry values longer than, say, 10 digits",
-)
 def test_a_huge_retry_field_is_ignored() -> None:
     """``retry:`` with thousands of digits is ignored, not raised."""
     events = SSEDecoder().feed(b"retry: " + b"9" * 5000 + b"\ndata: x\n\n")
     assert [e.data for e in events] == ["x"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="apis.py MessagesFold: citations_delta does [*(citations or ()), ...] on whatever "
-    "content_block_start sent; treat a non-list citations as []",
-)
 def test_citations_that_are_not_a_list_do_not_crash_the_fold() -> None:
     """A content block whose citations is not a list: a result or a stream_error."""
     start = {"type": "content_block_start", "index": 0, "content_block": {"citations": 5}}
@@ -417,36 +400,18 @@ def test_citations_that_are_not_a_list_do_not_crash_the_fold() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="apis.py _FoldBase.feed: for an event without an `event:` line it tests "
-    "payload.get('type') in a frozenset, which raises for a list or dict; check isinstance str",
-)
 @pytest.mark.parametrize("odd", ["[]", "{}"])
 def test_an_unnamed_event_with_an_odd_type_is_ignored(odd: str) -> None:
     """An event with no name whose payload's type is a list or object is ignored."""
     _fold_all([ServerSentEvent("message", f'{{"type": {odd}}}')])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="apis.py _payload and the `message` fallback catch ValueError only; json.loads of "
-    "deeply nested data raises RecursionError: catch it as a stream_error",
-)
 @pytest.mark.parametrize("name", ["message_start", "message", "completion"])
 def test_deeply_nested_event_data_is_a_stream_error(name: str) -> None:
     """Event data nested 100,000 deep is a malformed event, not a RecursionError."""
     _fold_all([ServerSentEvent(name, "[" * 100_000)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="client.py _error_body catches ValueError/KeyError/TypeError, not the RecursionError "
-    "json.loads raises on a deeply nested error body; the run would crash",
-)
 def test_a_deeply_nested_error_body_is_an_attempt_error() -> None:
     """A 400 whose body is nested 60,000 deep becomes an error attempt, not an exception."""
 

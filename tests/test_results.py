@@ -161,3 +161,36 @@ def test_many_small_parts_are_merged_keeping_later_rows_winning(tmp_path: Path) 
     last = MERGE_AFTER_PARTS + 4
     assert results.filter(pl.col("id") == f"r{last % 10}")["run_id"].to_list() == [f"run{last}"]
     assert read_table(tmp_path, "attempts").height == MERGE_AFTER_PARTS + 5
+
+
+def test_lone_surrogates_from_the_stream_are_replaced(tmp_path: Path) -> None:
+    """A completion holding a lone surrogate (valid JSON, not UTF-8) is written as U+FFFD."""
+    from batchrun.clock import Clock
+    from batchrun.records import Attempt, Completion, RequestItem
+    from batchrun.results import result_row
+
+    clock = Clock()
+    final = Attempt(
+        sent_at=clock.now(),
+        ended_at=clock.now(),
+        completion=Completion(text="a\ud800b", stop_reason="end_turn"),
+    )
+    row = result_row(
+        run_id="r",
+        item=RequestItem("x", 0, ()),
+        model="m",
+        api="messages",
+        final=final,
+        error=None,
+        attempts=1,
+        first_sent=final.sent_at,
+        queue_s=0.0,
+        retry_wait_s=0.0,
+        trace_id=None,
+        request_hash="h",
+        clock=clock,
+    )
+    writer = ResultsWriter(tmp_path)
+    writer.add(row, [])
+    writer.finalize()
+    assert pl.read_parquet(tmp_path / "results.parquet")["completion"].to_list() == ["a\ufffdb"]

@@ -39,7 +39,14 @@ from batchrun.sim.responses import (
 from batchrun.sim.stats import SimStats
 from batchrun.sim.stream import plan, play
 from batchrun.sim.text import Reply, generate
-from batchrun.sim.validate import Api, GenRequest, Rejected, validate
+from batchrun.sim.validate import (
+    Api,
+    GenRequest,
+    Rejected,
+    check_headers,
+    parse_body,
+    validate,
+)
 
 __all__ = ["STATE", "SimState", "create_app", "serve"]
 
@@ -121,19 +128,6 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             state.inflight.discard(task)
 
 
-def _check_headers(request: web.Request, config: SimConfig) -> None:
-    key = request.headers.get("x-api-key")
-    authorization = request.headers.get("authorization", "")
-    if key is None and authorization.lower().startswith("bearer "):
-        key = authorization[7:].strip()
-    if not key:
-        raise Rejected(401, "authentication_error", "x-api-key header is required")
-    if config.api_key is not None and key != config.api_key:
-        raise Rejected(401, "authentication_error", "invalid x-api-key")
-    if not request.headers.get("anthropic-version"):
-        raise Rejected(400, "invalid_request_error", "anthropic-version: header is required")
-
-
 async def _route(
     call: _Call, body: bytes, too_large: bool, digest: bytes, attempt: int
 ) -> web.StreamResponse:
@@ -144,19 +138,12 @@ async def _route(
         raise Rejected(404, "not_found_error", "Not Found")
     if request.method != "POST":
         raise Rejected(405, "invalid_request_error", f"Method Not Allowed: {request.method}")
-    _check_headers(request, config)
+    check_headers(request.headers, api_key=config.api_key)
     if too_large:
         raise Rejected(
             413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
         )
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise Rejected(
-            400,
-            "invalid_request_error",
-            f"There was an error parsing the body of your request: {exc}",
-        ) from exc
+    payload = parse_body(body)
     req = validate(api, payload, max_tokens_limit=config.max_tokens_limit)
     if api == "count_tokens":
         headers = {"request-id": call.request_id, **state.limits.headers()}
