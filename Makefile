@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test check lint format clean
+.PHONY: install browser run test check lint format bench-limits clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ format: install
 # Regenerate the pinned versions after changing dependencies in pyproject.toml.
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --quiet -o requirements.lock
+
+# Achieved rates against client- and server-side limits, one and two processes (~3 minutes).
+bench-limits: install
+	$(BIN)/python -m bench.limits
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
