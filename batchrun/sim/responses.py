@@ -110,9 +110,11 @@ def make_limits(config: SimConfig) -> RateLimits:
 
 
 class StaticLimits:
-    """Fixed, plausible limits: 4,000 requests and 400,000 tokens a minute, never exhausted."""
+    """The headers of a simulator with no limits configured: limits too large to bind, never
+    exhausted, so a client that learns from them is never slowed (set ``sim.*_per_minute``
+    to simulate real ones)."""
 
-    def __init__(self, requests: int = 4_000, tokens: int = 400_000) -> None:
+    def __init__(self, requests: int = 1_000_000, tokens: int = 1_000_000_000) -> None:
         self.requests = requests
         self.tokens = tokens
 
