@@ -51,14 +51,26 @@ def test_kill_9_at_random_points_loses_nothing_and_duplicates_nothing(
     rows = 400
     job = write_job(
         rows=rows,
-        extra={"endpoint": {"base_url": server.base_url}, "limits": {"concurrency": 4}},
+        extra={
+            "endpoint": {"base_url": server.base_url},
+            "limits": {"concurrency": 4},
+            "input": {"prompt": "{id}: {question}"},  # one body per row, for the server's count
+        },
     )
     run_dir = tmp_path / "out"
     rng = random.Random(20261121)
     on_disk: dict[tuple[str, int], str] = {}  # (id, sample) -> run_id, as seen after each kill
     for _ in range(3):
         proc = _spawn(job)
-        time.sleep(rng.uniform(1.0, 3.0))
+        # Kill at a random moment once this run has written something (start-up time varies
+        # with the machine's load; the point is to land mid-run).
+        before = len(list(run_dir.glob("parts/results-*.parquet")))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(run_dir.glob("parts/results-*.parquet"))) > before:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
         proc.kill()
         proc.communicate(timeout=30)
         now = _results(run_dir)
@@ -79,6 +91,8 @@ def test_kill_9_at_random_points_loses_nothing_and_duplicates_nothing(
         if key in on_disk:
             assert run_id == on_disk[key]
     resent = server.stats.total_requests - rows
+    # The simulator's own count of bodies it saw twice agrees: nothing else was sent again.
+    assert server.stats.repeated_requests == resent
     # Only requests in flight (or finished but not yet checkpointed) at a kill are sent twice.
     assert 0 <= resent <= 3 * 4 * 10
     assert not list((run_dir / "parts").glob("*.parquet"))

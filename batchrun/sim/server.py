@@ -114,6 +114,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         except web.HTTPRequestEntityTooLarge:
             body, too_large = b"", True
         digest, attempt = state.attempts.next(request.path, body)
+        state.stats.record_sighting(attempt)
         request_id = make_id("req_", state.config.seed, digest, attempt)
         call = _Call(request, state, request_id, received, arrived)
         try:

@@ -31,6 +31,7 @@ class SimStats:
         self._by_status: Counter[int] = Counter()
         self._faults: Counter[str] = Counter()
         self._completed = 0
+        self._repeats = 0
         self._timings: deque[StreamTiming] = deque(maxlen=max_timings)
 
     def record_request(self, path: str) -> None:
@@ -44,6 +45,12 @@ class SimStats:
     def record_fault(self, kind: str) -> None:
         with self._lock:
             self._faults[kind] += 1
+
+    def record_sighting(self, attempt: int) -> None:
+        """A request arrived; ``attempt`` > 1 means this exact body was seen before."""
+        if attempt > 1:
+            with self._lock:
+                self._repeats += 1
 
     def record_completed(self) -> None:
         with self._lock:
@@ -67,6 +74,12 @@ class SimStats:
     def faults_by_kind(self) -> dict[str, int]:
         with self._lock:
             return dict(self._faults)
+
+    @property
+    def repeated_requests(self) -> int:
+        """Requests whose exact body (on the same path) the server had seen before."""
+        with self._lock:
+            return self._repeats
 
     @property
     def streams_completed(self) -> int:
