@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, assert_never
 
+import msgspec
+
 from batchrun.errors import AttemptError, RetryableError, api_error
 from batchrun.records import Completion, RequestItem
 from batchrun.sse import ServerSentEvent
@@ -29,6 +31,7 @@ __all__ = [
     "MessagesFold",
     "build_body",
     "complete_prompt",
+    "message_completion",
     "new_fold",
     "request_path",
     "validate_complete_prompt",
@@ -39,6 +42,7 @@ Api = Literal["messages", "complete"]
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 _MAX_MESSAGE = 300  # error messages stay short: never the whole payload
+_decode = msgspec.json.Decoder().decode
 
 
 def request_path(api: Api) -> str:
@@ -172,9 +176,19 @@ def _stream_error(message: str) -> RetryableError:
     return RetryableError("stream_error", message[:_MAX_MESSAGE])
 
 
+def _loads(data: str) -> Any:
+    """``json.loads``, several times faster for what it accepts: msgspec decodes, and whatever
+    msgspec refuses (NaN, 1e400, lone surrogates, deep nesting, malformed text) gets the stdlib's
+    own answer or error."""
+    try:
+        return _decode(data)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return json.loads(data)
+
+
 def _payload(name: str, data: str) -> dict[str, Any]:
     try:
-        payload = json.loads(data)
+        payload = _loads(data)
     except (ValueError, RecursionError) as exc:
         raise _stream_error(f"{name} event data is not JSON ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):
@@ -224,7 +238,7 @@ class _FoldBase:
             elif name == "message":
                 # No `event:` line: fall back on the payload's own "type", if it has one.
                 try:
-                    payload = json.loads(event.data)
+                    payload = _loads(event.data)
                 except (ValueError, RecursionError):
                     return False
                 kind = payload.get("type") if isinstance(payload, dict) else None
@@ -314,6 +328,27 @@ class MessagesFold(_FoldBase):
         self._output_tokens: int | None = None
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
+
+    def feed(self, event: ServerSentEvent) -> bool:
+        # Nearly every event is a text delta: take it in one step. Anything this does not
+        # recognise goes the general way, which decides (and raises) as it always did.
+        if event.event == "content_block_delta" and not self.done:
+            try:
+                payload = _decode(event.data)
+            except (msgspec.DecodeError, ValueError, RecursionError):
+                payload = None
+            if isinstance(payload, dict):
+                index, delta = payload.get("index"), payload.get("delta")
+                block = self._blocks.get(index) if isinstance(index, int) else None
+                if block is not None and isinstance(delta, dict):
+                    text = delta.get("text")
+                    if delta.get("type") == "text_delta" and isinstance(text, str):
+                        block.append("text", text)
+                        self._deltas += 1
+                        if not self._usage_seen:
+                            self.output_tokens_seen = self._deltas
+                        return True
+        return super().feed(event)
 
     def _handle(self, name: str, payload: dict[str, Any]) -> bool:
         if name == "content_block_delta":
@@ -451,3 +486,30 @@ class CompleteFold(_FoldBase):
             response_id=self._id,
             response_model=self._model,
         )
+
+
+# --- non-streaming answers (Message Batches results) ------------------------------------------
+
+
+def message_completion(message: Any) -> Completion:
+    """A non-streaming Messages response (a ``message`` object) as the Completion its stream
+    would have folded into: the same text, ``content_json``, stop reason and usage.
+
+    Raises ``RetryableError("invalid_response")`` when ``message`` lacks a content list.
+    """
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
+        raise RetryableError("invalid_response", "the message has no list of content blocks")
+    usage = message.get("usage")
+    return Completion(
+        text="".join(
+            b["text"] for b in content if b.get("type") == "text" and isinstance(b.get("text"), str)
+        ),
+        stop_reason=_str(message, "stop_reason"),
+        stop_sequence=_str(message, "stop_sequence"),
+        content_json=json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+        input_tokens=_int(usage, "input_tokens"),
+        output_tokens=_int(usage, "output_tokens"),
+        response_id=_str(message, "id"),
+        response_model=_str(message, "model"),
+    )

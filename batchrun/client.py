@@ -97,10 +97,13 @@ async def _read(
         decoder = SSEDecoder()
         sent_at = attempt.sent_at
         offsets = attempt.chunk_offsets
+        feed = fold.feed
         async for chunk in response.aiter_bytes():
+            # Every event of one read arrived at once: one clock reading, before any parsing.
+            arrived = clock.now() - sent_at
             for event in decoder.feed(chunk):
-                if fold.feed(event):
-                    offsets.append(clock.now() - sent_at)
+                if feed(event):
+                    offsets.append(arrived)
             if fold.done:
                 break
         if not fold.done:

@@ -20,9 +20,15 @@ connection-wide reconnection time: batchrun never reconnects to a stream, it ret
 from __future__ import annotations
 
 import codecs
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["SSEDecoder", "ServerSentEvent"]
+
+# One whole event in the shape Anthropic sends, line endings already made LF.
+_BLOCK = re.compile(r"event: ([^\n]*)\ndata: ([^\n]*)\n\n")
+_BLOCKS = re.compile(r"(?:event: [^\n]*\ndata: [^\n]*\n\n)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +80,10 @@ class SSEDecoder:
             self._partial.append(text)
             text = "".join(self._partial)
             self._partial.clear()
-        lines = text.split("\n")
-        rest = lines.pop()
-        if rest:
-            self._partial.append(rest)
-        return self._lines(lines)
+        end = text.rfind("\n") + 1
+        if end < len(text):
+            self._partial.append(text[end:])
+        return self._events(text, end)
 
     def flush(self) -> list[ServerSentEvent]:
         """End of body: discard any unterminated line or event and reset. Never dispatches."""
@@ -90,7 +95,46 @@ class SSEDecoder:
         self._retry = None
         return []
 
-    def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
+    def _events(self, text: str, end: int) -> list[ServerSentEvent]:
+        """The events that the whole lines in ``text[:end]`` complete.
+
+        Anthropic's events are all ``event: NAME\\ndata: JSON\\n\\n``. Between events (no field
+        of the next one read yet) such a block is taken in one step, and once per call every
+        block up to the last blank line at once when all of them have that shape; any other
+        line goes through :meth:`_lines`, which implements the rules.
+        """
+        events: list[ServerSentEvent] = []
+        pos = 0
+        bulk = True
+        while pos < end:
+            between = not (self._data or self._event) and self._retry is None
+            if between and (m := _BLOCK.match(text, pos)):
+                name, data = m.groups()
+                events.append(ServerSentEvent(name or "message", data, self._last_id))
+                pos = m.end()
+                if bulk and pos < end:
+                    bulk = False
+                    pos = self._bulk(text, pos, end, events)
+                continue
+            nl = text.find("\n", pos)
+            events += self._lines((text[pos:nl],))
+            pos = nl + 1
+        return events
+
+    def _bulk(self, text: str, pos: int, end: int, events: list[ServerSentEvent]) -> int:
+        """Take every block from ``pos`` to the last blank line before ``end`` if all have the
+        usual shape; where the taken text ends (``pos`` if it was not taken)."""
+        stop = text.rfind("\n\n", pos, end) + 2
+        if stop <= pos + 1 or not _BLOCKS.fullmatch(text, pos, stop):
+            return pos
+        last_id = self._last_id
+        events += [
+            ServerSentEvent(name or "message", data, last_id)
+            for name, data in _BLOCK.findall(text, pos, stop)
+        ]
+        return stop
+
+    def _lines(self, lines: Iterable[str]) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
         data = self._data
         for line in lines:

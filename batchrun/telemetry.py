@@ -12,46 +12,27 @@ request header.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import sys
-import threading
-from collections.abc import MutableMapping, Sequence
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    MetricExportResult,
-    MetricReader,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-    SpanExportResult,
-)
 
-from batchrun import __version__
+import batchrun
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["Instruments", "Telemetry", "configure_logging", "setup_telemetry"]
 
-_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
 _METRIC_INTERVAL_MS = 10_000
 
 
@@ -137,8 +118,9 @@ class Telemetry:
     def __init__(self, tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.tracer = tracer_provider.get_tracer("batchrun", __version__)
-        self.instruments = Instruments.create(meter_provider.get_meter("batchrun", __version__))
+        version = batchrun.__version__
+        self.tracer = tracer_provider.get_tracer("batchrun", version)
+        self.instruments = Instruments.create(meter_provider.get_meter("batchrun", version))
 
     def flush(self) -> None:
         self.tracer_provider.force_flush()
@@ -160,7 +142,14 @@ def setup_telemetry(
     metric_reader: MetricReader | None = None,
 ) -> Telemetry:
     """Exporters for ``telemetry.traces``; tests pass in-memory ones instead."""
-    attributes: dict[str, Any] = {"service.version": __version__, "batchrun.job": job_name}
+    # The SDK loads here, not at import: `batchrun validate` and `--help` never need it.
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    attributes: dict[str, Any] = {"service.version": batchrun.__version__, "batchrun.job": job_name}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = "batchrun"
     resource = Resource.create(attributes)
@@ -183,6 +172,8 @@ def setup_telemetry(
 
 def _exporters(traces: str, run_dir: Path) -> tuple[SpanExporter | None, MetricExporter | None]:
     if traces == "file":
+        from batchrun.otlpfile import OtlpJsonMetricFile, OtlpJsonSpanFile
+
         return (
             OtlpJsonSpanFile(run_dir / "traces.jsonl"),
             OtlpJsonMetricFile(run_dir / "metrics.jsonl"),
@@ -193,69 +184,8 @@ def _exporters(traces: str, run_dir: Path) -> tuple[SpanExporter | None, MetricE
 
         return OTLPSpanExporter(), OTLPMetricExporter()
     if traces == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
         return ConsoleSpanExporter(out=sys.stderr), ConsoleMetricExporter(out=sys.stderr)
     return None, None
-
-
-class _JsonLines:
-    """Appends OTLP JSON export requests to a file, one per line, as the Collector's
-    ``otlpjsonfile`` receiver reads them (ids in hex, enums as integers)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, request: Message) -> None:
-        payload = MessageToDict(request, use_integers_for_enums=True)
-        line = json.dumps(_hex_ids(payload), separators=(",", ":")) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-
-
-class OtlpJsonSpanFile(SpanExporter):
-    """Spans as OTLP JSON lines (``traces.jsonl``)."""
-
-    def __init__(self, path: Path) -> None:
-        self._out = _JsonLines(path)
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self._out.write(encode_spans(spans))
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-
-class OtlpJsonMetricFile(MetricExporter):
-    """Metrics as OTLP JSON lines (``metrics.jsonl``)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self._out = _JsonLines(path)
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        if metrics_data.resource_metrics:
-            self._out.write(encode_metrics(metrics_data))
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        return None
-
-
-def _hex_ids(value: Any) -> Any:
-    """protobuf's JSON writes bytes as base64; OTLP JSON wants trace and span ids in hex."""
-    if isinstance(value, dict):
-        return {
-            key: base64.b64decode(item).hex()
-            if key in _ID_KEYS and isinstance(item, str)
-            else _hex_ids(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_hex_ids(item) for item in value]
-    return value

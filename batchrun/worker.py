@@ -258,8 +258,11 @@ def _record_metrics(ctx: RunContext, attempt: Attempt, base: dict[str, Any]) -> 
     offsets = attempt.chunk_offsets
     if offsets:
         instruments.ttft.record(offsets[0], attributes)
+        # A chunk is what arrived in one read: deltas that came together share one offset and
+        # are one chunk, not a run of zero gaps (each record costs microseconds of loop time).
         for before, after in itertools.pairwise(offsets):
-            instruments.per_chunk.record(after - before, attributes)
+            if after != before:
+                instruments.per_chunk.record(after - before, attributes)
     for kind, count in (("input", done.input_tokens), ("output", done.output_tokens)):
         if count is not None:
             instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})

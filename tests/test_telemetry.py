@@ -167,7 +167,8 @@ async def test_metrics_follow_the_genai_conventions(
     write_job: JobWriter, sim_server: StartSim, captured: Captured
 ) -> None:
     """Duration, token usage by type, time to first chunk and per chunk are recorded."""
-    server = sim_server()
+    # Tokens 5 ms apart arrive in reads of their own: a chunk is what one read brought.
+    server = sim_server(token_interval_s=0.005)
     results = await _run(write_job, server, captured, rows=3)
     metrics = captured.metric_names()
     for name in (

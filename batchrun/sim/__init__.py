@@ -10,10 +10,26 @@ It must not import batchrun's client side: the simulator is an independent party
 
 from __future__ import annotations
 
-from batchrun.sim.background import SimServer
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from batchrun.sim.config import Fault, FaultKind, SimConfig
-from batchrun.sim.server import create_app, serve
 from batchrun.sim.stats import SimStats, StreamTiming
+
+if TYPE_CHECKING:
+    from batchrun.sim.background import SimServer
+    from batchrun.sim.server import create_app, serve
+
+# The server side (aiohttp) loads on first use: a job file names SimConfig, and reading one
+# (``batchrun validate``) must not pay for a web server it never starts.
+_LAZY = {"SimServer": "background", "create_app": "server", "serve": "server"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"batchrun.sim.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Fault",

@@ -8,6 +8,7 @@ It must not sleep, write or pick faults.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,16 @@ class Script:
     tail: tuple[bytes, ...]
     error: bytes
     malformed: bytes
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_delta(text: str) -> bytes:
+    """``sse("content_block_delta", ...)`` of one text delta. Tokens repeat (the model's words
+    are few), so each is encoded once: the simulator must not be what limits a benchmark."""
+    return sse(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+    )
 
 
 def _usage(req: GenRequest, output_tokens: int) -> dict[str, int]:
@@ -82,13 +93,7 @@ def messages_script(req: GenRequest, reply: Reply, message_id: str) -> Script:
         ),
         PING,
     )
-    deltas = tuple(
-        sse(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
-        )
-        for t in reply.tokens
-    )
+    deltas = tuple(_text_delta(t) for t in reply.tokens)
     tail = (
         sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
         sse(
@@ -123,19 +128,17 @@ def complete_json(req: GenRequest, reply: Reply, completion_id: str) -> dict[str
     }
 
 
+@functools.lru_cache(maxsize=8192)
+def _completion_delta(text: str, model: str) -> bytes:
+    """One legacy ``completion`` event with text and no stop reason, encoded once per token."""
+    data = {"type": "completion", "completion": text, "stop_reason": None, "model": model}
+    return sse("completion", data)
+
+
 def complete_script(req: GenRequest, reply: Reply) -> Script:
     """The legacy stream: one ``completion`` event per token, then an empty one with the reason."""
 
-    def completion(text: str, stop_reason: str | None) -> bytes:
-        data = {
-            "type": "completion",
-            "completion": text,
-            "stop_reason": stop_reason,
-            "model": req.model,
-        }
-        return sse("completion", data)
-
-    deltas = tuple(completion(t, None) for t in reply.tokens)
+    deltas = tuple(_completion_delta(t, req.model) for t in reply.tokens)
     last = {
         "type": "completion",
         "completion": "",

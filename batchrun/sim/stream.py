@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from aiohttp import web
 
@@ -27,9 +26,10 @@ __all__ = ["Ending", "Step", "plan", "play"]
 Ending = Literal["complete", "eof", "abort"]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """Bytes due ``at`` seconds after the start; ``first`` marks the first content event."""
+class Step(NamedTuple):
+    """Bytes due ``at`` seconds after the start; ``first`` marks the first content event.
+
+    A named tuple rather than a dataclass: a stream has one per token, made per request."""
 
     at: float
     data: bytes
