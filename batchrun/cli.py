@@ -8,13 +8,9 @@ traceback only with ``--debug``); stdout carries only what a command is asked to
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import sys
-import traceback
 from collections.abc import Sequence
 
-from batchrun import __version__
 from batchrun.errors import JobError, RunLockedError
 
 __all__ = ["main"]
@@ -25,6 +21,7 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the run folder; try again lat
 _OVERVIEW = """\
 commands:
   batchrun JOB.yaml [options]      run the job (resumes an earlier run in the same folder)
+  batchrun JOB.yaml --cancel       batch mode: cancel the run's open batches
   batchrun validate JOB.yaml       check the job file and its input; sends nothing
   batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
   batchrun report RUN_DIR [RUN_B]  summary of a run (and report.html), or two runs compared
@@ -81,6 +78,12 @@ def _run_parser() -> argparse.ArgumentParser:
         help="on resume, send again the rows that ended in error",
     )
     parser.add_argument(
+        "--cancel",
+        action="store_true",
+        help="batch mode: cancel the run folder's open batches and collect what they finished "
+        "(canceled requests become error rows); sends nothing new",
+    )
+    parser.add_argument(
         "--grace-s",
         type=float,
         default=10.0,
@@ -88,8 +91,17 @@ def _run_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long requests in flight may take to finish before they "
         "are abandoned and left for the next run (default 10)",
     )
-    parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, read from the installed metadata only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from batchrun import __version__
+
+        parser.exit(message=f"batchrun {__version__}\n")
 
 
 def _validate_parser() -> argparse.ArgumentParser:
@@ -147,20 +159,24 @@ def _report_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args and args[0] in ("validate", "sim", "report") else "run"
-    from batchrun.telemetry import configure_logging
-
-    configure_logging()
     debug = "--debug" in args
+    parser, handler = {
+        "sim": (_sim_parser, _sim),
+        "validate": (_validate_parser, _validate),
+        "report": (_report_parser, _report),
+        "run": (_run_parser, _run),
+    }[command]
+    ns = parser().parse_args(args)  # --help and usage errors end here, before anything loads
+    if command != "validate":  # validate logs nothing, and structlog takes ~70 ms to import
+        from batchrun.telemetry import configure_logging
+
+        configure_logging()
     try:
-        if command == "sim":
-            return _sim(_sim_parser().parse_args(args))
-        if command == "validate":
-            return _validate(_validate_parser().parse_args(args))
-        if command == "report":
-            return _report(_report_parser().parse_args(args))
-        return _run(_run_parser().parse_args(args))
+        return handler(ns)
     except JobError as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         print(f"batchrun: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -179,22 +195,33 @@ def _validate(ns: argparse.Namespace) -> int:
     summary = check_input(job, limit=ns.limit)
     print(
         f"{ns.job}: valid. {summary.rows} input rows, {summary.requests} requests "
-        f"({job.request.api} API, model {job.request.model}, {job.request.samples} "
-        f"sample(s) per row), endpoint {job.endpoint.base_url}"
+        f"({job.request.api} API, {job.request.mode} mode, model {job.request.model}, "
+        f"{job.request.samples} sample(s) per row), endpoint {job.endpoint.base_url}"
     )
     return 0
 
 
 def _run(ns: argparse.Namespace) -> int:
+    import asyncio
+
     from batchrun.job import load_job
     from batchrun.runner import run_job
 
     job = load_job(ns.job, ns.overrides)
-    outcome = asyncio.run(
-        run_job(
-            job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors, grace_s=ns.grace_s
+    if ns.cancel:
+        from batchrun.batch import cancel_job
+
+        outcome = asyncio.run(cancel_job(job, limit=ns.limit))
+    else:
+        outcome = asyncio.run(
+            run_job(
+                job,
+                limit=ns.limit,
+                fresh=ns.fresh,
+                retry_errors=ns.retry_errors,
+                grace_s=ns.grace_s,
+            )
         )
-    )
     ok, error = outcome.counts.get("ok", 0), outcome.counts.get("error", 0)
     line = (
         f"batchrun: {outcome.status}: {ok} ok, {error} error; "
@@ -215,6 +242,9 @@ def _report(ns: argparse.Namespace) -> int:
 
 
 def _sim(ns: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
     from batchrun.sim import serve
     from batchrun.sim.config import SimConfig
 

@@ -27,10 +27,12 @@ from batchrun.sim.config import SimConfig
 from batchrun.templates import TemplatePart, columns_of, parse_template
 
 __all__ = [
+    "DEFAULT_PRICES",
     "EndpointConfig",
     "InputConfig",
     "Job",
     "LimitsConfig",
+    "ModelPrice",
     "OutputConfig",
     "RequestConfig",
     "RetryConfig",
@@ -114,6 +116,9 @@ class RequestConfig(_Section):
     top_k: int | None = Field(default=None, ge=1)
     stop_sequences: tuple[str, ...] = Field(default=(), strict=False)
     samples: int = Field(default=1, ge=1)
+    # stream: one streamed request per row, with timing; batch: the Message Batches API (half
+    # the price, results within 24 hours, no timing columns).
+    mode: Literal["stream", "batch"] = "stream"
 
     @field_validator("stop_sequences")
     @classmethod
@@ -121,6 +126,15 @@ class RequestConfig(_Section):
         if any(not s for s in value):
             raise ValueError("stop sequences must not be empty strings")
         return value
+
+    @model_validator(mode="after")
+    def _batchable(self) -> RequestConfig:
+        if self.mode == "batch" and self.api == "complete":
+            raise ValueError(
+                "mode: batch needs api: messages; the legacy Text Completions API "
+                "(api: complete) has no batch form: use mode: stream, or api: messages"
+            )
+        return self
 
 
 class EndpointConfig(_Section):
@@ -238,6 +252,35 @@ class TelemetryConfig(_Section):
     capture_content: bool = False
 
 
+class ModelPrice(_Section):
+    """What a model costs, in USD per million tokens at the standard (streaming) rate.
+
+    Message Batches bill half of both rates (``BATCH_DISCOUNT`` in :mod:`batchrun.batch.cost`).
+    """
+
+    input: float = Field(ge=0.0, description="USD per million input tokens, e.g. input: 3.0")
+    output: float = Field(ge=0.0, description="USD per million output tokens, e.g. output: 15.0")
+
+
+# Anthropic's list prices (USD per million tokens) when this table was written; the job's
+# ``prices:`` section overrides or extends it. A model matches its own key or the longest key
+# followed by "-" (claude-sonnet-4-5-20250929 takes claude-sonnet-4-5's price).
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    name: ModelPrice(input=rates[0], output=rates[1])
+    for name, rates in {
+        "claude-opus-4-5": (5.0, 25.0),
+        "claude-opus-4-1": (15.0, 75.0),
+        "claude-opus-4": (15.0, 75.0),
+        "claude-sonnet-4-5": (3.0, 15.0),
+        "claude-sonnet-4": (3.0, 15.0),
+        "claude-3-7-sonnet": (3.0, 15.0),
+        "claude-haiku-4-5": (1.0, 5.0),
+        "claude-3-5-haiku": (0.8, 4.0),
+        "claude-3-haiku": (0.25, 1.25),
+    }.items()
+}
+
+
 class Job(_Section):
     """A validated, frozen job.
 
@@ -258,6 +301,8 @@ class Job(_Section):
     output: OutputConfig = OutputConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     sim: SimConfig = SimConfig()
+    # The price table for the cost estimate: entries here override or extend DEFAULT_PRICES.
+    prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     _path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "job.yaml")
 
@@ -269,6 +314,18 @@ class Job(_Section):
             sections = [k for k, f in cls.model_fields.items() if model_in(f.annotation)]
             return {k: ({} if k in sections and v is None else v) for k, v in data.items()}
         return data
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _no_prices(cls, value: Any) -> Any:
+        return {} if value is None else value  # `prices:` with nothing under it: the defaults
+
+    @field_validator("prices")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        if any(not name.strip() for name in value):
+            raise ValueError("a model name must not be empty, e.g. claude-sonnet-4-5: {...}")
+        return {**DEFAULT_PRICES, **value}
 
     @field_validator("name")
     @classmethod

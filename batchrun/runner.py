@@ -40,9 +40,19 @@ from batchrun.retry import Sleep
 from batchrun.runlock import RunLock
 from batchrun.sim import SimServer
 from batchrun.telemetry import Telemetry, setup_telemetry
+from batchrun.transport import AiohttpTransport
 from batchrun.worker import RunContext, build_request, process
 
-__all__ = ["RunOutcome", "run_job"]
+__all__ = [
+    "RunOutcome",
+    "clear",
+    "fatal_hint",
+    "items",
+    "make_run_dir",
+    "manifest",
+    "resume_plan",
+    "run_job",
+]
 
 log = structlog.get_logger()
 
@@ -95,15 +105,28 @@ async def run_job(
     transport; ``clock`` and ``sleep`` make time injectable; ``telemetry`` replaces the
     exporters the job asks for (tests pass in-memory ones).
     """
+    if job.request.mode == "batch":
+        from batchrun.batch import run_batch_job  # batch mode uses this module's helpers
+
+        return await run_batch_job(
+            job,
+            limit=limit,
+            fresh=fresh,
+            retry_errors=retry_errors,
+            transport=transport,
+            clock=clock,
+            sleep=sleep,
+            telemetry=telemetry,
+        )
     summary = check_input(job, limit=limit)
     clock = clock or Clock()
     started = clock.now()
     api_key = _api_key(job)
-    run_dir = _make_run_dir(job.run_dir(clock.wall(started)))
+    run_dir = make_run_dir(job.run_dir(clock.wall(started)))
     with RunLock(run_dir):
         if fresh:
-            _clear(run_dir)
-        done = await asyncio.to_thread(_resume_plan, job, run_dir, limit, retry_errors)
+            clear(run_dir)
+        done = await asyncio.to_thread(resume_plan, job, run_dir, limit, retry_errors)
         run_id = f"{clock.wall(started):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
         structlog.contextvars.bind_contextvars(run_id=run_id)
         todo = summary.requests - len(done)
@@ -169,7 +192,7 @@ async def run_job(
                     on_fatal=on_fatal,
                 )
                 try:
-                    await _dispatch(ctx, _items(job, limit, done), stop, grace_s)
+                    await _dispatch(ctx, items(job, limit, done), stop, grace_s)
                 finally:
                     await budget.aclose()
             counts = await asyncio.to_thread(writer.finalize)
@@ -186,7 +209,7 @@ async def run_job(
             run_span.end(end_time=clock.epoch_ns(finished))
         write_json_atomic(
             run_dir / "run.json",
-            _manifest(job, run_id, clock, started, finished, status, counts, summary, message),
+            manifest(job, run_id, clock, started, finished, status, counts, summary, message),
         )
     log.info(
         "batchrun.run.finished",
@@ -263,7 +286,7 @@ async def _dispatch(
             loop.remove_signal_handler(sig)
 
 
-async def _items(
+async def items(
     job: Job, limit: int | None, done: set[tuple[str, int]]
 ) -> AsyncIterator[RequestItem]:
     """Stream the input in batches, read off the event loop, skipping what is already done."""
@@ -274,7 +297,7 @@ async def _items(
                 yield item
 
 
-def _resume_plan(
+def resume_plan(
     job: Job, run_dir: Path, limit: int | None, retry_errors: bool
 ) -> set[tuple[str, int]]:
     """The (id, sample) pairs to skip; refuses to resume when the job now asks otherwise.
@@ -333,13 +356,13 @@ def _token_counter(client: httpx.AsyncClient) -> CountTokens:
 def _ending(stop: _Stop, counts: dict[str, int]) -> tuple[str, int, str | None]:
     if stop.fatal is not None:
         exc = stop.fatal
-        return "aborted", EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"
+        return "aborted", EXIT_FATAL, f"aborted: {exc} ({fatal_hint(exc)})"
     if stop.signal is not None:
         return "interrupted", SIGNAL_EXIT[stop.signal], f"interrupted by {stop.signal.name}"
     return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
 
 
-def _fatal_hint(exc: FatalAPIError) -> str:
+def fatal_hint(exc: FatalAPIError) -> str:
     if exc.http_status == 401 or exc.error_type == "authentication_error":
         return "check the API key in the environment variable the job names"
     if exc.http_status == 403 or exc.error_type == "permission_error":
@@ -366,7 +389,7 @@ def _api_key(job: Job) -> str:
     )
 
 
-def _make_run_dir(run_dir: Path) -> Path:
+def make_run_dir(run_dir: Path) -> Path:
     run_dir = run_dir.resolve()
     try:
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -381,7 +404,7 @@ def _make_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _clear(run_dir: Path) -> None:
+def clear(run_dir: Path) -> None:
     """--fresh: remove what an earlier run wrote (only batchrun's own files)."""
     for name in ("results.parquet", "attempts.parquet", "run.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -394,6 +417,9 @@ async def _client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     t = job.timeouts
     concurrency = job.limits.concurrency
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if transport is None:
+        transport = AiohttpTransport(limits=limits)
     async with httpx.AsyncClient(
         base_url=base_url,
         headers={
@@ -403,13 +429,13 @@ async def _client(
             "user-agent": f"batchrun/{__version__}",
         },
         timeout=httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.idle_s, pool=None),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        limits=limits,
         transport=transport,
     ) as client:
         yield client
 
 
-def _manifest(
+def manifest(
     job: Job,
     run_id: str,
     clock: Clock,

@@ -50,6 +50,7 @@ def test_defaults_equal_contract() -> None:
     job = Job.model_validate({"name": "eval", "input": {"path": "x.csv", "prompt": "{q}"}})
     dumped = job.model_dump(mode="json")
     dumped.pop("sim")
+    assert dumped.pop("prices")["claude-sonnet-4-5"] == {"input": 3.0, "output": 15.0}
     assert dumped == {
         "name": "eval",
         "input": {
@@ -68,6 +69,7 @@ def test_defaults_equal_contract() -> None:
             "top_k": None,
             "stop_sequences": [],
             "samples": 1,
+            "mode": "stream",
         },
         "endpoint": {
             "base_url": "sim",

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from batchrun.report.text import cost_line, usd
+
 __all__ = ["CSS", "NONE", "cards", "facts", "ms", "row_table", "seconds"]
 
 NONE = "\u2013"  # an en dash: shown where there is no value
@@ -105,6 +107,7 @@ def cards(summary: Mapping[str, Any]) -> str:
         _latency_card("TTFT p50", summary["ttft_s"]),
         _latency_card("e2e p50", summary["e2e_s"]),
         ("retries", f"{retries:,}", f"on {summary['attempts']['rows_retried']:,} rows", ""),
+        _cost_card(summary["cost"]),
     ]
     return (
         '<div class="cards">'
@@ -137,6 +140,7 @@ def facts(summary: Mapping[str, Any]) -> str:
         ("output tokens", _count(tokens["output"])),
         ("attempts (first included)", _count(attempts["total"])),
         ("most attempts on one row", _count(attempts["max_per_row"])),
+        ("est. cost", cost_line(summary["cost"])),
         (
             "retry wait, total / longest (s)",
             f"{seconds(summary['retry_wait_s']['total'])} / "
@@ -187,6 +191,13 @@ def _latency_card(name: str, stats: Mapping[str, Any]) -> tuple[str, str, str, s
     if p99 < 1:
         return (name, f"{ms(p50)} ms", f"p99 {ms(p99)} ms", "")
     return (name, f"{p50:,.2f} s", f"p99 {p99:,.2f} s", "")
+
+
+def _cost_card(cost: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    own = "batch_usd" if cost["mode"] == "batch" else "stream_usd"
+    other = "stream_usd" if own == "batch_usd" else "batch_usd"
+    rate = "streaming" if other == "stream_usd" else "batch"
+    return (f"est. cost ({cost['mode']})", usd(cost[own]), f"{usd(cost[other])} at {rate} rate", "")
 
 
 def _count(value: int | None) -> str:

@@ -15,9 +15,11 @@ from typing import Any
 
 import polars as pl
 
+from batchrun.batch.cost import estimate_cost
+from batchrun.job import DEFAULT_PRICES
 from batchrun.report.load import RunData
 
-__all__ = ["PERCENTILES", "TIMINGS", "counts", "distribution", "summarize", "to_json"]
+__all__ = ["PERCENTILES", "TIMINGS", "cost", "counts", "distribution", "summarize", "to_json"]
 
 PERCENTILES = (0.5, 0.9, 0.99)
 # Per-request timings summarised by percentiles: summary key → results column. The run's overall
@@ -67,7 +69,27 @@ def summarize(run: RunData) -> dict[str, Any]:
         },
         "errors": counts(results.filter(pl.col("status") == "error")["error_type"]),
         "failed_attempts": counts(failed_attempts["outcome"]),
+        "cost": cost(run),
     }
+
+
+def cost(run: RunData) -> dict[str, Any]:
+    """The cost estimate of the rows, priced with the job's table and mode as run.json holds
+    them (the default table and ``stream`` when it holds none)."""
+    job = run.manifest.get("job")
+    job = job if isinstance(job, dict) else {}
+    table = job.get("prices")
+    prices: Mapping[str, Any] = DEFAULT_PRICES
+    if isinstance(table, dict):
+        prices = {
+            name: price
+            for name, price in table.items()
+            if isinstance(price, dict)
+            and all(isinstance(price.get(k), int | float) for k in ("input", "output"))
+        }
+    request = job.get("request")
+    mode = request.get("mode") if isinstance(request, dict) else None
+    return estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
 
 
 def active_duration_s(results: pl.DataFrame) -> float:

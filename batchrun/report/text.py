@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["render_comparison", "render_summary"]
+__all__ = ["cost_line", "render_comparison", "render_summary", "usd"]
 
 NONE = "\u2013"  # an en dash: shown where there is no value
 
@@ -34,6 +34,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         f"rows      {s['rows']:,}: ok {status['ok']:,} · error {status['error']:,}",
         f"stopped   {_pairs(s['stop_reasons'])}",
         f"tokens    input {_int(tokens['input'])} · output {_int(tokens['output'])}",
+        f"cost      {cost_line(s['cost'])}",
         f"duration  {s['duration_s']:.1f} s · {_num(s['requests_per_s'])} requests/s · "
         f"{_num(s['output_tokens_per_s'])} output tokens/s",
         f"attempts  {_int(attempts['total'])}: {_int(attempts['retries'])} retries on "
@@ -90,6 +91,26 @@ def render_comparison(comparison: Mapping[str, Any]) -> str:
     if c["changed"] > len(c["rows"]):
         lines.append(f"  … and {c['changed'] - len(c['rows']):,} more (--rows N shows more)")
     return "\n".join(lines)
+
+
+def cost_line(cost: Mapping[str, Any]) -> str:
+    """The cost estimate in words: both rates, the run's mode, and the models without a price."""
+    if cost["stream_usd"] is None:
+        return "no token counts to price"
+    line = (
+        f"est. {usd(cost['stream_usd'])} at the streaming rate · {usd(cost['batch_usd'])} in "
+        f"batches (this run: {cost['mode']} mode; the job's price table)"
+    )
+    if cost["unpriced_models"]:
+        line += f"; no price for {', '.join(cost['unpriced_models'])}"
+    return line
+
+
+def usd(value: float | None) -> str:
+    """Dollars: cents, or four decimals below a cent."""
+    if value is None:
+        return NONE
+    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.4f}"
 
 
 def _state(state: str) -> str:

@@ -79,3 +79,13 @@ class SimConfig(_Frozen):
     input_tokens_per_minute: int | None = Field(default=None, gt=0)
     output_tokens_per_minute: int | None = Field(default=None, gt=0)
     rate_limit_burst_s: float = Field(default=60.0, gt=0)
+    # Message Batches: a batch ends batch_processing_s after it is created, its requests
+    # finishing evenly over that time (so a cancel leaves some succeeded, the rest canceled).
+    # Each request meets the `faults` rules as if it were sent alone, without a stream: a fault
+    # makes it an `errored` result of that error type (`attempts` counts its submissions).
+    # Requests whose params contain batch_expire_match expire unprocessed. A batch may hold at
+    # most batch_max_requests requests and batch_max_bytes of JSON body (a 400 or 413 if not).
+    batch_processing_s: float = Field(default=0.0, ge=0.0)
+    batch_expire_match: str | None = None
+    batch_max_requests: int = Field(default=100_000, ge=1)
+    batch_max_bytes: int = Field(default=256_000_000, ge=1)

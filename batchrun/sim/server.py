@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from batchrun.sim.batches import add_batch_routes
 from batchrun.sim.config import Fault, SimConfig
 from batchrun.sim.events import (
     complete_json,
@@ -88,6 +89,7 @@ def create_app(config: SimConfig, *, stats: SimStats | None = None) -> web.Appli
     """The simulator as an aiohttp application (one catch-all route)."""
     app = web.Application(client_max_size=config.max_body_bytes)
     app[STATE] = SimState(config, stats=stats or SimStats(), limits=make_limits(config))
+    add_batch_routes(app, app[STATE])
     app.router.add_route("*", "/{tail:.*}", _handle)
     app.on_shutdown.append(_cancel_inflight)
     return app

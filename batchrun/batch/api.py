@@ -1,0 +1,164 @@
+"""Batch mode's calls to the Message Batches API: create, retrieve, list, cancel, results.
+
+One method per endpoint, each one HTTP request (no retries, no waiting: the caller decides).
+Every failure leaves as an :class:`~batchrun.errors.AttemptError` classified by
+:func:`~batchrun.errors.api_error`; httpx's exceptions are translated here. A 4xx means the API
+answered and refused (:func:`refused`); anything else (no answer, a timeout, a 5xx, a 200 that
+cannot be read) leaves a ``create`` in doubt, which only the batch list can settle. Results are
+read as JSON lines from the batch's ``results_url`` path on the job's own endpoint, so the key
+never goes to a host the job did not name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from batchrun.client import parse_retry_after
+from batchrun.errors import AttemptError, RetryableError, api_error
+
+__all__ = ["BATCHES", "BatchesAPI", "parse_time", "refused"]
+
+BATCHES = "/v1/messages/batches"
+_MAX_ERROR_BODY = 64 * 1024
+_PAGE = 100
+
+
+def refused(exc: AttemptError) -> bool:
+    """The API answered and did not take the request (a 4xx): nothing was created."""
+    return exc.http_status is not None and 400 <= exc.http_status < 500
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An RFC 3339 time from the API (``...Z``, any digits of fraction); ``None`` if unreadable."""
+    if not isinstance(text, str):
+        return None
+    head, dot, rest = text.partition(".")
+    if dot:  # at most microseconds for fromisoformat
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class BatchesAPI:
+    """The Message Batches endpoints on a configured client (base URL, key, version, timeouts)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def create(self, body: bytes) -> tuple[dict[str, Any], str | None]:
+        """Create a batch from a ready JSON body; the batch object and the response's request-id."""
+        response = await self._send("POST", BATCHES, content=body)
+        return _object(response), response.headers.get("request-id")
+
+    async def retrieve(self, batch_id: str) -> dict[str, Any]:
+        return _object(await self._send("GET", f"{BATCHES}/{batch_id}"))
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        return _object(await self._send("POST", f"{BATCHES}/{batch_id}/cancel"))
+
+    async def list_since(self, since: datetime) -> list[dict[str, Any]]:
+        """Batches of the workspace created at or after ``since``, most recent first."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, str | int] = {"limit": _PAGE}
+        while True:
+            page = _object(await self._send("GET", BATCHES, params=params))
+            data = page.get("data")
+            batches = [b for b in data if isinstance(b, dict)] if isinstance(data, list) else []
+            for batch in batches:
+                created = parse_time(batch.get("created_at"))
+                if created is not None and created < since:
+                    return found
+                found.append(batch)
+            last = page.get("last_id")
+            if not page.get("has_more") or not isinstance(last, str) or not batches:
+                return found
+            params = {"limit": _PAGE, "after_id": last}
+
+    async def results(self, batch: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """The ended batch's result lines, parsed, in the order the API sends them."""
+        url = batch.get("results_url")
+        path = urlsplit(url).path if isinstance(url, str) and url else ""
+        path = path or f"{BATCHES}/{batch['id']}/results"
+        try:
+            async with self.client.stream("GET", path) as response:
+                if response.status_code != 200:
+                    raise await _error(response)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        item = json.loads(line)
+                    except (ValueError, RecursionError) as exc:
+                        raise RetryableError(
+                            "invalid_response", f"a result line is not JSON: {line[:80]!r}"
+                        ) from exc
+                    if isinstance(item, dict):
+                        yield item
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code != 200:
+            raise await _error(response)
+        return response
+
+
+def _object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except (ValueError, RecursionError) as exc:
+        raise RetryableError(
+            "invalid_response",
+            f"{response.request.method} {response.request.url.path}: the answer is not JSON",
+            http_status=response.status_code,
+            request_id=response.headers.get("request-id"),
+        ) from exc
+    if not isinstance(payload, dict):
+        raise RetryableError("invalid_response", "the answer is not a JSON object")
+    return payload
+
+
+def _transport_error(exc: httpx.HTTPError) -> RetryableError:
+    if isinstance(exc, httpx.TimeoutException):
+        return RetryableError("timeout", f"{type(exc).__name__}")
+    return RetryableError("connection_error", f"{type(exc).__name__}: {exc}".strip())
+
+
+async def _error(response: httpx.Response) -> AttemptError:
+    """The error an HTTP answer other than 200 means, as the API classifies it."""
+    raw = b""
+    async for chunk in response.aiter_bytes():
+        raw += chunk
+        if len(raw) > _MAX_ERROR_BODY:
+            break
+    status = response.status_code
+    try:
+        error = json.loads(raw)["error"]
+        error_type, message = str(error["type"]), str(error.get("message", ""))[:500]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        snippet = " ".join(raw.decode("utf-8", "replace").split())[:200]
+        error_type, message = "http_error", f"HTTP {status} {response.reason_phrase} {snippet}"
+    should_retry = {"true": True, "false": False}.get(
+        response.headers.get("x-should-retry", "").lower()
+    )
+    return api_error(
+        error_type,
+        message.strip(),
+        http_status=status,
+        request_id=response.headers.get("request-id"),
+        retry_after=parse_retry_after(response.headers),
+        should_retry=should_retry,
+    )
