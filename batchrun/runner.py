@@ -1,8 +1,9 @@
 """The composition root: wires load → schedule → call (with retries) → record for one job.
 
-``run_job`` is the only function that knows every stage. It owns the run folder and its lock,
-the resume check, the httpx client (auth headers, timeouts, transport), the simulator when the
-job asks for ``sim``, telemetry, signals and the exit code. Requests themselves are
+``run_job`` is the only function that knows every stage. It takes the run folder's lock, plans
+the resume (``rundir``), opens the client (``endpoint``), starts the simulator when the job asks
+for ``sim``, sets up telemetry and the budget, handles signals and decides the exit code
+(``outcome``). Requests themselves are
 ``worker.process``'s; this module decides nothing about a single request.
 """
 
@@ -12,66 +13,46 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import platform
 import secrets
-import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
-from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 import structlog
 
-from batchrun import __version__
 from batchrun.clock import Clock
-from batchrun.errors import FatalAPIError, JobError
-from batchrun.inputs import InputSummary, check_input, iter_batches
+from batchrun.endpoint import api_key, http_client
+from batchrun.errors import FatalAPIError
+from batchrun.inputs import check_input
 from batchrun.job import Job
 from batchrun.limits import Budget, CountTokens, RateBudget, make_budget
+from batchrun.outcome import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
+    SIGNAL_EXIT,
+    RunOutcome,
+    fatal_hint,
+)
 from batchrun.pool import run_pool
 from batchrun.progress import Progress
 from batchrun.records import RequestItem
-from batchrun.results import ResultsWriter, resume_index, write_json_atomic
+from batchrun.results import ResultsWriter, write_json_atomic
 from batchrun.retry import Sleep
+from batchrun.rundir import clear, make_run_dir, manifest, pending_items, resume_plan
 from batchrun.runlock import RunLock
 from batchrun.sim import SimServer
 from batchrun.telemetry import Telemetry, setup_telemetry
-from batchrun.transport import AiohttpTransport
-from batchrun.worker import RunContext, build_request, process
+from batchrun.worker import RunContext, process
 
-__all__ = [
-    "RunOutcome",
-    "clear",
-    "fatal_hint",
-    "items",
-    "make_run_dir",
-    "manifest",
-    "resume_plan",
-    "run_job",
-]
+__all__ = ["RunOutcome", "run_job"]
 
 log = structlog.get_logger()
 
-EXIT_OK, EXIT_ROW_ERRORS, EXIT_FATAL = 0, 1, 3
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _FLUSH_EVERY_S = 0.2  # at most this much finished work is lost to a kill -9
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """How a run ended: where its files are, its counts and the process exit code."""
-
-    run_dir: Path
-    run_id: str
-    counts: dict[str, int]
-    exit_code: int
-    status: str  # complete | aborted | interrupted
-    message: str | None = None
-    sent: int = 0  # requests this run took on (the rest were already done)
 
 
 @dataclass
@@ -121,7 +102,7 @@ async def run_job(
     summary = check_input(job, limit=limit)
     clock = clock or Clock()
     started = clock.now()
-    api_key = _api_key(job)
+    key = api_key(job)
     run_dir = make_run_dir(job.run_dir(clock.wall(started)))
     with RunLock(run_dir):
         if fresh:
@@ -160,9 +141,9 @@ async def run_job(
                 },
             )
             writer = ResultsWriter(run_dir)
-            async with _client(job, base_url, api_key, transport) as client:
+            async with http_client(job, base_url, key, transport) as client:
                 if budget is None:
-                    budget = _budget(job, api_key, base_url, client)
+                    budget = _budget(job, key, base_url, client)
                 progress = Progress(
                     total=todo, stream=progress_stream or sys.stderr, limits=budget.snapshot
                 )
@@ -192,7 +173,7 @@ async def run_job(
                     on_fatal=on_fatal,
                 )
                 try:
-                    await _dispatch(ctx, items(job, limit, done), stop, grace_s)
+                    await _dispatch(ctx, pending_items(job, limit, done), stop, grace_s)
                 finally:
                     await budget.aclose()
             counts = await asyncio.to_thread(writer.finalize)
@@ -286,53 +267,12 @@ async def _dispatch(
             loop.remove_signal_handler(sig)
 
 
-async def items(
-    job: Job, limit: int | None, done: set[tuple[str, int]]
-) -> AsyncIterator[RequestItem]:
-    """Stream the input in batches, read off the event loop, skipping what is already done."""
-    batches: Iterator[list[RequestItem]] = iter_batches(job, limit=limit)
-    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-        for item in batch:
-            if (item.id, item.sample) not in done:
-                yield item
-
-
-def resume_plan(
-    job: Job, run_dir: Path, limit: int | None, retry_errors: bool
-) -> set[tuple[str, int]]:
-    """The (id, sample) pairs to skip; refuses to resume when the job now asks otherwise.
-
-    A request is compared by the hash of what would be sent. Any difference (model, template,
-    max_tokens, input text, ...) means the folder's rows answer another question.
-    """
-    index = resume_index(run_dir)
-    if not index:
-        return set()
-    changed: list[str] = []
-    count = 0
-    for batch in iter_batches(job, limit=limit):
-        for item in batch:
-            seen = index.get((item.id, item.sample))
-            if seen is not None and seen[1] is not None and seen[1] != build_request(job, item)[1]:
-                count += 1
-                if len(changed) < 3:
-                    changed.append(f"{item.id!r} (sample {item.sample})")
-    if count:
-        raise JobError(
-            f"{job.path}: the run folder {run_dir} holds results of a different job: "
-            f"{count} request(s) would now be sent differently (model, prompt, max_tokens or "
-            f"input changed), e.g. {', '.join(changed)}. Run with --fresh to start over, or "
-            "set output.dir to a new folder."
-        )
-    return {key for key, (status, _) in index.items() if status == "ok" or not retry_errors}
-
-
-def _budget(job: Job, api_key: str, base_url: str, client: httpx.AsyncClient) -> RateBudget:
+def _budget(job: Job, key: str, base_url: str, client: httpx.AsyncClient) -> RateBudget:
     """The run's budget; shared with other runs on this host that use the same key and URL."""
     limits = job.limits
     if job.endpoint.base_url == "sim":
         limits = limits.model_copy(update={"shared": False})  # a private, throwaway server
-    fingerprint = hashlib.sha256(f"{api_key}\n{base_url}".encode()).hexdigest()
+    fingerprint = hashlib.sha256(f"{key}\n{base_url}".encode()).hexdigest()
     return make_budget(
         limits,
         key_fingerprint=fingerprint,
@@ -360,108 +300,3 @@ def _ending(stop: _Stop, counts: dict[str, int]) -> tuple[str, int, str | None]:
     if stop.signal is not None:
         return "interrupted", SIGNAL_EXIT[stop.signal], f"interrupted by {stop.signal.name}"
     return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
-
-
-def fatal_hint(exc: FatalAPIError) -> str:
-    if exc.http_status == 401 or exc.error_type == "authentication_error":
-        return "check the API key in the environment variable the job names"
-    if exc.http_status == 403 or exc.error_type == "permission_error":
-        return "the key has no permission for this model or endpoint"
-    if exc.http_status == 402 or exc.error_type == "billing_error":
-        return "check the organisation's billing"
-    if exc.error_type == "not_found_error":
-        return "check request.model"
-    return "the spending limit is reached; raise it or wait"
-
-
-def _api_key(job: Job) -> str:
-    name = job.endpoint.api_key_env
-    key = os.environ.get(name, "")
-    if key.strip():
-        return key.strip()
-    if job.endpoint.base_url == "sim":
-        return "sim-key"
-    state = "empty" if name in os.environ else "not set"
-    raise JobError(
-        f"{job.path}: endpoint.api_key_env: the environment variable {name} is {state}; "
-        f"export {name}=... with your API key (or use base_url: sim to run on the built-in "
-        "simulator)"
-    )
-
-
-def make_run_dir(run_dir: Path) -> Path:
-    run_dir = run_dir.resolve()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        probe = run_dir / ".batchrun.write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise JobError(
-            f"output.dir: cannot write the run folder {run_dir}: {exc.strerror}; "
-            "choose a folder you can write with --set output.dir=..."
-        ) from exc
-    return run_dir
-
-
-def clear(run_dir: Path) -> None:
-    """--fresh: remove what an earlier run wrote (only batchrun's own files)."""
-    for name in ("results.parquet", "attempts.parquet", "run.json"):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "parts", ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def _client(
-    job: Job, base_url: str, api_key: str, transport: httpx.AsyncBaseTransport | None
-) -> AsyncIterator[httpx.AsyncClient]:
-    t = job.timeouts
-    concurrency = job.limits.concurrency
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    if transport is None:
-        transport = AiohttpTransport(limits=limits)
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        headers={
-            "x-api-key": api_key,
-            "anthropic-version": job.endpoint.anthropic_version,
-            "content-type": "application/json",
-            "user-agent": f"batchrun/{__version__}",
-        },
-        timeout=httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.idle_s, pool=None),
-        limits=limits,
-        transport=transport,
-    ) as client:
-        yield client
-
-
-def manifest(
-    job: Job,
-    run_id: str,
-    clock: Clock,
-    started: float,
-    finished: float,
-    status: str,
-    counts: dict[str, int],
-    summary: InputSummary,
-    message: str | None,
-) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "status": status,
-        "complete": status == "complete",
-        "message": message,
-        "started_at": clock.wall(started),
-        "finished_at": clock.wall(finished),
-        "duration_s": round(finished - started, 3),
-        "counts": {"ok": counts.get("ok", 0), "error": counts.get("error", 0)},
-        "requests": summary.requests,
-        "input_rows": summary.rows,
-        "job": job.resolved(),
-        "job_sha256": hashlib.sha256(job.path.read_bytes()).hexdigest(),
-        "versions": {
-            "batchrun": __version__,
-            "python": platform.python_version(),
-            **{name: version(name) for name in ("httpx", "polars", "tenacity")},
-        },
-    }

@@ -18,10 +18,11 @@ import structlog
 from batchrun.batch.api import BatchesAPI
 from batchrun.batch.run import run_batch_job
 from batchrun.batch.state import load_state, request_cancel
+from batchrun.endpoint import api_key, http_client
 from batchrun.errors import AttemptError, JobError, RunLockedError
 from batchrun.job import Job
+from batchrun.outcome import EXIT_OK, RunOutcome
 from batchrun.retry import Sleep
-from batchrun.runner import EXIT_OK, RunOutcome, _api_key, _client
 
 __all__ = ["cancel_job"]
 
@@ -56,7 +57,7 @@ async def cancel_job(
     canceled = 0
     base_url = str(job.endpoint.base_url)
     if open_ids and base_url != "sim":  # an in-process simulator belongs to the running process
-        async with _client(job, base_url, _api_key(job), transport) as client:
+        async with http_client(job, base_url, api_key(job), transport) as client:
             api = BatchesAPI(client)
             for batch_id in open_ids:
                 try:

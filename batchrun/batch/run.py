@@ -1,7 +1,8 @@
 """Batch mode's entry point: :func:`run_batch_job`, a run of a job with ``request.mode: batch``.
 
-Everything around the batches is the runner's, imported rather than copied: the run folder and
-its lock, the API key, the resume plan, the input stream, the HTTP client and the manifest.
+Everything around the batches is shared with stream mode, imported rather than copied: the
+run folder and its lock, the resume plan and the input stream (``rundir``), the API key and the
+HTTP client (``endpoint``), the outcome and exit codes (``outcome``).
 This module adds the session's lifecycle (signals, the simulator, telemetry), the ending and
 what run.json gains in batch mode: the cost estimate and the batches. It must not talk to the
 API itself (``session`` and ``api`` do).
@@ -22,7 +23,7 @@ import httpx
 import polars as pl
 import structlog
 
-from batchrun import runner
+from batchrun import rundir
 from batchrun.batch.api import BatchesAPI
 from batchrun.batch.cost import estimate_cost
 from batchrun.batch.entries import BatchLimits
@@ -36,24 +37,21 @@ from batchrun.batch.state import (
     load_state,
 )
 from batchrun.clock import Clock
+from batchrun.endpoint import api_key, http_client
 from batchrun.errors import FatalAPIError, JobError
 from batchrun.inputs import InputSummary, check_input
 from batchrun.job import Job
-from batchrun.results import ResultsWriter, write_json_atomic
-from batchrun.retry import Sleep
-from batchrun.runlock import RunLock
-
-# _api_key and _client stay private in runner (a public api_key would clash with run_job's
-# local of that name; _client is being reworked there): imported, never copied.
-from batchrun.runner import (
+from batchrun.outcome import (
     EXIT_FATAL,
     EXIT_OK,
     EXIT_ROW_ERRORS,
     SIGNAL_EXIT,
     RunOutcome,
-    _api_key,
-    _client,
+    fatal_hint,
 )
+from batchrun.results import ResultsWriter, write_json_atomic
+from batchrun.retry import Sleep
+from batchrun.runlock import RunLock
 from batchrun.sim import SimServer
 from batchrun.telemetry import Telemetry, setup_telemetry
 
@@ -86,19 +84,19 @@ async def run_batch_job(
     summary = check_input(job, limit=limit)
     clock = clock or Clock()
     started = clock.now()
-    api_key = _api_key(job)
-    run_dir = runner.make_run_dir(job.run_dir(clock.wall(started)))
+    key = api_key(job)
+    run_dir = rundir.make_run_dir(job.run_dir(clock.wall(started)))
     with RunLock(run_dir):
         state = load_state(run_dir)
         if fresh:
             if state.unfinished():
                 raise JobError(_still_open(run_dir, state, "--fresh would lose their results"))
-            runner.clear(run_dir)
+            rundir.clear(run_dir)
             clear_batch_state(run_dir)
             state = BatchState()
         if not cancel:
             clear_cancel(run_dir)
-        done = await asyncio.to_thread(runner.resume_plan, job, run_dir, limit, retry_errors)
+        done = await asyncio.to_thread(rundir.resume_plan, job, run_dir, limit, retry_errors)
         busy = await asyncio.to_thread(_in_flight, run_dir, state)
         nothing_to_cancel = cancel and not state.unfinished()
         run_id = f"{clock.wall(started):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
@@ -130,7 +128,7 @@ async def run_batch_job(
                 attributes={"batchrun.job": job.name, "batchrun.run_id": run_id},
             )
             writer = ResultsWriter(run_dir)
-            async with _client(job, base_url, api_key, transport) as client:
+            async with http_client(job, base_url, key, transport) as client:
                 session = Session(
                     job=job,
                     run_dir=run_dir,
@@ -147,7 +145,7 @@ async def run_batch_job(
                 with _signals(stop):
                     try:
                         if not cancel:
-                            await session.submit(runner.items(job, limit, done | busy))
+                            await session.submit(rundir.pending_items(job, limit, done | busy))
                         await session.drive()
                     except FatalAPIError as exc:
                         stop.fatal = exc
@@ -164,7 +162,7 @@ async def run_batch_job(
                 {"batchrun.status": status, "batchrun.batches": session.created}
             )
             run_span.end(end_time=clock.epoch_ns(finished))
-        manifest = runner.manifest(
+        manifest = rundir.manifest(
             job, run_id, clock, started, finished, status, counts, summary, message
         )
         manifest["cost"] = await asyncio.to_thread(_cost, job, run_dir)
@@ -234,7 +232,7 @@ def _ending(
 ) -> tuple[str, int, str | None]:
     if stop.fatal is not None:
         exc = stop.fatal
-        return "aborted", EXIT_FATAL, f"aborted: {exc} ({runner.fatal_hint(exc)})"
+        return "aborted", EXIT_FATAL, f"aborted: {exc} ({fatal_hint(exc)})"
     if stop.signal is not None:
         return (
             "interrupted",
