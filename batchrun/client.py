@@ -22,7 +22,7 @@ from batchrun.errors import AttemptError, RetryableError, api_error
 from batchrun.records import Attempt
 from batchrun.sse import SSEDecoder
 
-__all__ = ["parse_retry_after", "stream_attempt"]
+__all__ = ["http_error", "parse_retry_after", "stream_attempt"]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -88,7 +88,7 @@ async def _read(
             if name.startswith("anthropic-ratelimit-") or name in ("retry-after", "retry-after-ms")
         }
         if response.status_code != 200:
-            raise await _http_error(response)
+            raise await http_error(response)
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             raise RetryableError(
@@ -112,7 +112,7 @@ async def _read(
                     offsets.append(clock.now() - sent_at)
 
 
-async def _http_error(response: httpx.Response) -> AttemptError:
+async def http_error(response: httpx.Response) -> AttemptError:
     """Translate a non-200 response into the error the API meant."""
     raw = b""
     async for chunk in response.aiter_bytes():

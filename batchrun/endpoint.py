@@ -15,9 +15,10 @@ import httpx
 from batchrun import __version__
 from batchrun.errors import JobError
 from batchrun.job import Job
+from batchrun.sim import SimServer
 from batchrun.transport import AiohttpTransport
 
-__all__ = ["api_key", "http_client"]
+__all__ = ["api_key", "base_url", "http_client"]
 
 
 def api_key(job: Job) -> str:
@@ -58,3 +59,11 @@ async def http_client(
         transport=transport,
     ) as client:
         yield client
+
+
+def base_url(job: Job, stack: contextlib.ExitStack) -> str:
+    """Where to send: the job's URL, or the built-in simulator's, started for ``stack``'s life."""
+    url = str(job.endpoint.base_url)
+    if url == "sim":
+        url = stack.enter_context(SimServer(job.sim)).base_url
+    return url

@@ -24,7 +24,7 @@ import httpx
 import structlog
 
 from batchrun.clock import Clock
-from batchrun.endpoint import api_key, http_client
+from batchrun.endpoint import api_key, base_url, http_client
 from batchrun.errors import FatalAPIError
 from batchrun.inputs import check_input
 from batchrun.job import Job
@@ -44,8 +44,7 @@ from batchrun.results import ResultsWriter, write_json_atomic
 from batchrun.retry import Sleep
 from batchrun.rundir import clear, make_run_dir, manifest, pending_items, resume_plan
 from batchrun.runlock import RunLock
-from batchrun.sim import SimServer
-from batchrun.telemetry import Telemetry, setup_telemetry
+from batchrun.telemetry import Telemetry, telemetry_for_run
 from batchrun.worker import RunContext, process
 
 __all__ = ["RunOutcome", "run_job"]
@@ -120,16 +119,10 @@ async def run_job(
         )
         stop = _Stop()
         with contextlib.ExitStack() as stack:
-            base_url = str(job.endpoint.base_url)
-            if base_url == "sim":
-                base_url = stack.enter_context(SimServer(job.sim)).base_url
-            if telemetry is None:
-                telemetry = setup_telemetry(
-                    job.telemetry.traces, job_name=job.name, run_dir=run_dir
-                )
-                stack.callback(telemetry.shutdown)
-            else:
-                stack.callback(telemetry.flush)  # the caller's: flushed, left open
+            url = base_url(job, stack)
+            telemetry = telemetry_for_run(
+                stack, telemetry, traces=job.telemetry.traces, job_name=job.name, run_dir=run_dir
+            )
             run_span = telemetry.tracer.start_span(
                 "batchrun.run",
                 start_time=clock.epoch_ns(started),
@@ -141,9 +134,9 @@ async def run_job(
                 },
             )
             writer = ResultsWriter(run_dir)
-            async with http_client(job, base_url, key, transport) as client:
+            async with http_client(job, url, key, transport) as client:
                 if budget is None:
-                    budget = _budget(job, key, base_url, client)
+                    budget = _budget(job, key, url, client)
                 progress = Progress(
                     total=todo, stream=progress_stream or sys.stderr, limits=budget.snapshot
                 )
@@ -267,12 +260,12 @@ async def _dispatch(
             loop.remove_signal_handler(sig)
 
 
-def _budget(job: Job, key: str, base_url: str, client: httpx.AsyncClient) -> RateBudget:
+def _budget(job: Job, key: str, url: str, client: httpx.AsyncClient) -> RateBudget:
     """The run's budget; shared with other runs on this host that use the same key and URL."""
     limits = job.limits
     if job.endpoint.base_url == "sim":
         limits = limits.model_copy(update={"shared": False})  # a private, throwaway server
-    fingerprint = hashlib.sha256(f"{key}\n{base_url}".encode()).hexdigest()
+    fingerprint = hashlib.sha256(f"{key}\n{url}".encode()).hexdigest()
     return make_budget(
         limits,
         key_fingerprint=fingerprint,

@@ -12,6 +12,7 @@ request header.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -31,7 +32,13 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["Instruments", "Telemetry", "configure_logging", "setup_telemetry"]
+__all__ = [
+    "Instruments",
+    "Telemetry",
+    "configure_logging",
+    "setup_telemetry",
+    "telemetry_for_run",
+]
 
 _METRIC_INTERVAL_MS = 10_000
 
@@ -189,3 +196,21 @@ def _exporters(traces: str, run_dir: Path) -> tuple[SpanExporter | None, MetricE
 
         return ConsoleSpanExporter(out=sys.stderr), ConsoleMetricExporter(out=sys.stderr)
     return None, None
+
+
+def telemetry_for_run(
+    stack: contextlib.ExitStack,
+    given: Telemetry | None,
+    *,
+    traces: str,
+    job_name: str,
+    run_dir: Path,
+) -> Telemetry:
+    """The run's telemetry: the job's exporters, shut down when ``stack`` closes; or the
+    caller's (tests pass in-memory ones), flushed then and left open."""
+    if given is not None:
+        stack.callback(given.flush)
+        return given
+    made = setup_telemetry(traces, job_name=job_name, run_dir=run_dir)
+    stack.callback(made.shutdown)
+    return made

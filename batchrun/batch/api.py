@@ -19,13 +19,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from batchrun.client import parse_retry_after
-from batchrun.errors import AttemptError, RetryableError, api_error
+from batchrun.client import http_error
+from batchrun.errors import AttemptError, RetryableError
 
 __all__ = ["BATCHES", "BatchesAPI", "parse_time", "refused"]
 
 BATCHES = "/v1/messages/batches"
-_MAX_ERROR_BODY = 64 * 1024
 _PAGE = 100
 
 
@@ -91,7 +90,7 @@ class BatchesAPI:
         try:
             async with self.client.stream("GET", path) as response:
                 if response.status_code != 200:
-                    raise await _error(response)
+                    raise await http_error(response)
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -112,7 +111,7 @@ class BatchesAPI:
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if response.status_code != 200:
-            raise await _error(response)
+            raise await http_error(response)
         return response
 
 
@@ -135,30 +134,3 @@ def _transport_error(exc: httpx.HTTPError) -> RetryableError:
     if isinstance(exc, httpx.TimeoutException):
         return RetryableError("timeout", f"{type(exc).__name__}")
     return RetryableError("connection_error", f"{type(exc).__name__}: {exc}".strip())
-
-
-async def _error(response: httpx.Response) -> AttemptError:
-    """The error an HTTP answer other than 200 means, as the API classifies it."""
-    raw = b""
-    async for chunk in response.aiter_bytes():
-        raw += chunk
-        if len(raw) > _MAX_ERROR_BODY:
-            break
-    status = response.status_code
-    try:
-        error = json.loads(raw)["error"]
-        error_type, message = str(error["type"]), str(error.get("message", ""))[:500]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        snippet = " ".join(raw.decode("utf-8", "replace").split())[:200]
-        error_type, message = "http_error", f"HTTP {status} {response.reason_phrase} {snippet}"
-    should_retry = {"true": True, "false": False}.get(
-        response.headers.get("x-should-retry", "").lower()
-    )
-    return api_error(
-        error_type,
-        message.strip(),
-        http_status=status,
-        request_id=response.headers.get("request-id"),
-        retry_after=parse_retry_after(response.headers),
-        should_retry=should_retry,
-    )

@@ -37,7 +37,7 @@ from batchrun.batch.state import (
     load_state,
 )
 from batchrun.clock import Clock
-from batchrun.endpoint import api_key, http_client
+from batchrun.endpoint import api_key, base_url, http_client
 from batchrun.errors import FatalAPIError, JobError
 from batchrun.inputs import InputSummary, check_input
 from batchrun.job import Job
@@ -52,8 +52,7 @@ from batchrun.outcome import (
 from batchrun.results import ResultsWriter, write_json_atomic
 from batchrun.retry import Sleep
 from batchrun.runlock import RunLock
-from batchrun.sim import SimServer
-from batchrun.telemetry import Telemetry, setup_telemetry
+from batchrun.telemetry import Telemetry, telemetry_for_run
 
 __all__ = ["run_batch_job"]
 
@@ -112,23 +111,17 @@ async def run_batch_job(
         )
         stop = Stop()
         with contextlib.ExitStack() as stack:
-            base_url = str(job.endpoint.base_url)
-            if base_url == "sim":
-                base_url = stack.enter_context(SimServer(job.sim)).base_url
-            if telemetry is None:
-                telemetry = setup_telemetry(
-                    job.telemetry.traces, job_name=job.name, run_dir=run_dir
-                )
-                stack.callback(telemetry.shutdown)
-            else:
-                stack.callback(telemetry.flush)
+            url = base_url(job, stack)
+            telemetry = telemetry_for_run(
+                stack, telemetry, traces=job.telemetry.traces, job_name=job.name, run_dir=run_dir
+            )
             run_span = telemetry.tracer.start_span(
                 "batchrun.run",
                 start_time=clock.epoch_ns(started),
                 attributes={"batchrun.job": job.name, "batchrun.run_id": run_id},
             )
             writer = ResultsWriter(run_dir)
-            async with http_client(job, base_url, key, transport) as client:
+            async with http_client(job, url, key, transport) as client:
                 session = Session(
                     job=job,
                     run_dir=run_dir,
