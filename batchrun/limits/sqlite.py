@@ -130,7 +130,7 @@ class SqliteStore:
             check_same_thread=False,
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn, self._busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")  # a lost budget update after a crash is fine
             conn.executescript(_SCHEMA)
             os.chmod(self.path, 0o600)
@@ -147,6 +147,20 @@ class SqliteStore:
             raise
         self._conn = conn
         return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, patience_s: float) -> None:
+    """Switch the file to WAL. Changing the journal mode answers "database is locked" at once,
+    without SQLite's busy handler, while another process opens the same file: retry a while."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _paused_until(conn: sqlite3.Connection) -> float:
