@@ -255,7 +255,7 @@ class TelemetryConfig(_Section):
 class ModelPrice(_Section):
     """What a model costs, in USD per million tokens at the standard (streaming) rate.
 
-    Message Batches bill half of both rates (``BATCH_DISCOUNT`` in :mod:`batchrun.batch.cost`).
+    Message Batches bill half of both rates (``BATCH_DISCOUNT`` in :mod:`batchrun.cost`).
     """
 
     input: float = Field(ge=0.0, description="USD per million input tokens, e.g. input: 3.0")

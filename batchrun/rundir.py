@@ -14,8 +14,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from batchrun import __version__
 from batchrun.clock import Clock
+from batchrun.cost import estimate_cost
 from batchrun.errors import JobError
 from batchrun.inputs import InputSummary, iter_batches
 from batchrun.job import Job
@@ -92,6 +95,7 @@ async def pending_items(
 
 def manifest(
     job: Job,
+    run_dir: Path,
     run_id: str,
     clock: Clock,
     started: float,
@@ -101,6 +105,11 @@ def manifest(
     summary: InputSummary,
     message: str | None,
 ) -> dict[str, Any]:
+    """run.json: how the run went, the job as resolved (no secrets), versions, and the cost of
+    the rows in the folder at the streaming and the batch rate. Called after compaction."""
+    results = pl.read_parquet(
+        run_dir / "results.parquet", columns=["model", "input_tokens", "output_tokens"]
+    )
     return {
         "run_id": run_id,
         "status": status,
@@ -119,4 +128,5 @@ def manifest(
             "python": platform.python_version(),
             **{name: version(name) for name in ("httpx", "polars", "tenacity")},
         },
+        "cost": estimate_cost(results, job.prices, job.request.mode),
     }

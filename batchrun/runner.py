@@ -86,7 +86,7 @@ async def run_job(
     exporters the job asks for (tests pass in-memory ones).
     """
     if job.request.mode == "batch":
-        from batchrun.batch import run_batch_job  # batch mode uses this module's helpers
+        from batchrun.batch import run_batch_job  # imported only when a job asks for it
 
         return await run_batch_job(
             job,
@@ -183,7 +183,9 @@ async def run_job(
             run_span.end(end_time=clock.epoch_ns(finished))
         write_json_atomic(
             run_dir / "run.json",
-            manifest(job, run_id, clock, started, finished, status, counts, summary, message),
+            manifest(
+                job, run_dir, run_id, clock, started, finished, status, counts, summary, message
+            ),
         )
     log.info(
         "batchrun.run.finished",

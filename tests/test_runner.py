@@ -117,6 +117,9 @@ async def test_a_clean_run_writes_the_contract(write_job: JobWriter) -> None:
     manifest = json.loads((outcome.run_dir / "run.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["counts"] == {"ok": 6, "error": 0}
+    cost = manifest["cost"]
+    assert cost["input_tokens"] == results["input_tokens"].sum()
+    assert cost["output_tokens"] == results["output_tokens"].sum()
     assert manifest["job"]["endpoint"]["api_key_env"] == "ANTHROPIC_API_KEY"
     assert "test-key" not in (outcome.run_dir / "run.json").read_text()
     assert not list((outcome.run_dir / "parts").iterdir())

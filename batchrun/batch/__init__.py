@@ -9,23 +9,18 @@
     rows.py       one result (succeeded, errored, canceled, expired) → result and attempt rows
     collect.py    a whole batch's results → rows in checkpoint parts
     session.py    submit, poll with backoff, collect, retry errored requests in follow-ups
-    cost.py       tokens and their price at the streaming and the batch rate
-    run.py        run_batch_job, wired with runner's helpers
+    run.py        run_batch_job, wired with the run folder, endpoint and outcome of stream mode
     cancel.py     cancel_job: --cancel, whether or not a run holds the folder
 
 It must not stream: per-request timing is stream mode's, and batch rows leave it null.
 """
 
 from batchrun.batch.cancel import cancel_job
-from batchrun.batch.cost import BATCH_DISCOUNT, estimate_cost, price_for
 from batchrun.batch.entries import BatchLimits
 from batchrun.batch.run import run_batch_job
 
 __all__ = [
-    "BATCH_DISCOUNT",
     "BatchLimits",
     "cancel_job",
-    "estimate_cost",
-    "price_for",
     "run_batch_job",
 ]

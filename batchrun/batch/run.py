@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import polars as pl
 import structlog
 
 from batchrun import rundir
 from batchrun.batch.api import BatchesAPI
-from batchrun.batch.cost import estimate_cost
 from batchrun.batch.entries import BatchLimits
 from batchrun.batch.session import Session, Stop
 from batchrun.batch.state import (
@@ -156,9 +154,8 @@ async def run_batch_job(
             )
             run_span.end(end_time=clock.epoch_ns(finished))
         manifest = rundir.manifest(
-            job, run_id, clock, started, finished, status, counts, summary, message
+            job, run_dir, run_id, clock, started, finished, status, counts, summary, message
         )
-        manifest["cost"] = await asyncio.to_thread(_cost, job, run_dir)
         manifest["batches"] = [_describe(record) for record in state.records]
         write_json_atomic(run_dir / "run.json", manifest)
     log.info(
@@ -242,12 +239,6 @@ def _ending(
         unsent = max(0, summary.requests - rows)
         return "canceled", EXIT_ROW_ERRORS if failed else EXIT_OK, f"canceled; {unsent} unsent"
     return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
-
-
-def _cost(job: Job, run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "results.parquet"
-    results = pl.read_parquet(path, columns=["model", "input_tokens", "output_tokens"])
-    return estimate_cost(results, job.prices, job.request.mode)
 
 
 def _describe(record: BatchRecord) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrun.batch.cost import estimate_cost
+from batchrun.cost import estimate_cost
 from batchrun.job import DEFAULT_PRICES
 from batchrun.report.load import RunData
 
