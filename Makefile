@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test check lint format bench-limits clean
+.PHONY: install browser redis run test check lint format bench bench-limits clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "make: chromium could not be installed; the browser test will be skipped"; }
 
-test: install browser
+# The Redis budget store's tests need a redis-server binary; without it they are skipped.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || \
+	  echo "make: redis-server could not be installed; the Redis store tests will be skipped"; }
+
+test: install browser redis
 	$(BIN)/pytest -q
 
 lint: install

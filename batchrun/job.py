@@ -16,9 +16,17 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from batchrun.errors import JobError
 from batchrun.jobfile import load_model
@@ -45,7 +53,8 @@ __all__ = [
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_KEYS = {"endpoint.api_key_env", "sim.api_key"}  # values never echoed in messages
+# Values never echoed in messages (a Redis URL may hold a password).
+_SECRET_KEYS = {"endpoint.api_key_env", "sim.api_key", "limits.redis_url"}
 
 
 class _Section(BaseModel):
@@ -196,8 +205,40 @@ class LimitsConfig(_Section):
     # base URL (state under state_dir, keyed by a hash of both; never the key itself).
     shared: bool = True
     state_dir: str | None = None  # null: $XDG_STATE_HOME/batchrun or ~/.local/state/batchrun
+    # With shared: share them with every host using this Redis instead (redis:// or rediss://).
+    redis_url: str | None = None
     # Count input tokens exactly with /v1/messages/count_tokens instead of estimating them.
     exact_input_tokens: bool = False
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Messages never repeat the value: it may hold a password (see _SECRET_KEYS).
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("the port is not a number in 0-65535") from None
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(
+                "must be a redis:// or rediss:// URL such as redis://redis.internal:6379/0"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment; a password goes in user:pw@")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise ValueError("the path must be a database number, e.g. /0")
+        return value
+
+    @field_serializer("redis_url")
+    def _redis_url_shown(self, value: str | None) -> str | None:
+        # run.json holds the job as run, never a password.
+        parts = urlsplit(value) if value is not None else None
+        if parts is None or parts.password is None:
+            return value
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class RetryConfig(_Section):

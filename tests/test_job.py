@@ -83,6 +83,7 @@ def test_defaults_equal_contract() -> None:
             "output_tokens_per_minute": None,
             "shared": True,
             "state_dir": None,
+            "redis_url": None,
             "exact_input_tokens": False,
         },
         "retry": {"max_attempts": 6, "initial_backoff_s": 1.0, "max_backoff_s": 60.0},

@@ -3,16 +3,18 @@
 Every attempt (retries too) waits in ``Budget.acquire`` and reports back through
 ``Budget.settle``. Modules: ``budget`` (the seam: protocol, reservation, refusal), ``rate`` (the
 rate-limited budget), ``bucket`` (token-bucket arithmetic), ``estimate`` (request costs and
-rate-limit headers), ``adaptive`` (AIMD concurrency), ``store`` and ``sqlite`` (where buckets
-live). This package must not speak HTTP, retry, or write results.
+rate-limit headers), ``adaptive`` (AIMD concurrency), ``store``, ``sqlite`` and ``redis``
+(where buckets live). This package must not speak HTTP, retry, or write results.
 
 Sharing: with ``limits.shared: true`` (the default) every batchrun process on the host that uses
 the same API key and base URL takes from one set of buckets and honours one 429 pause, kept in
 ``<state_dir>/budget-<fingerprint>.sqlite3`` (``state_dir`` defaults to
 ``$XDG_STATE_HOME/batchrun`` or ``~/.local/state/batchrun``; the fingerprint is a hash of key and
-base URL, never the key). ``shared: false`` keeps the buckets in the process. Another store (a
-network one, for many hosts) implements :class:`BudgetStore` and is passed to
-:class:`RateBudget`.
+base URL, never the key). With ``limits.redis_url`` as well, every host that uses that Redis
+shares them instead (``redis``: :class:`RedisStore`, timed by the Redis server's clock). When the
+shared store cannot be used (a read-only disk, an unreachable server) the budget logs
+``batchrun.limits.shared_unavailable`` and goes on in the process. ``shared: false`` keeps the
+buckets in the process.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from batchrun.job import LimitsConfig
 from batchrun.limits.bucket import BURST_S, Adjust, BucketSpec, Want
 from batchrun.limits.budget import Budget, BudgetWaitError, Reservation, Snapshot, Unlimited
 from batchrun.limits.rate import CountTokens, RateBudget, Sleep
+from batchrun.limits.redis import RedisStore
 from batchrun.limits.sqlite import SqliteStore, default_state_dir, state_path
 from batchrun.limits.store import BudgetStore, MemoryStore, StoreUnavailable
 
@@ -38,6 +41,7 @@ __all__ = [
     "CountTokens",
     "MemoryStore",
     "RateBudget",
+    "RedisStore",
     "Reservation",
     "Snapshot",
     "SqliteStore",
@@ -70,7 +74,9 @@ def make_budget(
     same in every process sharing the state: keep ``time.monotonic`` outside tests.
     """
     store: BudgetStore
-    if limits.shared:
+    if limits.shared and limits.redis_url:
+        store = RedisStore(limits.redis_url, key_fingerprint)
+    elif limits.shared:
         store = SqliteStore(state_path(limits.state_dir, key_fingerprint), clock=clock)
     else:
         store = MemoryStore(clock)
