@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.errors import FatalAPIError
 
-__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_ROW_ERRORS", "SIGNAL_EXIT", "RunOutcome", "fatal_hint"]
+__all__ = [
+    "EXIT_FATAL",
+    "EXIT_OK",
+    "EXIT_ROW_ERRORS",
+    "SIGNAL_EXIT",
+    "RunOutcome",
+    "Stop",
+    "fatal_hint",
+]
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_FATAL = 0, 1, 3
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -25,6 +34,15 @@ class RunOutcome:
     status: str  # complete | aborted | interrupted
     message: str | None = None
     sent: int = 0  # requests this run took on (the rest were already done)
+
+
+@dataclass
+class Stop:
+    """Why a run stopped sending early, if it did: a fatal API error or a signal."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    fatal: FatalAPIError | None = None
+    signal: signal.Signals | None = None
 
 
 def fatal_hint(exc: FatalAPIError) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import platform
+import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,19 @@ from batchrun.records import RequestItem
 from batchrun.results import resume_index
 from batchrun.worker import build_request
 
-__all__ = ["clear", "make_run_dir", "manifest", "pending_items", "resume_plan"]
+__all__ = [
+    "clear",
+    "make_run_dir",
+    "manifest",
+    "new_run_id",
+    "pending_items",
+    "resume_plan",
+]
+
+
+def new_run_id(now: datetime) -> str:
+    """A run's id: its UTC start, sortable, and a random suffix for runs in the same second."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
 def make_run_dir(run_dir: Path) -> Path:

@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import httpx
@@ -35,6 +33,7 @@ from batchrun.outcome import (
     EXIT_ROW_ERRORS,
     SIGNAL_EXIT,
     RunOutcome,
+    Stop,
     fatal_hint,
 )
 from batchrun.pool import run_pool
@@ -42,7 +41,14 @@ from batchrun.progress import Progress
 from batchrun.records import RequestItem
 from batchrun.results import ResultsWriter, write_json_atomic
 from batchrun.retry import Sleep
-from batchrun.rundir import clear, make_run_dir, manifest, pending_items, resume_plan
+from batchrun.rundir import (
+    clear,
+    make_run_dir,
+    manifest,
+    new_run_id,
+    pending_items,
+    resume_plan,
+)
 from batchrun.runlock import RunLock
 from batchrun.telemetry import Telemetry, telemetry_for_run
 from batchrun.worker import RunContext, process
@@ -52,15 +58,6 @@ __all__ = ["RunOutcome", "run_job"]
 log = structlog.get_logger()
 
 _FLUSH_EVERY_S = 0.2  # at most this much finished work is lost to a kill -9
-
-
-@dataclass
-class _Stop:
-    """Why dispatching stopped, if it did."""
-
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    fatal: FatalAPIError | None = None
-    signal: signal.Signals | None = None
 
 
 async def run_job(
@@ -107,7 +104,7 @@ async def run_job(
         if fresh:
             clear(run_dir)
         done = await asyncio.to_thread(resume_plan, job, run_dir, limit, retry_errors)
-        run_id = f"{clock.wall(started):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+        run_id = new_run_id(clock.wall(started))
         structlog.contextvars.bind_contextvars(run_id=run_id)
         todo = summary.requests - len(done)
         log.info(
@@ -117,7 +114,7 @@ async def run_job(
             requests=summary.requests,
             already_done=len(done),
         )
-        stop = _Stop()
+        stop = Stop()
         with contextlib.ExitStack() as stack:
             url = base_url(job, stack)
             telemetry = telemetry_for_run(
@@ -201,7 +198,7 @@ async def run_job(
 
 
 async def _dispatch(
-    ctx: RunContext, items: AsyncIterator[RequestItem], stop: _Stop, grace_s: float
+    ctx: RunContext, items: AsyncIterator[RequestItem], stop: Stop, grace_s: float
 ) -> None:
     """Run every item through the pool, flushing checkpoints, until done or stopped."""
     loop = asyncio.get_running_loop()
@@ -288,7 +285,7 @@ def _token_counter(client: httpx.AsyncClient) -> CountTokens:
     return count
 
 
-def _ending(stop: _Stop, counts: dict[str, int]) -> tuple[str, int, str | None]:
+def _ending(stop: Stop, counts: dict[str, int]) -> tuple[str, int, str | None]:
     if stop.fatal is not None:
         exc = stop.fatal
         return "aborted", EXIT_FATAL, f"aborted: {exc} ({fatal_hint(exc)})"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import structlog
 from batchrun import rundir
 from batchrun.batch.api import BatchesAPI
 from batchrun.batch.entries import BatchLimits
-from batchrun.batch.session import Session, Stop
+from batchrun.batch.session import Session
 from batchrun.batch.state import (
     BatchRecord,
     BatchState,
@@ -45,6 +44,7 @@ from batchrun.outcome import (
     EXIT_ROW_ERRORS,
     SIGNAL_EXIT,
     RunOutcome,
+    Stop,
     fatal_hint,
 )
 from batchrun.results import ResultsWriter, write_json_atomic
@@ -96,7 +96,7 @@ async def run_batch_job(
         done = await asyncio.to_thread(rundir.resume_plan, job, run_dir, limit, retry_errors)
         busy = await asyncio.to_thread(_in_flight, run_dir, state)
         nothing_to_cancel = cancel and not state.unfinished()
-        run_id = f"{clock.wall(started):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+        run_id = rundir.new_run_id(clock.wall(started))
         structlog.contextvars.bind_contextvars(run_id=run_id)
         log.info(
             "batchrun.run.started",

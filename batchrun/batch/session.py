@@ -14,7 +14,6 @@ or write run.json (``run`` does).
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,22 +39,14 @@ from batchrun.batch.state import (
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.job import Job
+from batchrun.outcome import Stop
 from batchrun.records import RequestItem
 from batchrun.results import ResultsWriter
 from batchrun.retry import Sleep
 
-__all__ = ["Session", "Stop"]
+__all__ = ["Session"]
 
 log = structlog.get_logger()
-
-
-@dataclass
-class Stop:
-    """Why the session stopped early, if it did."""
-
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    fatal: FatalAPIError | None = None
-    signal: signal.Signals | None = None
 
 
 @dataclass
