@@ -66,6 +66,7 @@ th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: lef
   white-space: nowrap; }
 th { font-size: 12px; font-weight: 600; color: var(--muted); background: var(--bg); }
 td.n, th.n { text-align: right; }
+td.wrap { white-space: normal; }
 td.mono { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 td.msg { white-space: normal; min-width: 240px; color: var(--muted); }
 td.ids { font-size: 11px; line-height: 1.35; }
@@ -148,7 +149,7 @@ def facts(summary: Mapping[str, Any]) -> str:
         ),
     ]
     facts_rows = "".join(
-        f'<tr><td>{escape(k)}</td><td class="n">{escape(v)}</td></tr>' for k, v in extra
+        f'<tr><td>{escape(k)}</td><td class="n wrap">{escape(v)}</td></tr>' for k, v in extra
     )
     return (
         f'<div class="split"><div class="scroll"><table><tr><th>timing</th>{head}</tr>'
