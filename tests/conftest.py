@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +103,34 @@ def sim_server() -> Iterator[Callable[..., SimServer]]:
 async def no_sleep(seconds: float) -> None:
     """An injected sleep for backoffs: yields to the loop but does not wait."""
     await asyncio.sleep(0)
+
+
+def race_two_processes(child_source: str, arg: str) -> list[Any]:
+    """Run ``python -c child_source arg`` twice; start both at one moment; their JSON outputs.
+
+    Each child prints ``ready``, then reads a ``time.monotonic()`` start instant from stdin
+    (the clock is host-wide), does its work and prints one JSON value.
+    """
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", child_source, arg],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for child in children:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+    start = f"{time.monotonic() + 0.1}\n"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(start)
+        child.stdin.close()
+    outputs = [child.stdout.read() for child in children if child.stdout is not None]
+    assert [child.wait(timeout=30) for child in children] == [0, 0]
+    for child in children:
+        assert child.stdout is not None
+        child.stdout.close()
+    return [json.loads(out) for out in outputs]

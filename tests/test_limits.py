@@ -7,10 +7,6 @@ the tests of two processes sharing a SQLite file and the one against the simulat
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,7 @@ from batchrun.limits.estimate import (
     read_ratelimit_headers,
 )
 from batchrun.records import Attempt, Completion, RequestItem
+from tests.conftest import race_two_processes
 
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
@@ -505,30 +502,7 @@ print(json.dumps(taken))
 def test_two_processes_sharing_a_file_take_no_more_than_the_rate(tmp_path: Path) -> None:
     """Two real processes racing for 50/s for 0.6 s from one file get ~30 between them, not 60."""
     path = tmp_path / "budget.sqlite3"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for child in children:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-    # Both start at one moment; the bucket is created, empty, by the first take of the race.
-    start = f"{time.monotonic() + 0.1}\n"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write(start)
-        child.stdin.close()
-    outputs = [child.stdout.read() for child in children if child.stdout is not None]
-    assert [child.wait(timeout=30) for child in children] == [0, 0]
-    for child in children:
-        assert child.stdout is not None
-        child.stdout.close()
-    taken = [json.loads(out) for out in outputs]
+    taken = race_two_processes(_CHILD, str(path))
     total = sum(len(x) for x in taken)
     # 50/s over the 0.6 s race from an empty bucket is 30 (unshared, each would get 30).
     assert 24 <= total <= 31

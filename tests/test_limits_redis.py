@@ -11,7 +11,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from batchrun.limits import (
 )
 from batchrun.limits.redis import redis_keys
 from batchrun.records import Attempt, Completion
+from tests.conftest import race_two_processes
 
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
@@ -174,29 +174,7 @@ print(json.dumps(taken))
 
 def test_two_processes_sharing_a_fingerprint_take_no_more_than_the_rate(redis_url: str) -> None:
     """Two real processes racing for 50/s for 0.6 s through Redis get ~30 between them, not 60."""
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHILD, redis_url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for child in children:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-    start = f"{time.monotonic() + 0.1}\n"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write(start)
-        child.stdin.close()
-    outputs = [child.stdout.read() for child in children if child.stdout is not None]
-    assert [child.wait(timeout=30) for child in children] == [0, 0]
-    for child in children:
-        assert child.stdout is not None
-        child.stdout.close()
-    taken = [json.loads(out) for out in outputs]
+    taken = race_two_processes(_CHILD, redis_url)
     total = sum(len(x) for x in taken)
     # 50/s over the 0.6 s race from an empty bucket is 30 (unshared, each would get 30).
     assert 24 <= total <= 31
