@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -146,6 +146,16 @@ class RequestConfig(_Section):
         return self
 
 
+def _split_url(value: str) -> SplitResult:
+    """A URL's parts; a port that is not a number in 0-65535 is a validation error."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the port is not a number in 0-65535") from None
+    return parts
+
+
 class EndpointConfig(_Section):
     """Where requests go and how they authenticate."""
 
@@ -158,11 +168,7 @@ class EndpointConfig(_Section):
     def _url(cls, value: str) -> str:
         if value == "sim":
             return value
-        parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("the port is not a number in 0-65535") from None
+        parts = _split_url(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be 'sim' or an http(s) URL such as http://127.0.0.1:8080")
         if parts.username or parts.password:
@@ -216,11 +222,7 @@ class LimitsConfig(_Section):
         # Messages never repeat the value: it may hold a password (see _SECRET_KEYS).
         if value is None:
             return value
-        parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("the port is not a number in 0-65535") from None
+        parts = _split_url(value)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError(
                 "must be a redis:// or rediss:// URL such as redis://redis.internal:6379/0"
