@@ -15,7 +15,6 @@ import httpx
 from batchrun import __version__
 from batchrun.errors import JobError
 from batchrun.job import Job
-from batchrun.sim import SimServer
 from batchrun.transport import AiohttpTransport
 
 __all__ = ["api_key", "base_url", "http_client"]
@@ -65,5 +64,7 @@ def base_url(job: Job, stack: contextlib.ExitStack) -> str:
     """Where to send: the job's URL, or the built-in simulator's, started for ``stack``'s life."""
     url = str(job.endpoint.base_url)
     if url == "sim":
+        from batchrun.sim import SimServer  # the simulator's server loads only when it is used
+
         url = stack.enter_context(SimServer(job.sim)).base_url
     return url

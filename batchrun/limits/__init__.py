@@ -27,7 +27,6 @@ from batchrun.job import LimitsConfig
 from batchrun.limits.bucket import BURST_S, Adjust, BucketSpec, Want
 from batchrun.limits.budget import Budget, BudgetWaitError, Reservation, Snapshot, Unlimited
 from batchrun.limits.rate import CountTokens, RateBudget, Sleep
-from batchrun.limits.redis import RedisStore
 from batchrun.limits.sqlite import SqliteStore, default_state_dir, state_path
 from batchrun.limits.store import BudgetStore, MemoryStore, StoreUnavailable
 
@@ -41,7 +40,6 @@ __all__ = [
     "CountTokens",
     "MemoryStore",
     "RateBudget",
-    "RedisStore",
     "Reservation",
     "Snapshot",
     "SqliteStore",
@@ -75,6 +73,8 @@ def make_budget(
     """
     store: BudgetStore
     if limits.shared and limits.redis_url:
+        from batchrun.limits.redis import RedisStore  # redis-py takes ~200 ms and 17 MB to load
+
         store = RedisStore(limits.redis_url, key_fingerprint)
     elif limits.shared:
         store = SqliteStore(state_path(limits.state_dir, key_fingerprint), clock=clock)
