@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,18 +35,21 @@ async def stream_attempt(
     *,
     total_s: float,
     clock: Clock,
+    on_chunk: Callable[[float], None] | None = None,
 ) -> Attempt:
     """Send ``body`` once and read the stream to its end; never raises for the attempt's failure.
 
     The outcome is in the returned :class:`Attempt`: ``completion`` on success, ``error`` (an
     :class:`AttemptError`) otherwise. Connect and idle timeouts are the client's; ``total_s``
-    bounds the whole attempt, headers and body together.
+    bounds the whole attempt, headers and body together. ``on_chunk`` is called with the
+    arrival offset of every read that brought content, as it arrives (the worker records its
+    per-chunk metric there, spread over the stream rather than in one burst at its end).
     """
     attempt = Attempt(sent_at=clock.now())
     fold = apis.new_fold(api)
     try:
         async with asyncio.timeout(total_s):
-            await _read(client, api, body, attempt, fold, clock)
+            await _read(client, api, body, attempt, fold, clock, on_chunk)
         attempt.completion = fold.result()
     except AttemptError as exc:
         attempt.error = exc
@@ -78,6 +82,7 @@ async def _read(
     attempt: Attempt,
     fold: apis.Fold,
     clock: Clock,
+    on_chunk: Callable[[float], None] | None,
 ) -> None:
     async with client.stream("POST", apis.request_path(api), json=body) as response:
         attempt.http_status = response.status_code
@@ -101,15 +106,14 @@ async def _read(
         async for chunk in response.aiter_bytes():
             # Every event of one read arrived at once: one clock reading, before any parsing.
             arrived = clock.now() - sent_at
+            seen = len(offsets)
             for event in decoder.feed(chunk):
                 if feed(event):
                     offsets.append(arrived)
+            if on_chunk is not None and len(offsets) > seen:
+                on_chunk(arrived)
             if fold.done:
                 break
-        if not fold.done:
-            for event in decoder.flush():
-                if fold.feed(event):
-                    offsets.append(clock.now() - sent_at)
 
 
 async def http_error(response: httpx.Response) -> AttemptError:

@@ -188,6 +188,12 @@ async def test_metrics_follow_the_genai_conventions(
     }
     (ttft,) = metrics["gen_ai.client.operation.time_to_first_chunk"].data.data_points
     assert ttft.count == 3
+    # One gap per read after the first that brought content, recorded as it arrived.
+    reads = [len(set(offsets)) for offsets in results["chunk_offsets_s"].to_list()]
+    assert min(reads) > 1
+    (gaps,) = metrics["gen_ai.client.operation.time_per_output_chunk"].data.data_points
+    assert gaps.count == sum(n - 1 for n in reads)
+    assert gaps.min > 0
 
 
 async def test_content_is_captured_only_when_asked(
