@@ -19,6 +19,7 @@ import httpx
 
 from batchrun import apis
 from batchrun.clock import Clock
+from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError, RetryableError, api_error
 from batchrun.records import Attempt
 from batchrun.sse import SSEDecoder
@@ -29,7 +30,7 @@ _MAX_ERROR_BODY = 64 * 1024
 
 
 async def stream_attempt(
-    client: httpx.AsyncClient,
+    client: ApiClient,
     api: apis.Api,
     body: dict[str, Any],
     *,
@@ -76,7 +77,7 @@ async def stream_attempt(
 
 
 async def _read(
-    client: httpx.AsyncClient,
+    client: ApiClient,
     api: apis.Api,
     body: dict[str, Any],
     attempt: Attempt,
@@ -84,7 +85,7 @@ async def _read(
     clock: Clock,
     on_chunk: Callable[[float], None] | None,
 ) -> None:
-    async with client.stream("POST", apis.request_path(api), json=body) as response:
+    async with client.open_stream(apis.request_path(api), body) as response:
         attempt.http_status = response.status_code
         attempt.request_id = response.headers.get("request-id")
         attempt.ratelimit_headers = {

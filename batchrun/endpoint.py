@@ -2,6 +2,13 @@
 
 The only place the key is read and put into a header; the client is wired here with auth,
 timeouts and transport (aiohttp-backed unless a test passes its own). Nothing is sent here.
+
+:class:`ApiClient` is httpx's client with one lean path added for the streamed attempts, the
+hot path of a run: ``open_stream`` builds the request from parts prepared once and hands it
+straight to the transport, skipping what ``AsyncClient.send`` does per request and a run never
+uses (URL merging, cookie jars, auth flows, redirects, event hooks): ~80 µs a request, a
+tenth of a run's event-loop time with short answers. Everything else (``post``, ``get``: the
+batch API, ``count_tokens``) goes through httpx as usual, on the same transport.
 """
 
 from __future__ import annotations
@@ -9,15 +16,46 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import msgspec
 
 from batchrun import __version__
 from batchrun.errors import JobError
 from batchrun.job import Job
 from batchrun.transport import AiohttpTransport
 
-__all__ = ["api_key", "base_url", "http_client"]
+__all__ = ["ApiClient", "api_key", "base_url", "http_client"]
+
+
+class ApiClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose streamed POSTs go straight to its transport."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        self._direct = transport
+        self._urls: dict[str, httpx.URL] = {}
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, path: str, body: Any) -> AsyncIterator[httpx.Response]:
+        """POST ``body`` as JSON to ``path`` (under ``base_url``) and yield the response, its
+        body not yet read; closed on exit. Headers and timeouts are the client's."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(str(self.base_url).rstrip("/") + path)
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=self.headers,
+            content=msgspec.json.encode(body),
+            extensions={"timeout": self.timeout.as_dict()},
+        )
+        response = await self._direct.handle_async_request(request)
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
 
 def api_key(job: Job) -> str:
@@ -39,13 +77,13 @@ def api_key(job: Job) -> str:
 @contextlib.asynccontextmanager
 async def http_client(
     job: Job, base_url: str, api_key: str, transport: httpx.AsyncBaseTransport | None
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[ApiClient]:
     t = job.timeouts
     concurrency = job.limits.concurrency
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     if transport is None:
         transport = AiohttpTransport(limits=limits)
-    async with httpx.AsyncClient(
+    async with ApiClient(
         base_url=base_url,
         headers={
             "x-api-key": api_key,

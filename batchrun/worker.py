@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
@@ -24,6 +23,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from batchrun import apis
 from batchrun.client import stream_attempt
 from batchrun.clock import Clock
+from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
 from batchrun.job import Job
 from batchrun.limits import Budget, BudgetWaitError
@@ -44,7 +44,7 @@ class RunContext:
 
     job: Job
     run_id: str
-    client: httpx.AsyncClient
+    client: ApiClient
     writer: ResultsWriter
     clock: Clock
     sleep: Sleep

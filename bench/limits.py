@@ -33,10 +33,12 @@ import structlog
 from batchrun import apis
 from batchrun.client import stream_attempt
 from batchrun.clock import Clock
+from batchrun.endpoint import ApiClient
 from batchrun.job import LimitsConfig
 from batchrun.limits import BucketSpec, SqliteStore, Want, make_budget
 from batchrun.records import Attempt, RequestItem
 from batchrun.sim import SimConfig, SimServer
+from batchrun.transport import AiohttpTransport
 
 KINDS = ("requests", "input_tokens", "output_tokens")
 _FILLER = "The quick brown fox jumps over the lazy dog while the sky turns a pale blue. "
@@ -124,7 +126,7 @@ async def drive(spec: dict[str, Any]) -> list[list[float]]:
     counter = iter(range(10**9))
     filler = (_FILLER * (spec["prompt_chars"] // len(_FILLER) + 1))[: spec["prompt_chars"]]
 
-    async def work(client: httpx.AsyncClient) -> None:
+    async def work(client: ApiClient) -> None:
         while time.time() < deadline:
             n = next(counter)
             text = f"[{spec['tag']}-{n}] {filler}"
@@ -158,8 +160,11 @@ async def drive(spec: dict[str, Any]) -> list[list[float]]:
 
     headers = {"x-api-key": "bench-key", "anthropic-version": "2023-06-01"}
     limits_http = httpx.Limits(max_connections=spec["concurrency"])
-    async with httpx.AsyncClient(
-        base_url=spec["base_url"], headers=headers, limits=limits_http
+    async with ApiClient(
+        base_url=spec["base_url"],
+        headers=headers,
+        limits=limits_http,
+        transport=AiohttpTransport(limits=limits_http),
     ) as client:
         await asyncio.sleep(max(0.0, spec["start"] - time.time()))
         await asyncio.gather(*(work(client) for _ in range(spec["concurrency"])))

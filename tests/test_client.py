@@ -11,6 +11,7 @@ import pytest
 
 from batchrun.client import parse_retry_after, stream_attempt
 from batchrun.clock import Clock
+from batchrun.endpoint import ApiClient
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
 from batchrun.records import Attempt
 from tests.conftest import FIXTURES
@@ -34,7 +35,7 @@ async def _attempt(
     total_s: float = 5.0,
     api: str = "messages",
 ) -> Attempt:
-    async with httpx.AsyncClient(
+    async with ApiClient(
         transport=httpx.MockTransport(handler), base_url="http://api.test"
     ) as client:
         return await stream_attempt(

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from batchrun.apis import CompleteFold, MessagesFold
 from batchrun.client import stream_attempt
 from batchrun.clock import Clock
+from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError
 from batchrun.records import Completion
 from batchrun.sim import SimServer
@@ -420,7 +421,7 @@ def test_a_deeply_nested_error_body_is_an_attempt_error() -> None:
 
     async def attempt() -> None:
         transport = httpx.MockTransport(handler)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        async with ApiClient(transport=transport, base_url="http://sim") as client:
             result = await stream_attempt(
                 client, "messages", {"model": "m"}, total_s=5, clock=Clock()
             )

@@ -10,13 +10,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from structlog.testing import capture_logs
 
 from batchrun import apis
 from batchrun.client import stream_attempt
 from batchrun.clock import Clock
+from batchrun.endpoint import ApiClient
 from batchrun.errors import PermanentError, api_error
 from batchrun.job import LimitsConfig
 from batchrun.limits import (
@@ -39,6 +39,7 @@ from batchrun.limits.estimate import (
     read_ratelimit_headers,
 )
 from batchrun.records import Attempt, Completion, RequestItem
+from batchrun.transport import AiohttpTransport
 from tests.conftest import race_two_processes
 
 BODY: dict[str, Any] = {
@@ -545,8 +546,10 @@ async def _drive(base_url: str, budget: RateBudget, requests: int, workers: int)
     statuses: list[int] = []
     clock = Clock()
     queue = list(range(requests))
-    async with httpx.AsyncClient(
-        base_url=base_url, headers={"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    async with ApiClient(
+        base_url=base_url,
+        headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+        transport=AiohttpTransport(),
     ) as client:
 
         async def work() -> None:
