@@ -13,8 +13,9 @@ uses it to answer 400 the way the API does.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, assert_never
 
@@ -43,6 +44,22 @@ HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 _MAX_MESSAGE = 300  # error messages stay short: never the whole payload
 _decode = msgspec.json.Decoder().decode
+
+
+class _TextDelta(msgspec.Struct):
+    type: Literal["text_delta"]
+    text: str
+
+
+class _DeltaEvent(msgspec.Struct):
+    """A text delta, the shape of nearly every event of a stream: decoded straight into this,
+    no dicts; any other shape fails to decode."""
+
+    index: int
+    delta: _TextDelta
+
+
+_delta_decoder = msgspec.json.Decoder(_DeltaEvent)
 
 
 def request_path(api: Api) -> str:
@@ -154,8 +171,14 @@ class Fold(Protocol):
     done: bool
     output_tokens_seen: int | None
 
+    content: int  # events so far that carried model output (for ttft and chunk times)
+
     def feed(self, event: ServerSentEvent) -> bool:
-        """Take one event; ``True`` iff it carried model output (for ttft and chunk times)."""
+        """Take one event; ``True`` iff it carried model output."""
+        ...
+
+    def feed_all(self, events: Sequence[ServerSentEvent]) -> None:
+        """Take the events of one read, in order (``content`` counts those with output)."""
         ...
 
     def result(self) -> Completion:
@@ -227,6 +250,11 @@ class _FoldBase:
     def __init__(self) -> None:
         self.done = False
         self.output_tokens_seen: int | None = 0
+        self.content = 0
+
+    def feed_all(self, events: Sequence[ServerSentEvent]) -> None:
+        for event in events:
+            self.feed(event)
 
     def feed(self, event: ServerSentEvent) -> bool:
         if self.done:
@@ -249,7 +277,10 @@ class _FoldBase:
                 return False  # ping, and event types newer than this code
             if name == "error":
                 raise _error_from(payload)
-            return self._handle(name, payload)
+            if not self._handle(name, payload):
+                return False
+            self.content += 1
+            return True
         except AttemptError as exc:
             exc.output_tokens_seen = self.output_tokens_seen
             raise
@@ -272,11 +303,14 @@ class _Block:
     json_parts: list[str] | None = None  # input_json_delta fragments
 
     def append(self, key: str, fragment: str) -> None:
+        self.extend(key, (fragment,))
+
+    def extend(self, key: str, fragments: Iterable[str]) -> None:
         parts = self.appended.get(key)
         if parts is None:
             start = self.data.get(key)
             parts = self.appended[key] = [start] if isinstance(start, str) else []
-        parts.append(fragment)
+        parts.extend(fragments)
 
     def final(self) -> dict[str, Any]:
         """The block as a non-streaming response holds it."""
@@ -332,23 +366,50 @@ class MessagesFold(_FoldBase):
     def feed(self, event: ServerSentEvent) -> bool:
         # Nearly every event is a text delta: take it in one step. Anything this does not
         # recognise goes the general way, which decides (and raises) as it always did.
-        if event.event == "content_block_delta" and not self.done:
-            try:
-                payload = _decode(event.data)
-            except (msgspec.DecodeError, ValueError, RecursionError):
-                payload = None
-            if isinstance(payload, dict):
-                index, delta = payload.get("index"), payload.get("delta")
-                block = self._blocks.get(index) if isinstance(index, int) else None
-                if block is not None and isinstance(delta, dict):
-                    text = delta.get("text")
-                    if delta.get("type") == "text_delta" and isinstance(text, str):
-                        block.append("text", text)
-                        self._deltas += 1
-                        if not self._usage_seen:
-                            self.output_tokens_seen = self._deltas
-                        return True
+        if event.event == "content_block_delta":
+            before = self.content
+            self._delta_run([event])
+            return self.content > before
         return super().feed(event)
+
+    def feed_all(self, events: Sequence[ServerSentEvent]) -> None:
+        run: list[ServerSentEvent] = []
+        for event in events:
+            if event.event == "content_block_delta":
+                run.append(event)
+                continue
+            if run:
+                self._delta_run(run)
+                run = []
+            super().feed(event)
+        if run:
+            self._delta_run(run)
+
+    def _delta_run(self, run: list[ServerSentEvent]) -> None:
+        """Consecutive ``content_block_delta`` events, nearly always text deltas of one block:
+        decoded in one call, one JSON value per line (so each event's data stands or falls
+        alone, as with ``json.loads``), into structs, and appended at once. A run that holds
+        anything else goes the general way, event by event."""
+        decoded: list[_DeltaEvent] | None = None
+        if not self.done:
+            with contextlib.suppress(msgspec.DecodeError, ValueError, RecursionError):
+                decoded = _delta_decoder.decode_lines("\n".join(event.data for event in run))
+        index = decoded[0].index if decoded else None
+        block = self._blocks.get(index) if index is not None else None
+        if (
+            block is None
+            or decoded is None
+            or len(decoded) != len(run)  # a blank data line is skipped by decode_lines
+            or any(payload.index != index for payload in decoded)
+        ):
+            for event in run:
+                super().feed(event)
+            return
+        block.extend("text", [payload.delta.text for payload in decoded])
+        self._deltas += len(decoded)
+        self.content += len(decoded)
+        if not self._usage_seen:
+            self.output_tokens_seen = self._deltas
 
     def _handle(self, name: str, payload: dict[str, Any]) -> bool:
         if name == "content_block_delta":

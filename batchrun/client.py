@@ -103,16 +103,18 @@ async def _read(
         decoder = SSEDecoder()
         sent_at = attempt.sent_at
         offsets = attempt.chunk_offsets
-        feed = fold.feed
+        feed_all = fold.feed_all
         async for chunk in response.aiter_bytes():
             # Every event of one read arrived at once: one clock reading, before any parsing.
             arrived = clock.now() - sent_at
-            seen = len(offsets)
-            for event in decoder.feed(chunk):
-                if feed(event):
-                    offsets.append(arrived)
-            if on_chunk is not None and len(offsets) > seen:
-                on_chunk(arrived)
+            before = fold.content
+            try:
+                feed_all(decoder.feed(chunk))
+            finally:  # an error event may follow content in the same read
+                if content := fold.content - before:
+                    offsets.extend([arrived] * content)
+                    if on_chunk is not None:
+                        on_chunk(arrived)
             if fold.done:
                 break
 

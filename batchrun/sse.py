@@ -22,7 +22,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["SSEDecoder", "ServerSentEvent"]
 
@@ -31,9 +31,11 @@ _BLOCK = re.compile(r"event: ([^\n]*)\ndata: ([^\n]*)\n\n")
 _BLOCKS = re.compile(r"(?:event: [^\n]*\ndata: [^\n]*\n\n)*")
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
-    """One dispatched event. ``id`` is the last event id seen so far on the stream."""
+class ServerSentEvent(NamedTuple):
+    """One dispatched event. ``id`` is the last event id seen so far on the stream.
+
+    A named tuple: a 200-token stream makes some 200 of them, and a tuple is several times
+    cheaper to create than a frozen dataclass."""
 
     event: str = "message"
     data: str = ""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from batchrun.apis import (
@@ -867,3 +867,73 @@ def test_text_deltas_join_exactly(fragments: list[str]) -> None:
     completion = folder.result()
     assert completion.text == "".join(fragments)
     assert blocks(completion) == [{"type": "text", "text": completion.text}]
+
+
+# --- feed_all: the events of one read at once -------------------------------------------
+
+_HEAD = [
+    sse("message_start", {"type": "message_start", "message": {"id": "m", "model": "x"}}),
+    sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    sse("content_block_start", {"index": 1, "content_block": {"type": "thinking"}}),
+]
+_MIDDLE = [
+    sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "a"}}),
+    sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "b\\u00e9"}}),
+    sse("content_block_delta", {"index": 1, "delta": {"type": "text_delta", "text": "t"}}),
+    sse("content_block_delta", {"index": 1, "delta": {"type": "thinking_delta", "thinking": "h"}}),
+    sse(
+        "content_block_delta", {"index": 1, "delta": {"type": "signature_delta", "signature": "s"}}
+    ),
+    sse("content_block_delta", {"index": 7, "delta": {"type": "text_delta", "text": "?"}}),
+    sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta"}}),
+    sse("content_block_delta", {"index": True, "delta": {"type": "text_delta", "text": "x"}}),
+    sse("content_block_delta", '{"index": 0, "delta": {"type": "text_delta", "text": "c"}} {}'),
+    sse("content_block_delta", '{"index": 0, "delta": {"type": "text_delta", "text": "\\ud800"}}'),
+    sse("content_block_delta", ""),
+    sse("content_block_delta", "not json"),
+    sse("ping", {"type": "ping"}),
+    sse("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    sse("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
+]
+_TAIL = [sse("content_block_stop", {"index": 0}), sse("message_stop", {"type": "message_stop"})]
+
+
+def _outcome(feed: Any, fold: MessagesFold) -> tuple[Any, ...]:
+    """What a fold ends with: its result or error, and what it counted on the way."""
+    try:
+        feed()
+        ending: Any = fold.result()
+    except (RetryableError, PermanentError) as exc:
+        ending = (type(exc).__name__, exc.error_type, exc.message, exc.output_tokens_seen)
+    return ending, fold.content, fold.output_tokens_seen
+
+
+@example(middle=[_MIDDLE[0], _MIDDLE[2], _MIDDLE[1]], cuts=[])  # two blocks in one read
+@given(
+    middle=st.lists(st.sampled_from(_MIDDLE), max_size=12),
+    cuts=st.lists(st.integers(0, 20), max_size=4),
+)
+def test_feed_all_is_feeding_one_event_at_a_time(
+    middle: list[ServerSentEvent], cuts: list[int]
+) -> None:
+    """However a stream's events are grouped into reads, the fold ends the same: the batched
+    decoding of text deltas takes exactly what single events would, in the same order."""
+    events = [*_HEAD, *middle, *_TAIL]
+    one = MessagesFold()
+    expected = _outcome(lambda: [one.feed(e) for e in events], one)
+    bounds = sorted({0, len(events), *(min(c, len(events)) for c in cuts)})
+    reads = [events[a:b] for a, b in itertools.pairwise(bounds)]
+    many = MessagesFold()
+    assert _outcome(lambda: [many.feed_all(read) for read in reads], many) == expected
+
+
+def test_a_read_of_text_deltas_counts_each_as_content() -> None:
+    """Twenty text deltas in one read are twenty pieces of output, in order."""
+    deltas = [
+        sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": str(i)}})
+        for i in range(20)
+    ]
+    folder = MessagesFold()
+    folder.feed_all([*_HEAD[:2], *deltas, *_TAIL])
+    assert folder.content == 20
+    assert folder.result().text == "".join(str(i) for i in range(20))
