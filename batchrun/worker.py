@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +37,18 @@ __all__ = ["RunContext", "build_request", "process"]
 
 log = structlog.get_logger()
 
+_NO_PARENT = trace.set_span_in_context(trace.INVALID_SPAN)
+# The GenAI metric attributes; the request span has more (max_tokens, sampling, the row).
+_METRIC_KEYS = frozenset(
+    {
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "server.address",
+        "server.port",
+    }
+)
+
 
 @dataclass
 class RunContext:
@@ -53,6 +65,17 @@ class RunContext:
     telemetry: Telemetry
     run_span: SpanContext
     on_fatal: Callable[[FatalAPIError], None]
+    # The same for every request of the run: made once, not per request.
+    span_attributes: dict[str, Any] = field(init=False)
+    metric_attributes: dict[str, Any] = field(init=False)
+    links: list[Link] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.span_attributes = _run_attributes(self.job)
+        self.metric_attributes = {
+            k: v for k, v in self.span_attributes.items() if k in _METRIC_KEYS
+        }
+        self.links = [Link(self.run_span)]
 
 
 def build_request(job: Job, item: RequestItem) -> tuple[dict[str, Any], str]:
@@ -78,26 +101,22 @@ async def process(ctx: RunContext, item: RequestItem, queued_at: float) -> None:
     job = ctx.job
     req = job.request
     body, request_hash = build_request(job, item)
-    operation = "chat" if req.api == "messages" else "text_completion"
     attempts: list[dict[str, Any]] = []
     state: dict[str, Any] = {"final": None, "first_sent": None, "retry_wait": 0.0}
 
-    attributes = _request_attributes(job, item, operation)
-    metric_attributes = {k: v for k, v in attributes.items() if not k.startswith("batchrun.")}
-    metric_attributes.pop("gen_ai.request.max_tokens", None)
-    for name in ("temperature", "top_p", "top_k"):
-        metric_attributes.pop(f"gen_ai.request.{name}", None)
+    attributes = {**ctx.span_attributes, "batchrun.id": item.id, "batchrun.sample": item.sample}
+    metric_attributes = ctx.metric_attributes
     if job.telemetry.capture_content:
         attributes["gen_ai.input.messages"] = json.dumps(list(item.messages), ensure_ascii=False)
         if item.system:
             attributes["gen_ai.system_instructions"] = item.system
     span = ctx.telemetry.tracer.start_span(
-        f"{operation} {req.model}",
+        f"{attributes['gen_ai.operation.name']} {req.model}",
         kind=SpanKind.CLIENT,
         # Each request is a trace of its own, so a row's trace_id finds just that request;
         # the link leads to the run's span.
-        context=trace.set_span_in_context(trace.INVALID_SPAN),
-        links=[Link(ctx.run_span)],
+        context=_NO_PARENT,
+        links=ctx.links,
         start_time=ctx.clock.epoch_ns(queued_at),
         attributes=attributes,
     )
@@ -288,15 +307,14 @@ def _record_metrics(ctx: RunContext, attempt: Attempt, base: dict[str, Any]) -> 
             instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})
 
 
-def _request_attributes(job: Job, item: RequestItem, operation: str) -> dict[str, Any]:
+def _run_attributes(job: Job) -> dict[str, Any]:
+    """The GenAI attributes every request span of the run carries."""
     req = job.request
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
+        "gen_ai.operation.name": "chat" if req.api == "messages" else "text_completion",
         "gen_ai.provider.name": "anthropic",
         "gen_ai.request.model": req.model,
         "gen_ai.request.max_tokens": req.max_tokens,
-        "batchrun.id": item.id,
-        "batchrun.sample": item.sample,
     }
     for name in ("temperature", "top_p", "top_k"):
         value = getattr(req, name)
