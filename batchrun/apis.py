@@ -393,7 +393,7 @@ class MessagesFold(_FoldBase):
         decoded: list[_DeltaEvent] | None = None
         if not self.done:
             with contextlib.suppress(msgspec.DecodeError, ValueError, RecursionError):
-                decoded = _delta_decoder.decode_lines("\n".join(event.data for event in run))
+                decoded = _delta_decoder.decode_lines("\n".join([event.data for event in run]))
         index = decoded[0].index if decoded else None
         block = self._blocks.get(index) if index is not None else None
         if (
