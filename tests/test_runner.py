@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 
 from batchrun.errors import JobError
 from batchrun.job import Job, load_job
-from batchrun.runner import RunOutcome, run_job
+from batchrun.runner import RunOutcome, _catch_signals, run_job
 from batchrun.sim import SimServer
 from tests.conftest import JobWriter, no_sleep
 
@@ -325,3 +328,25 @@ def test_outputs_land_beside_the_job(write_job: JobWriter, tmp_path: Path) -> No
     """output.dir is relative to the job file's folder."""
     job = _job(write_job)
     assert job.run_dir(datetime(2026, 1, 1, tzinfo=UTC)).parent == tmp_path
+
+
+async def test_a_signal_is_heard_when_the_loops_wakeup_pipe_is_full() -> None:
+    """Under load the loop's wakeup pipe fills up (each async generator the garbage collector
+    finalises writes a byte to it), and loop.add_signal_handler then loses signals: SIGTERM
+    did nothing. The run's handler still hears it, and puts the old handler back after."""
+    loop = asyncio.get_running_loop()
+    before = signal.getsignal(signal.SIGTERM)
+    heard: list[signal.Signals] = []
+    restore = _catch_signals(loop, heard.append)
+    try:
+        for _ in range(10_000):
+            loop._write_to_self()  # type: ignore[attr-defined]  # as call_soon_threadsafe does
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        restore()
+    assert heard == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) == before
