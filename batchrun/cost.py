@@ -34,19 +34,24 @@ def price_for(model: str, prices: Mapping[str, Any]) -> tuple[float, float] | No
     return float(price.input), float(price.output)
 
 
-def estimate_cost(results: pl.DataFrame, prices: Mapping[str, Any], mode: str) -> dict[str, Any]:
+def estimate_cost(
+    results: pl.DataFrame | pl.LazyFrame, prices: Mapping[str, Any], mode: str
+) -> dict[str, Any]:
     """The cost line of a run from its results rows (``model``, ``input_tokens``,
     ``output_tokens``): the tokens, and what they cost at each mode's rate.
 
     Only rows with token counts count (errors are not billed; the legacy API reports none, and
     then every figure is null). ``unpriced_models`` lists models the table has no price for;
-    their tokens are in the totals but not in the costs.
+    their tokens are in the totals but not in the costs. A LazyFrame (a scan of a results file)
+    is summed streaming, never read whole.
     """
     by_model = (
-        results.filter(pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null())
+        results.lazy()
+        .filter(pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null())
         .group_by("model")
         .agg(pl.col("input_tokens").sum(), pl.col("output_tokens").sum())
         .sort("model")
+        .collect(engine="streaming")
     )
     if by_model.is_empty():  # nothing counted (the legacy API): nothing to price
         return {

@@ -1,7 +1,9 @@
 """Stage 1: the input files (CSV or Parquet) become :class:`RequestItem` batches.
 
 Polars reads lazily, only the columns the job uses, and renders the templates with vectorised
-string expressions; rows stream through in batches, so memory does not grow with the input.
+string expressions; rows are read :data:`CHUNK_ROWS` at a time, by the check and by the stream
+of batches alike, so memory does not grow with the input (but for the duplicate-id check's
+8 bytes a row, and a CSV file's bytes, which polars holds while it reads one).
 CSV cells are read as strings (an id ``007`` stays ``007``); Parquet ids are cast to strings.
 Row numbers in messages are 1-based data rows of the file named (a CSV header is not counted).
 This stage must not send anything, know about results, or hold the whole input in memory.
@@ -38,6 +40,8 @@ from batchrun.sources import (
 __all__ = ["InputSummary", "check_input", "iter_batches"]
 
 _SHOWN = 5  # problems of one kind listed before "... and N more"
+CHUNK_ROWS = 10_000  # input rows read at once, by the check and by the stream of batches
+_SEED = 0x6261746368  # of the id hashes the duplicate check compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +62,40 @@ def _more(found: int) -> list[str]:
     return [f"... and {found - _SHOWN} more like this"] if found > _SHOWN else []
 
 
-def _row_problems(job: Job, src: Source, lf: pl.LazyFrame) -> tuple[int, list[str]]:
-    """Row count and problems in one file's rows: null ids, null template cells, empty prompts."""
+def _chunks(
+    src: Source, lf: pl.LazyFrame, head: int | None, rows: int | None = None
+) -> Iterator[pl.DataFrame]:
+    """The first ``head`` rows (all when None) of ``lf``, a frame over ``src``, about ``rows``
+    (:data:`CHUNK_ROWS`) at a time, each read when asked for.
+
+    A Parquet chunk is a slice of its own query, which reads only the pages it needs: polars'
+    streaming batches read a file's row groups ahead of a slow reader, up to the whole file (a
+    million short rows held ~85 MB before the first request went out). A CSV is streamed in
+    batches instead: polars holds a CSV file's bytes in memory whichever way it is read, and a
+    slice would parse the file again up to it, each time.
+    """
+    rows = rows or CHUNK_ROWS
+    if src.path.suffix.lower() == ".csv":
+        lf = lf if head is None else lf.head(head)
+        yield from lf.collect_batches(chunk_size=rows, lazy=True, engine="streaming")
+        return
+    offset = 0
+    while head is None or offset < head:
+        want = rows if head is None else min(rows, head - offset)
+        df = lf.slice(offset, want).collect()
+        if df.height:
+            yield df
+        if df.height < want:
+            return
+        offset += want
+
+
+def _file_problems(
+    job: Job, src: Source, lf: pl.LazyFrame, head: int | None, hashes: list[pl.Series]
+) -> tuple[int, list[str]]:
+    """One file's row count and the problems in its rows, in one pass of bounded chunks: null
+    ids, null template cells, empty prompts, bad ``messages_column`` cells. Appends the hashes
+    of its ids to ``hashes`` for the duplicate check."""
     cfg = job.input
     uses = {c: "input.prompt" for c in cfg.prompt_columns}
     for c in cfg.system_columns:
@@ -69,61 +105,88 @@ def _row_problems(job: Job, src: Source, lf: pl.LazyFrame) -> tuple[int, list[st
     bad = pl.any_horizontal(*(pl.col(c).is_null() for c in uses), blank, pl.lit(False))
     ident = pl.col(ID)
     null_id = ident.is_null() | (ident == "") if cfg.id_column is not None else pl.lit(False)
-    counts, null_ids, bad_rows = pl.collect_all(
-        [
-            lf.select(pl.len().alias("rows"), null_id.sum().alias("ids"), bad.sum().alias("bad")),
-            lf.filter(null_id).select(LOCAL).head(_SHOWN),
-            lf.filter(bad).select(LOCAL, ID, *uses, *([PROMPT] if has_prompt else [])).head(_SHOWN),
-        ],
-        engine="streaming",
-    )
+    column = cfg.messages_column
+    kind = messages_kind(src.schema[column]) if column is not None else None
+    shown = [LOCAL, ID, *uses, *([PROMPT] if has_prompt else [])]
+    wanted = list(dict.fromkeys([*shown, *([column] if column is not None else [])]))
+    rows = found_ids = found_bad = found_messages = 0
+    null_ids: list[int] = []
+    bad_rows: list[dict[str, Any]] = []
+    message_problems: list[str] = []
+    for df in _chunks(src, lf.select(wanted), head):
+        rows += df.height
+        if cfg.id_column is not None:
+            hashes.append(df.select(_id_hash().drop_nulls()).to_series())
+        flagged = df.filter(null_id)
+        found_ids += flagged.height
+        null_ids += flagged[LOCAL].head(_SHOWN - len(null_ids)).to_list()
+        flagged = df.filter(bad)
+        found_bad += flagged.height
+        bad_rows += flagged.select(shown).head(_SHOWN - len(bad_rows)).to_dicts()
+        if column is None:
+            continue
+        for local, ident_, cell in df.select(LOCAL, ID, column).iter_rows():
+            try:
+                parse_messages(cell, kind=kind, text_only=job.request.api == "complete")
+            except ValueError as exc:
+                found_messages += 1
+                if found_messages <= _SHOWN:
+                    where = _where(job, src.shown, local, ident_)
+                    message_problems.append(f"{where}: input.messages_column {column!r}: {exc}")
     problems = [
         f"{_where(job, src.shown, local, None)}: input.id_column {cfg.id_column!r} is null or "
         "empty; every row needs an id"
-        for local in null_ids[LOCAL]
+        for local in null_ids
     ]
-    problems += _more(counts["ids"][0])
-    for row in bad_rows.iter_rows(named=True):
+    problems += _more(found_ids)
+    for row in bad_rows:
         where = _where(job, src.shown, row[LOCAL], row[ID])
         nulls = [c for c in uses if row[c] is None]
         for c in nulls:
             problems.append(f"{where}: column {c!r} is null ({uses[c]} uses it)")
         if not nulls:
             problems.append(f"{where}: the rendered prompt is empty (input.prompt: {cfg.prompt!r})")
-    problems += _more(counts["bad"][0])
-    return int(counts["rows"][0]), problems
+    problems += _more(found_bad)
+    return rows, problems + message_problems + _more(found_messages)
 
 
-def _message_problems(job: Job, src: Source, lf: pl.LazyFrame) -> list[str]:
-    column = job.input.messages_column
-    if column is None:
-        return []
-    kind = messages_kind(src.schema[column])
-    found, problems = 0, []
-    for df in lf.select(LOCAL, ID, column).collect_batches(chunk_size=10_000, engine="streaming"):
-        for local, ident, cell in df.iter_rows():
-            try:
-                parse_messages(cell, kind=kind, text_only=job.request.api == "complete")
-            except ValueError as exc:
-                found += 1
-                if found <= _SHOWN:
-                    where = _where(job, src.shown, local, ident)
-                    problems.append(f"{where}: input.messages_column {column!r}: {exc}")
-    return problems + _more(found)
+def _repeated(hashes: list[pl.Series]) -> pl.Series:
+    """The values seen more than once in ``hashes``, which it empties: sorted into one array
+    (8 bytes a value), each compared with the next through zero-copy slices."""
+    if not hashes:
+        return pl.Series(dtype=pl.UInt64)
+    every = pl.concat(hashes, rechunk=False).sort()
+    hashes.clear()
+    later = every.slice(1)
+    return later.filter(later == every.slice(0, later.len())).unique()
 
 
-def _duplicates(job: Job, lf: pl.LazyFrame) -> list[str]:
+def _id_hash() -> pl.Expr:
+    """A 64-bit hash of the id, null for a null id."""
+    return pl.when(pl.col(ID).is_not_null()).then(pl.col(ID).hash(_SEED))
+
+
+def _duplicates(job: Job, hashes: list[pl.Series], ids: list[pl.LazyFrame]) -> list[str]:
+    """The duplicate-ids problem, if any. ``hashes`` holds a 64-bit hash of every non-null id
+    (8 bytes a row, where grouping the ids themselves took ~115 MB for a million); only when
+    two hashes are equal are the ids of those hashes read again (``ids``) and compared."""
     if job.input.id_column is None:
         return []
+    twice = _repeated(hashes)
+    if twice.is_empty():
+        return []
     dups = (
-        lf.group_by(ID).agg(pl.len().alias("n")).filter(pl.col("n") > 1, pl.col(ID).is_not_null())
+        pl.concat([lf.filter(_id_hash().is_in(twice.implode())) for lf in ids])
+        .group_by(ID)
+        .agg(pl.len().alias("n"))
+        .filter(pl.col("n") > 1)
     )
     top, total = pl.collect_all(
         [dups.sort(["n", ID], descending=[True, False]).head(_SHOWN), dups.select(pl.len())],
         engine="streaming",
     )
     if top.height == 0:
-        return []
+        return []  # two ids with one hash, each once
     listed = ", ".join(f"{ident!r} ({n} rows)" for ident, n in top.iter_rows())
     more = f", and {total.item() - _SHOWN} more" if total.item() > _SHOWN else ""
     key = f"input.id_column {job.input.id_column!r}"
@@ -134,7 +197,7 @@ def _duplicates(job: Job, lf: pl.LazyFrame) -> list[str]:
 
 
 def check_input(job: Job, *, limit: int | None = None) -> InputSummary:
-    """Validate the input the job names, reading it in streaming passes; raise one JobError.
+    """Validate the input the job names, reading it in chunks of bounded size; raise one JobError.
 
     Checks that every file is readable and has the columns the job uses, that ids are present and
     unique, that no template cell is null and no rendered prompt is empty, and that every
@@ -143,24 +206,24 @@ def check_input(job: Job, *, limit: int | None = None) -> InputSummary:
     if limit is not None and limit < 1:
         raise JobError(f"--limit must be at least 1 (got {limit})")
     files = sources(job)
-    rows, problems, frames = 0, list[str](), list[pl.LazyFrame]()
+    rows, problems, ids, hashes = 0, list[str](), list[pl.LazyFrame](), list[pl.Series]()
     broken = False
     for index, src in enumerate(files):
         if limit is not None and rows >= limit:
             break
-        lf = frame(job, src, index).with_columns(pl.col(LOCAL).alias(ROW))
-        lf = derive(job, lf if limit is None else lf.head(limit - rows))
+        head = None if limit is None else limit - rows
+        lf = derive(job, frame(job, src, index).with_columns(pl.col(LOCAL).alias(ROW)))
         try:
-            parse_all_fields(src, None if limit is None else limit - rows)
-            count, found = _row_problems(job, src, lf)
-            found += _message_problems(job, src, lf)
+            parse_all_fields(src, head)
+            count, found = _file_problems(job, src, lf, head, hashes)
         except pl.exceptions.PolarsError as exc:
             problems.append(unreadable(job, src.path, exc))
             broken = True
             continue
-        rows, problems, frames = rows + count, problems + found, [*frames, lf.select(ID)]
-    if not broken and frames:
-        problems += _duplicates(job, pl.concat(frames))
+        rows, problems = rows + count, problems + found
+        ids.append(lf.select(ID) if head is None else lf.head(head).select(ID))
+    if not broken:
+        problems += _duplicates(job, hashes, ids)
     if not problems and rows == 0:
         problems.append(
             f"input.path {job.input.path!r}: the input has a header but no data rows; "
@@ -179,23 +242,34 @@ def iter_batches(
 
     Rows come in file order (files sorted by name); each row yields ``samples`` items, sample
     0..n-1 in order. Without ``id_column`` an item's id is its 0-based row number across all files.
-    Run :func:`check_input` first: a bad row met here raises JobError and stops the stream.
+    The files are read a chunk at a time, when the batches before are taken: memory does not
+    grow with the input. Run :func:`check_input` first: a bad row met here raises JobError and
+    stops the stream.
     """
     if limit is not None and limit < 1:
         raise JobError(f"--limit must be at least 1 (got {limit})")
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1 (got {batch_rows})")
     files = sources(job)
-    lf = pl.concat([frame(job, src, i) for i, src in enumerate(files)]).with_row_index(ROW)
-    lf = derive(job, lf if limit is None else lf.head(limit))
     cfg, column = job.input, job.input.messages_column
     kind = messages_kind(files[0].schema[column]) if column is not None else None
     content = column if column is not None else PROMPT
     wanted = [ROW, FILE, LOCAL, ID, content, *([SYSTEM] if cfg.system is not None else [])]
+    chunk = batch_rows * max(1, CHUNK_ROWS // batch_rows)
+    rows = 0
     try:
-        for df in lf.select(wanted).collect_batches(chunk_size=batch_rows, engine="streaming"):
-            for start in range(0, df.height, batch_rows):
-                yield _items(job, files, df.slice(start, batch_rows), content, kind)
+        for index, src in enumerate(files):
+            if limit is not None and rows >= limit:
+                break
+            before = rows  # rows of the files before this one: ROW counts across files
+            lf = frame(job, src, index).with_columns(
+                (pl.col(LOCAL).cast(pl.Int64) + before).alias(ROW)
+            )
+            head = None if limit is None else limit - before
+            for df in _chunks(src, derive(job, lf).select(wanted), head, chunk):
+                rows += df.height
+                for start in range(0, df.height, batch_rows):
+                    yield _items(job, files, df.slice(start, batch_rows), content, kind)
     except pl.exceptions.PolarsError as exc:
         # check_input read these files; one changed since. Name it when there is only one.
         if len(files) == 1:

@@ -94,6 +94,7 @@ log = structlog.get_logger()
 # (~260k rows) made compacting a million rows take ~900 MB, 10k rows takes ~200 MB.
 ROW_GROUP_ROWS = 10_000
 MERGE_AFTER_PARTS = 64  # small checkpoint parts per table before they are merged into one
+_SEED = 0x6B657973  # of the key hashes that find a key written twice
 
 _TABLES = {"results": RESULT_SCHEMA, "attempts": ATTEMPT_SCHEMA}
 _KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "attempt"]}
@@ -153,9 +154,9 @@ class ResultsWriter:
             if len(small) < MERGE_AFTER_PARTS:
                 continue
             small.sort(key=_part_seq)
-            frame = pl.concat([pl.read_parquet(p) for p in small], how="vertical")
+            frame = pl.concat([pl.scan_parquet(p) for p in small], how="vertical")
             target = self.parts_dir / f"{name}-{self._next_seq():06d}.merged.parquet"
-            _write_parquet_atomic(frame, target)
+            _write_parquet_atomic(frame, target)  # streamed, never read into memory whole
             for part in small:
                 part.unlink()
 
@@ -170,14 +171,15 @@ class ResultsWriter:
         """
         self.flush()
         for name in _TABLES:
-            final = self.run_dir / f"{name}.parquet"
-            tmp = final.with_name(f".{final.name}.tmp")
-            scan_table(self.run_dir, name).sink_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
-            _commit(tmp, final)
+            _write_parquet_atomic(scan_table(self.run_dir, name), self.run_dir / f"{name}.parquet")
         for part in self.parts_dir.glob("*.parquet"):
             part.unlink()
-        results = pl.read_parquet(self.run_dir / "results.parquet", columns=["status"])
-        counts = results.group_by("status").len()
+        counts = (
+            pl.scan_parquet(self.run_dir / "results.parquet")
+            .group_by("status")
+            .len()
+            .collect(engine="streaming")
+        )
         return dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
 
 
@@ -190,8 +192,9 @@ def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
     """:func:`read_table`, lazily. Later parts win over earlier ones and over the final file,
     so a request re-run on resume replaces its earlier row; order is otherwise kept.
 
-    Deduplication first collects only the key columns and each row's position (small), then
-    keeps the last position of every key with a semi join that can stream.
+    Finding the rows to drop holds 8 bytes a row (a hash of each row's key), not the keys: a
+    million keys grouped took ~150 MB. Only rows whose key hash is seen twice are read again,
+    with their keys, to pick the last of each key.
     """
     schema = _TABLES[name]
     sources = [run_dir / f"{name}.parquet"]
@@ -199,18 +202,37 @@ def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
     frames = [frame for path in sources if (frame := _scan_part(path, schema)) is not None]
     if not frames:
         return pl.LazyFrame(schema=schema)
-    keys = _KEYS[name]
-    combined = pl.concat(frames, how="vertical").with_row_index("_pos")
-    keep = (
-        combined.select(*keys, "_pos")
-        .group_by(keys)
-        .agg(pl.col("_pos").max())
-        .select("_pos")
-        .collect()
+    combined = pl.concat(frames, how="vertical")
+    dropped = _superseded(frames, combined, _KEYS[name])
+    if dropped.is_empty():
+        return combined  # no key twice: the common case, streamed as it is
+    return (
+        combined.with_row_index("_pos")
+        .filter(~pl.col("_pos").is_in(dropped.implode()))
+        .drop("_pos")
     )
-    if keep.height == combined.select(pl.len()).collect().item():
-        return combined.drop("_pos")  # no key twice: the common case, streamed as it is
-    return combined.join(keep.lazy(), on="_pos", how="semi", maintain_order="left").drop("_pos")
+
+
+def _key_hash(keys: list[str]) -> pl.Expr:
+    return pl.struct(keys).hash(_SEED).alias("_hash")
+
+
+def _superseded(frames: list[pl.LazyFrame], combined: pl.LazyFrame, keys: list[str]) -> pl.Series:
+    """Positions in ``combined`` (``frames`` one after another) of rows a later row replaces."""
+    hashes = pl.concat([f.select(_key_hash(keys)).collect() for f in frames])["_hash"].sort()
+    later = hashes.slice(1)  # each hash beside the one before it (zero-copy slices)
+    twice = later.filter(later == hashes.slice(0, later.len())).unique()
+    del hashes, later
+    if twice.is_empty():
+        return pl.Series("_pos", [], dtype=pl.get_index_type())
+    suspects = (
+        combined.with_row_index("_pos")
+        .filter(_key_hash(keys).is_in(twice.implode()))
+        .select(*keys, "_pos")
+        .collect(engine="streaming")
+    )
+    last = suspects.group_by(keys).agg(pl.col("_pos").max())["_pos"]
+    return suspects["_pos"].filter(~suspects["_pos"].is_in(last.implode()))
 
 
 def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame | None:
@@ -253,9 +275,14 @@ def _json_default(value: object) -> str:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+def _write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> None:
+    """Write ``frame`` (a LazyFrame streamed, never collected) under a temporary name, then
+    commit it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
+    if isinstance(frame, pl.LazyFrame):
+        frame.sink_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
+    else:
+        frame.write_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
     _commit(tmp, path)
 
 

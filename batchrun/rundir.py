@@ -121,8 +121,8 @@ def manifest(
 ) -> dict[str, Any]:
     """run.json: how the run went, the job as resolved (no secrets), versions, and the cost of
     the rows in the folder at the streaming and the batch rate. Called after compaction."""
-    results = pl.read_parquet(
-        run_dir / "results.parquet", columns=["model", "input_tokens", "output_tokens"]
+    results = pl.scan_parquet(run_dir / "results.parquet").select(
+        "model", "input_tokens", "output_tokens"
     )
     return {
         "run_id": run_id,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from batchrun.results import (
     ATTEMPT_SCHEMA,
@@ -18,6 +19,19 @@ from batchrun.results import (
 )
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["hash", "colliding hash"])
+def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Rows are matched by a hash of their key first; with a hash under which every key
+    collides, the keys themselves must still decide which rows are the same."""
+    if request.param == "colliding hash":
+
+        def collide(keys: list[str]) -> pl.Expr:
+            return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
+
+        monkeypatch.setattr("batchrun.results._key_hash", collide)
+    return str(request.param)
 
 
 def _result(id_: str, sample: int = 0, status: str = "ok", **extra: Any) -> dict[str, Any]:
@@ -82,7 +96,9 @@ def test_parts_are_written_and_compacted_with_the_contract_schema(tmp_path: Path
     assert list((tmp_path / "parts").iterdir()) == []
 
 
-def test_a_resumed_run_adds_to_the_final_files_without_duplicates(tmp_path: Path) -> None:
+def test_a_resumed_run_adds_to_the_final_files_without_duplicates(
+    tmp_path: Path, key_hash: str
+) -> None:
     """Compaction merges earlier final files with new parts; a re-run row replaces its old one."""
     first = ResultsWriter(tmp_path)
     first.add(_result("a"), [_attempt("a")])
@@ -93,9 +109,9 @@ def test_a_resumed_run_adds_to_the_final_files_without_duplicates(tmp_path: Path
     second.add(_result("b", run_id="r2"), [_attempt("b", run_id="r2")])
     second.add(_result("c", run_id="r2"), [_attempt("c", run_id="r2")])
     assert second.finalize() == {"ok": 3}
-    results = read_table(tmp_path, "results")
-    assert sorted(results["id"].to_list()) == ["a", "b", "c"]
-    assert results.filter(pl.col("id") == "b")["run_id"].to_list() == ["r2"]
+    table = read_table(tmp_path, "results")
+    assert table["id"].to_list() == ["a", "b", "c"]
+    assert table.filter(pl.col("id") == "b")["run_id"].to_list() == ["r2"]
     assert pl.read_parquet(tmp_path / "attempts.parquet").height == 4
 
 
@@ -145,7 +161,9 @@ def test_json_is_written_atomically(tmp_path: Path) -> None:
     assert '"at": "2026-01-02T03:04:05.123456+00:00"' in (tmp_path / "run.json").read_text()
 
 
-def test_many_small_parts_are_merged_keeping_later_rows_winning(tmp_path: Path) -> None:
+def test_many_small_parts_are_merged_keeping_later_rows_winning(
+    tmp_path: Path, key_hash: str
+) -> None:
     """Past MERGE_AFTER_PARTS flushes the parts are merged; a row written later still wins."""
     from batchrun.results import MERGE_AFTER_PARTS
 
@@ -156,10 +174,12 @@ def test_many_small_parts_are_merged_keeping_later_rows_winning(tmp_path: Path) 
     parts = list((tmp_path / "parts").glob("results-*.parquet"))
     assert len(parts) < MERGE_AFTER_PARTS
     assert any(".merged" in p.name for p in parts)
-    results = read_table(tmp_path, "results")
-    assert results.height == 10
+    table = read_table(tmp_path, "results")
+    assert table.height == 10
     last = MERGE_AFTER_PARTS + 4
-    assert results.filter(pl.col("id") == f"r{last % 10}")["run_id"].to_list() == [f"run{last}"]
+    assert table.filter(pl.col("id") == f"r{last % 10}")["run_id"].to_list() == [f"run{last}"]
+    # the last write of each key, in the order they were written
+    assert table["run_id"].to_list() == [f"run{i}" for i in range(last - 9, last + 1)]
     assert read_table(tmp_path, "attempts").height == MERGE_AFTER_PARTS + 5
 
 
@@ -194,3 +214,13 @@ def test_lone_surrogates_from_the_stream_are_replaced(tmp_path: Path) -> None:
     writer.add(row, [])
     writer.finalize()
     assert pl.read_parquet(tmp_path / "results.parquet")["completion"].to_list() == ["a\ufffdb"]
+
+
+def test_a_run_folder_whose_final_files_are_empty_compacts_again(tmp_path: Path) -> None:
+    """A run that finished nothing leaves empty final files; the next run compacts over them."""
+    assert ResultsWriter(tmp_path).finalize() == {}
+    writer = ResultsWriter(tmp_path)
+    assert writer.finalize() == {}
+    writer.add(_result("a"), [_attempt("a")])
+    assert writer.finalize() == {"ok": 1}
+    assert read_table(tmp_path, "results")["id"].to_list() == ["a"]
