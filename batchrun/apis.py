@@ -46,12 +46,12 @@ _MAX_MESSAGE = 300  # error messages stay short: never the whole payload
 _decode = msgspec.json.Decoder().decode
 
 
-class _TextDelta(msgspec.Struct):
+class _TextDelta(msgspec.Struct, gc=False):
     type: Literal["text_delta"]
     text: str
 
 
-class _DeltaEvent(msgspec.Struct):
+class _DeltaEvent(msgspec.Struct, gc=False):
     """A text delta, the shape of nearly every event of a stream: decoded straight into this,
     no dicts; any other shape fails to decode."""
 

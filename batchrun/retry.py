@@ -92,7 +92,17 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await fn(attempt.retry_state.attempt_number, slept)
-        raise AssertionError("unreachable: tenacity either returns or reraises")
+        number = 0
+
+        async def attempt() -> T:
+            nonlocal number
+            number += 1
+            return await fn(number, slept)
+
+        try:
+            return await retrying(attempt)
+        finally:
+            # tenacity keeps its next actions (bound methods of itself) on the object: a
+            # reference cycle per request that only the garbage collector's slower passes
+            # reclaim, ~40 objects each. Cleared here, the whole controller is freed at once.
+            retrying.iter_state.reset()
