@@ -14,7 +14,9 @@ from batchrun.results import (
     RESULT_SCHEMA,
     ResultsWriter,
     read_table,
+    request_keys,
     resume_index,
+    resume_keys,
     write_json_atomic,
 )
 
@@ -50,6 +52,11 @@ def _result(id_: str, sample: int = 0, status: str = "ok", **extra: Any) -> dict
     )
     row.update(extra)
     return row
+
+
+def _resumed(run_dir: Path) -> set[tuple[str, int]]:
+    """The (id, sample) keys ``resume_index`` finds in ``run_dir``."""
+    return set(resume_index(run_dir).select("id", "sample").iter_rows())
 
 
 def _attempt(id_: str, number: int = 1, run_id: str = "r1") -> dict[str, Any]:
@@ -104,7 +111,7 @@ def test_a_resumed_run_adds_to_the_final_files_without_duplicates(
     first.add(_result("a"), [_attempt("a")])
     first.add(_result("b", status="error"), [_attempt("b")])
     first.finalize()
-    assert set(resume_index(tmp_path)) == {("a", 0), ("b", 0)}
+    assert _resumed(tmp_path) == {("a", 0), ("b", 0)}
     second = ResultsWriter(tmp_path)
     second.add(_result("b", run_id="r2"), [_attempt("b", run_id="r2")])
     second.add(_result("c", run_id="r2"), [_attempt("c", run_id="r2")])
@@ -121,7 +128,7 @@ def test_checkpoints_are_readable_before_the_end(tmp_path: Path) -> None:
     writer.add(_result("a"), [_attempt("a")])
     writer.flush()
     writer.add(_result("b"), [_attempt("b")])  # buffered only: lost with the process
-    assert set(resume_index(tmp_path)) == {("a", 0)}
+    assert _resumed(tmp_path) == {("a", 0)}
 
 
 def test_part_numbers_continue_after_a_restart(tmp_path: Path) -> None:
@@ -145,13 +152,35 @@ def test_leftover_temporary_files_are_not_read(tmp_path: Path) -> None:
     writer.add(_result("a"), [])
     writer.flush()
     (tmp_path / "parts" / ".results-000002.parquet.tmp").write_bytes(b"PAR1 torn")
-    assert set(resume_index(tmp_path)) == {("a", 0)}
+    assert _resumed(tmp_path) == {("a", 0)}
 
 
 def test_an_empty_run_folder_has_empty_tables(tmp_path: Path) -> None:
     """Reading a folder with no results gives an empty table with the contract's schema."""
     assert read_table(tmp_path, "results").schema == pl.Schema(RESULT_SCHEMA)
-    assert resume_index(tmp_path) == {}
+    assert _resumed(tmp_path) == set()
+
+
+def test_the_resume_index_holds_keys_status_and_request_hashes(
+    tmp_path: Path, key_hash: str
+) -> None:
+    """One row per key, the last written: its key hash as ``resume_keys`` computes it, whether
+    it is ok, and its request hash as ``request_keys`` hashes it (null where it has none)."""
+    writer = ResultsWriter(tmp_path)
+    writer.add(_result("a", request_hash="ab" * 32), [])
+    writer.add(_result("b", status="error"), [])
+    writer.flush()
+    writer.add(_result("a", status="error", request_hash="cd" * 32), [])
+    writer.add(_result("a", sample=1, request_hash="ab" * 32), [])
+    writer.flush()
+    index = resume_index(tmp_path).sort("id", "sample")
+    assert index.select("id", "sample", "ok").rows() == [
+        ("a", 0, False),
+        ("a", 1, True),
+        ("b", 0, False),
+    ]
+    assert index["request"].to_list() == [*request_keys(["cd" * 32, "ab" * 32]), None]
+    assert index["_hash"].to_list() == resume_keys(["a", "a", "b"], [0, 1, 0])["_hash"].to_list()
 
 
 def test_json_is_written_atomically(tmp_path: Path) -> None:

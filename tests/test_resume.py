@@ -10,16 +10,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
 from batchrun.errors import JobError, RunLockedError
-from batchrun.job import load_job
+from batchrun.inputs import iter_batches
+from batchrun.job import Job, load_job
+from batchrun.results import RESULT_SCHEMA, ResultsWriter
+from batchrun.rundir import Done, pending_items, resume_plan
 from batchrun.runlock import RunLock
 from batchrun.runner import run_job
 from batchrun.sim import SimServer
+from batchrun.worker import build_request
 from tests.conftest import JobWriter, no_sleep
 
 StartSim = Callable[..., SimServer]
@@ -218,3 +224,213 @@ async def test_errors_are_retried_on_resume_only_when_asked(
     assert retried.sent == 1
     assert retried.counts == {"ok": 4}
     assert retried.exit_code == 0
+
+
+# The resume plan itself: which requests a rerun skips, found through 64-bit key hashes.
+
+Key = tuple[str, int]
+T0 = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+@pytest.fixture(params=["hash", "one hash for all", "hash by sample"])
+def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The folder's rows are found by a hash of (id, sample) first; under a hash that every key
+    shares, or one that only tells samples apart, the keys must still decide."""
+    if request.param == "one hash for all":
+
+        def collide(keys: list[str]) -> pl.Expr:
+            return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
+
+        monkeypatch.setattr("batchrun.results._key_hash", collide)
+    elif request.param == "hash by sample":
+
+        def by_sample(keys: list[str]) -> pl.Expr:
+            return pl.col(keys[-1]).cast(pl.UInt64).alias("_hash")  # the sample (attempt) only
+
+        monkeypatch.setattr("batchrun.results._key_hash", by_sample)
+    return str(request.param)
+
+
+def _write_folder(
+    job: Job, run_dir: Path, rows: dict[Key, str], hashes: dict[Key, str | None] | None = None
+) -> None:
+    """Checkpointed result rows for these keys (status as given), each with the request hash
+    the job gives it, or the one in ``hashes``; a key the input lacks gets a made-up hash."""
+    items = {(item.id, item.sample): item for batch in iter_batches(job) for item in batch}
+    writer = ResultsWriter(run_dir)
+    for (id_, sample), status in rows.items():
+        item = items.get((id_, sample))
+        digest = build_request(job, item)[1] if item is not None else "f" * 64
+        row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
+        row.update(
+            run_id="r1",
+            id=id_,
+            sample=sample,
+            model="m",
+            api="messages",
+            status=status,
+            attempts=1,
+            started_at=T0,
+            finished_at=T0,
+            request_hash=(hashes or {}).get((id_, sample), digest),
+        )
+        writer.add(row, [])
+    writer.flush()
+
+
+async def _pending(job: Job, done: Done, limit: int | None = None) -> list[Key]:
+    return [(item.id, item.sample) async for item in pending_items(job, limit, done)]
+
+
+# A folder of a 4-row job with 2 samples: ok, error, and a row the input no longer has.
+DENSE = {
+    ("r0", 0): "ok",
+    ("r0", 1): "error",
+    ("r1", 1): "ok",
+    ("r2", 0): "ok",
+    ("r3", 1): "error",
+    ("gone", 0): "ok",
+}
+# One row per sample: under "hash by sample" each is alone with its hash, and the requests
+# not done share it.
+SPARSE = {("r0", 0): "ok", ("r1", 1): "error"}
+# One row: under "one hash for all" every request shares its hash.
+ONE = {("r1", 0): "ok"}
+
+
+@pytest.mark.parametrize("folder", [DENSE, SPARSE, ONE], ids=["dense", "sparse", "one"])
+@pytest.mark.parametrize("hashed", [True, False], ids=["hashed", "no request_hash"])
+@pytest.mark.parametrize("retry_errors", [False, True])
+async def test_the_plan_skips_exactly_the_requests_done(
+    write_job: JobWriter,
+    tmp_path: Path,
+    key_hash: str,
+    folder: dict[Key, str],
+    hashed: bool,
+    retry_errors: bool,
+) -> None:
+    """Done (ok, or error without --retry-errors) requests are skipped, every other is sent, in
+    input order, whatever keys share a hash; a key sharing a hash with a stored row of another
+    request is never taken for a changed job. (Rows without a request hash, as written before
+    the column existed, are not compared: nothing but the keys can tell them apart.)"""
+    job = load_job(write_job(rows=4, extra={"request": {"samples": 2}}))
+    run_dir = tmp_path / "out"
+    _write_folder(job, run_dir, folder, hashes=None if hashed else dict.fromkeys(folder))
+    done = resume_plan(job, run_dir, None, retry_errors)
+    skipped = {k for k, status in folder.items() if status == "ok" or not retry_errors}
+    every = [(f"r{row}", sample) for row in range(4) for sample in range(2)]
+    assert await _pending(job, done) == [k for k in every if k not in skipped]
+    assert len(done) == len(skipped - {("gone", 0)})
+
+
+async def test_a_limit_plans_only_the_rows_it_sends(write_job: JobWriter, tmp_path: Path) -> None:
+    """--limit reads only its rows; the count of requests done is theirs, not the folder's."""
+    job = load_job(write_job(rows=4))
+    _write_folder(job, tmp_path / "out", {("r0", 0): "ok", ("r2", 0): "ok", ("r3", 0): "ok"})
+    done = resume_plan(job, tmp_path / "out", 3, False)
+    assert len(done) == 2
+    assert await _pending(job, done, limit=3) == [("r1", 0)]
+
+
+async def test_an_empty_folder_plans_nothing_to_skip(write_job: JobWriter, tmp_path: Path) -> None:
+    """No results: every request is sent, but those batch mode says are still in a batch."""
+    job = load_job(write_job(rows=3))
+    done = resume_plan(job, tmp_path / "out", None, False)
+    assert len(done) == 0
+    assert await _pending(job, done) == [("r0", 0), ("r1", 0), ("r2", 0)]
+    assert await _pending(job, done.also({("r1", 0)})) == [("r0", 0), ("r2", 0)]
+
+
+async def test_requests_in_flight_in_batches_are_skipped_too(
+    write_job: JobWriter, tmp_path: Path, key_hash: str
+) -> None:
+    """Batch mode adds the requests of batches not collected yet to what the folder has done."""
+    job = load_job(write_job(rows=4))
+    _write_folder(job, tmp_path / "out", {("r0", 0): "ok", ("r2", 0): "error"})
+    done = resume_plan(job, tmp_path / "out", None, True).also({("r1", 0)})
+    assert await _pending(job, done) == [("r2", 0), ("r3", 0)]
+    assert len(done) == 1
+
+
+@pytest.mark.parametrize("retry_errors", [False, True])
+def test_a_changed_job_is_named_whatever_keys_share_a_hash(
+    write_job: JobWriter, tmp_path: Path, key_hash: str, retry_errors: bool
+) -> None:
+    """Every input request with a stored hash is compared, ok or error, with or without
+    --retry-errors; the count and the first three in input order are named. Rows without a
+    hash (written before the column existed) and rows the input lacks are not compared."""
+    before = load_job(write_job(rows=6, extra={"request": {"samples": 2}}))
+    rows = {(f"r{row}", sample): "ok" for row in range(6) for sample in range(2)}
+    rows |= {("r1", 0): "error", ("gone", 0): "ok"}
+    no_hash: dict[Key, str | None] = {("r0", 0): None, ("r0", 1): None}
+    _write_folder(before, tmp_path / "out", rows, hashes=no_hash)
+    changed = load_job(write_job(rows=6, extra={"request": {"samples": 2, "max_tokens": 99}}))
+    with pytest.raises(JobError) as info:
+        resume_plan(changed, tmp_path / "out", None, retry_errors)
+    message = str(info.value)
+    assert "holds results of a different job: 10 request(s) would now be sent differently" in (
+        message
+    )
+    assert "e.g. 'r1' (sample 0), 'r1' (sample 1), 'r2' (sample 0). Run with --fresh" in message
+
+
+def test_one_changed_request_among_many_is_found(
+    write_job: JobWriter, tmp_path: Path, key_hash: str
+) -> None:
+    """A single stored hash that differs from what would be sent refuses the resume."""
+    job = load_job(write_job(rows=5))
+    rows = {(f"r{row}", 0): "ok" for row in range(5)}
+    _write_folder(job, tmp_path / "out", rows, hashes={("r3", 0): "0" * 64})
+    with pytest.raises(JobError, match=r"1 request\(s\) .* e\.g\. 'r3' \(sample 0\)\. Run"):
+        resume_plan(job, tmp_path / "out", None, False)
+    _write_folder(job, tmp_path / "out", {("r3", 0): "ok"})  # the later row wins
+    assert len(resume_plan(job, tmp_path / "out", None, False)) == 5
+
+
+async def test_inputs_of_several_files_resume_by_key(
+    write_job: JobWriter, tmp_path: Path, key_hash: str
+) -> None:
+    """A glob of input files: requests are planned across the files, in file order."""
+    path = write_job(rows=1, extra={"input": {"path": "data-*.csv"}, "request": {"samples": 2}})
+    for name, ids in (("data-b.csv", ["b0", "b1"]), ("data-a.csv", ["a0", "a1", "a2"])):
+        lines = ["id,question", *(f"{i},What is {i}?" for i in ids)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job = load_job(path)
+    folder = {("a0", 0): "ok", ("a0", 1): "ok", ("a2", 1): "ok", ("b0", 0): "ok", ("b1", 1): "ok"}
+    _write_folder(job, tmp_path / "out", folder)
+    done = resume_plan(job, tmp_path / "out", None, False)
+    assert len(done) == 5
+    assert await _pending(job, done) == [("a1", 0), ("a1", 1), ("a2", 0), ("b0", 1), ("b1", 0)]
+
+
+async def test_an_input_that_changes_after_the_plan_stops_the_run(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """The plan is a flag per request in input order: if the input then holds other requests,
+    nothing is skipped by mistake; the run stops with an error."""
+    job = load_job(write_job(rows=4))
+    _write_folder(job, tmp_path / "out", {("r0", 0): "ok"})
+    done = resume_plan(job, tmp_path / "out", None, False)
+    lines = ["id,question", "r9,What is r9?", "r1,x", "r2,y", "r3,z"]
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(JobError, match="the input changed while the run started"):
+        await _pending(job, done)
+
+
+async def test_the_plan_does_not_depend_on_how_the_input_is_read(
+    write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are planned and checked in blocks of a fixed count, whatever batches the input
+    comes in: a plan made from batches of one size applies to batches of another."""
+    monkeypatch.setattr("batchrun.rundir._BLOCK", 3)
+    job = load_job(write_job(rows=5, extra={"request": {"samples": 2}}))
+    folder = {("r0", 1): "ok", ("r1", 0): "ok", ("r1", 1): "ok", ("r3", 0): "ok", ("r4", 1): "ok"}
+    _write_folder(job, tmp_path / "out", folder)
+    done = resume_plan(job, tmp_path / "out", None, False)
+    every = [(f"r{row}", sample) for row in range(5) for sample in range(2)]
+    for rows in (1, 2, 1000):
+        blocks = list(done.filter(job, iter_batches(job, batch_rows=rows)))
+        assert [len(block) for block in blocks] == [1, 2, 2, 0]  # blocks of 3, less the done
+        assert [(i.id, i.sample) for block in blocks for i in block] == [
+            k for k in every if k not in folder
+        ]

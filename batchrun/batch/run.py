@@ -136,7 +136,7 @@ async def run_batch_job(
                 with _signals(stop):
                     try:
                         if not cancel:
-                            await session.submit(rundir.pending_items(job, limit, done | busy))
+                            await session.submit(rundir.pending_items(job, limit, done.also(busy)))
                         await session.drive()
                     except FatalAPIError as exc:
                         stop.fatal = exc
