@@ -16,7 +16,7 @@ import hashlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import httpx
@@ -35,6 +35,7 @@ from batchrun.outcome import (
     SIGNAL_EXIT,
     RunOutcome,
     Stop,
+    catch_signals,
     fatal_hint,
 )
 from batchrun.pool import run_pool
@@ -227,7 +228,7 @@ async def _dispatch(
         stop.event.set()
         loop.call_later(grace_s, pool.cancel)
 
-    restore = _catch_signals(loop, on_signal)
+    restore = catch_signals(loop, on_signal)
 
     finished = asyncio.Event()
 
@@ -258,33 +259,6 @@ async def _dispatch(
         finished.set()
         await asyncio.shield(flusher)
         restore()
-
-
-def _catch_signals(
-    loop: asyncio.AbstractEventLoop, on_signal: Callable[[signal.Signals], None]
-) -> Callable[[], None]:
-    """Have ``on_signal(sig)`` run on ``loop`` for SIGINT and SIGTERM; returns the undo.
-
-    Not ``loop.add_signal_handler``: that learns of a signal from a byte in the loop's wakeup
-    pipe, and under load the pipe can be full (every async generator the garbage collector
-    finalises writes a byte to it; httpx leaves three per streamed response), and then the
-    signal is lost: a SIGTERM at 800 requests/s did nothing. A Python signal handler always
-    runs, in the main thread, and schedules the call itself.
-    """
-    previous: dict[signal.Signals, Any] = {}
-
-    def handler(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(on_signal, signal.Signals(signum))
-
-    for sig in SIGNAL_EXIT:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
 
 
 def _budget(job: Job, key: str, url: str, client: httpx.AsyncClient) -> RateBudget:

@@ -16,7 +16,8 @@ import pytest
 
 from batchrun.errors import JobError
 from batchrun.job import Job, load_job
-from batchrun.runner import RunOutcome, _catch_signals, run_job
+from batchrun.outcome import catch_signals
+from batchrun.runner import RunOutcome, run_job
 from batchrun.sim import SimServer
 from tests.conftest import JobWriter, no_sleep
 
@@ -337,7 +338,7 @@ async def test_a_signal_is_heard_when_the_loops_wakeup_pipe_is_full() -> None:
     loop = asyncio.get_running_loop()
     before = signal.getsignal(signal.SIGTERM)
     heard: list[signal.Signals] = []
-    restore = _catch_signals(loop, heard.append)
+    restore = catch_signals(loop, heard.append)
     try:
         for _ in range(10_000):
             loop._write_to_self()  # type: ignore[attr-defined]  # as call_soon_threadsafe does

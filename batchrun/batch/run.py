@@ -45,6 +45,7 @@ from batchrun.outcome import (
     SIGNAL_EXIT,
     RunOutcome,
     Stop,
+    catch_signals,
     fatal_hint,
 )
 from batchrun.results import ResultsWriter, write_json_atomic
@@ -201,16 +202,11 @@ def _signals(stop: Stop) -> Iterator[None]:
         )
         stop.event.set()
 
-    installed = []
-    for sig in SIGNAL_EXIT:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal, sig)
-            installed.append(sig)
+    restore = catch_signals(loop, on_signal)
     try:
         yield
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        restore()
 
 
 def _ending(
