@@ -6,7 +6,7 @@ Baselines are measured in the same run, against the same simulator: the official
 (``AsyncAnthropic`` + ``messages.stream`` + a semaphore) and bare httpx clients that only read
 the bytes (httpx's own transport, and the aiohttp transport batchrun uses: the ceiling). The
 simulator always runs in a process of its own. ``--full`` runs the memory benchmark to the
-millionth row (about 20 minutes more); by default it stops at 100,000 rows of the million-row
+millionth row (13-17 minutes more); by default it stops at 100,000 rows of the million-row
 input. ``--quick`` is a smoke run with smaller loads, for checking the harness.
 """
 
