@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from batchrun import apis
+from batchrun import apis, folds
 from batchrun.clock import Clock
 from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError, RetryableError, api_error
@@ -47,7 +47,7 @@ async def stream_attempt(
     per-chunk metric there, spread over the stream rather than in one burst at its end).
     """
     attempt = Attempt(sent_at=clock.now())
-    fold = apis.new_fold(api)
+    fold = folds.new_fold(api)
     try:
         async with asyncio.timeout(total_s):
             await _read(client, api, body, attempt, fold, clock, on_chunk)
@@ -81,7 +81,7 @@ async def _read(
     api: apis.Api,
     body: dict[str, Any],
     attempt: Attempt,
-    fold: apis.Fold,
+    fold: folds.Fold,
     clock: Clock,
     on_chunk: Callable[[float], None] | None,
 ) -> None:

@@ -11,17 +11,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from batchrun.apis import (
-    CompleteFold,
-    Fold,
-    MessagesFold,
-    build_body,
-    complete_prompt,
-    new_fold,
-    request_path,
-    validate_complete_prompt,
-)
+from batchrun.apis import build_body, complete_prompt, request_path, validate_complete_prompt
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
+from batchrun.folds import CompleteFold, Fold, MessagesFold, new_fold
 from batchrun.records import Completion, RequestItem
 from batchrun.sse import ServerSentEvent, SSEDecoder
 

@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrun.apis import CompleteFold, MessagesFold
 from batchrun.client import stream_attempt
 from batchrun.clock import Clock
 from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError
+from batchrun.folds import CompleteFold, MessagesFold
 from batchrun.records import Completion
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig

@@ -1,7 +1,7 @@
 """Batch mode's record step: one result of an ended batch as a result row and an attempt row.
 
 As in stream mode: ``succeeded`` is an ``ok`` row whose completion, content_json, stop reason
-and usage come from :func:`~batchrun.apis.message_completion`, so both modes fill them the same
+and usage come from :func:`~batchrun.folds.message_completion`, so both modes fill them the same
 way; ``errored`` is retried in a follow-up batch when its error type is retryable and attempts
 remain, else an ``error`` row of that type; ``canceled`` and ``expired`` are ``error`` rows of
 those types. Timing columns are null, since a batch has no per-request timing; ``started_at``
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from batchrun.apis import message_completion
 from batchrun.batch.api import parse_time
 from batchrun.batch.entries import Entry
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, PermanentError, RetryableError, api_error
+from batchrun.folds import message_completion
 from batchrun.records import Attempt, Completion, RequestItem
 from batchrun.results import attempt_row, result_row
 
