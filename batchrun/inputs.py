@@ -20,6 +20,7 @@ import polars as pl
 from batchrun.conversation import CellKind, parse_messages
 from batchrun.errors import JobError
 from batchrun.job import Job
+from batchrun.keyhash import seen_twice
 from batchrun.records import RequestItem
 from batchrun.sources import (
     FILE,
@@ -151,14 +152,12 @@ def _file_problems(
 
 
 def _repeated(hashes: list[pl.Series]) -> pl.Series:
-    """The values seen more than once in ``hashes``, which it empties: sorted into one array
-    (8 bytes a value), each compared with the next through zero-copy slices."""
+    """The values seen more than once in ``hashes``, which it empties."""
     if not hashes:
         return pl.Series(dtype=pl.UInt64)
     every = pl.concat(hashes, rechunk=False).sort()
     hashes.clear()
-    later = every.slice(1)
-    return later.filter(later == every.slice(0, later.len())).unique()
+    return seen_twice(every)
 
 
 def _id_hash() -> pl.Expr:

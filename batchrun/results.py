@@ -22,6 +22,7 @@ import structlog
 
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
+from batchrun.keyhash import seen_twice
 from batchrun.records import Attempt, RequestItem
 
 __all__ = [
@@ -223,9 +224,8 @@ def _key_hash(keys: list[str]) -> pl.Expr:
 def _superseded(frames: list[pl.LazyFrame], combined: pl.LazyFrame, keys: list[str]) -> pl.Series:
     """Positions in ``combined`` (``frames`` one after another) of rows a later row replaces."""
     hashes = pl.concat([f.select(_key_hash(keys)).collect() for f in frames])["_hash"].sort()
-    later = hashes.slice(1)  # each hash beside the one before it (zero-copy slices)
-    twice = later.filter(later == hashes.slice(0, later.len())).unique()
-    del hashes, later
+    twice = seen_twice(hashes)
+    del hashes
     if twice.is_empty():
         return pl.Series("_pos", [], dtype=pl.get_index_type())
     suspects = (

@@ -24,6 +24,7 @@ from batchrun.cost import estimate_cost
 from batchrun.errors import JobError
 from batchrun.inputs import InputSummary, iter_batches
 from batchrun.job import Job
+from batchrun.keyhash import seen_twice
 from batchrun.records import RequestItem
 from batchrun.results import request_keys, resume_index, resume_keys
 from batchrun.worker import build_request
@@ -87,8 +88,7 @@ class _Keyed:
         hashes = frame["_hash"].gather(order)
         self._table = frame.drop("_hash")
         self._shared = self._table.clear()
-        later = hashes.slice(1)  # each hash beside the one before it (zero-copy slices)
-        twice = later.filter(later == hashes.slice(0, later.len())).unique()
+        twice = seen_twice(hashes)
         if not twice.is_empty():
             alone = ~hashes.is_in(twice.implode())
             self._shared = self._table[order.filter(~alone)]

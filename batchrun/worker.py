@@ -140,7 +140,7 @@ async def process(ctx: RunContext, item: RequestItem, queued_at: float) -> None:
                 attempt = Attempt()  # what settle sees if the attempt is cancelled
                 try:
                     attempt = await _traced_attempt(
-                        ctx, body, number, backoff_s, _chunk_recorder(ctx, metric_attributes)
+                        ctx, body, number, backoff_s, _chunk_recorder(ctx)
                     )
                 finally:
                     ctx.budget.settle(reservation, attempt)
@@ -268,15 +268,15 @@ async def _traced_attempt(
     return attempt
 
 
-def _chunk_recorder(ctx: RunContext, attributes: dict[str, Any]) -> Callable[[float], None]:
+def _chunk_recorder(ctx: RunContext) -> Callable[[float], None]:
     """Records the time per output chunk as each chunk arrives.
 
     A chunk is what arrived in one read. Recording each at its arrival, rather than all of an
     attempt's at its end, keeps the event loop free of a burst of metric calls (each costs
     the SDK ~7 µs; a wave of streams ending together made the next wave's first tokens late).
-    The attributes are the request's: the outcome (``error.type``) is not known yet.
+    The attributes are the run's: the outcome (``error.type``) is not known yet.
     """
-    record = ctx.telemetry.instruments.per_chunk.record
+    record, attributes = ctx.telemetry.instruments.per_chunk.record, ctx.metric_attributes
     previous: float | None = None
 
     def on_chunk(offset: float) -> None:
