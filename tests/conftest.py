@@ -10,12 +10,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from batchrun.results import RESULT_SCHEMA
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
 
@@ -103,6 +105,27 @@ def sim_server() -> Iterator[Callable[..., SimServer]]:
 async def no_sleep(seconds: float) -> None:
     """An injected sleep for backoffs: yields to the loop but does not wait."""
     await asyncio.sleep(0)
+
+
+def stored_result(
+    id_: str, sample: int = 0, status: str = "ok", *, at: datetime, **extra: Any
+) -> dict[str, Any]:
+    """A results.parquet row as a run stores it (``extra`` sets or overrides columns), for
+    tests that prepare a run folder with :class:`~batchrun.results.ResultsWriter`."""
+    row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
+    row.update(
+        run_id="r1",
+        id=id_,
+        sample=sample,
+        model="m",
+        api="messages",
+        status=status,
+        attempts=1,
+        started_at=at,
+        finished_at=at,
+    )
+    row.update(extra)
+    return row
 
 
 def race_two_processes(child_source: str, arg: str) -> list[Any]:

@@ -19,6 +19,7 @@ from batchrun.results import (
     resume_keys,
     write_json_atomic,
 )
+from tests.conftest import stored_result
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -37,21 +38,7 @@ def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _result(id_: str, sample: int = 0, status: str = "ok", **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
-    row.update(
-        run_id="r1",
-        id=id_,
-        sample=sample,
-        model="m",
-        api="messages",
-        status=status,
-        attempts=1,
-        started_at=T0,
-        finished_at=T0,
-        chunk_offsets_s=[0.1, 0.2],
-    )
-    row.update(extra)
-    return row
+    return stored_result(id_, sample, status, at=T0, **{"chunk_offsets_s": [0.1, 0.2], **extra})
 
 
 def _resumed(run_dir: Path) -> set[tuple[str, int]]:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
@@ -20,13 +19,13 @@ import pytest
 from batchrun.errors import JobError, RunLockedError
 from batchrun.inputs import iter_batches
 from batchrun.job import Job, load_job
-from batchrun.results import RESULT_SCHEMA, ResultsWriter
+from batchrun.results import ResultsWriter
 from batchrun.rundir import Done, pending_items, resume_plan
 from batchrun.runlock import RunLock
 from batchrun.runner import run_job
 from batchrun.sim import SimServer
 from batchrun.worker import build_request
-from tests.conftest import JobWriter, no_sleep
+from tests.conftest import JobWriter, no_sleep, stored_result
 
 StartSim = Callable[..., SimServer]
 ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
@@ -261,20 +260,8 @@ def _write_folder(
     for (id_, sample), status in rows.items():
         item = items.get((id_, sample))
         digest = build_request(job, item)[1] if item is not None else "f" * 64
-        row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
-        row.update(
-            run_id="r1",
-            id=id_,
-            sample=sample,
-            model="m",
-            api="messages",
-            status=status,
-            attempts=1,
-            started_at=T0,
-            finished_at=T0,
-            request_hash=(hashes or {}).get((id_, sample), digest),
-        )
-        writer.add(row, [])
+        request_hash = (hashes or {}).get((id_, sample), digest)
+        writer.add(stored_result(id_, sample, status, at=T0, request_hash=request_hash), [])
     writer.flush()
 
 
