@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[command]
     ns = parser().parse_args(args)  # --help and usage errors end here, before anything loads
     if command != "validate":  # validate logs nothing, and structlog takes ~70 ms to import
-        from batchrun.telemetry import configure_logging
+        from batchrun.telemetry.setup import configure_logging
 
         configure_logging()
     try:
@@ -188,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(ns: argparse.Namespace) -> int:
-    from batchrun.inputs import check_input
-    from batchrun.job import load_job
+    from batchrun.job.schema import load_job
+    from batchrun.load.inputs import check_input
 
     job = load_job(ns.job, ns.overrides)
     summary = check_input(job, limit=ns.limit)
@@ -204,8 +204,8 @@ def _validate(ns: argparse.Namespace) -> int:
 def _run(ns: argparse.Namespace) -> int:
     import asyncio
 
-    from batchrun.job import load_job
-    from batchrun.runner import run_job
+    from batchrun.job.schema import load_job
+    from batchrun.run import run_job
 
     job = load_job(ns.job, ns.overrides)
     if ns.cancel:
@@ -250,7 +250,7 @@ def _sim(ns: argparse.Namespace) -> int:
 
     config = SimConfig()
     if ns.job:
-        from batchrun.job import load_job
+        from batchrun.job.schema import load_job
 
         config = load_job(ns.job).sim
     changes = {

@@ -86,7 +86,7 @@ async def _bare(spec: Spec, aiohttp_transport: bool) -> Outcome:
     """Only read the bytes; the first content is the first read holding a content delta."""
     import httpx
 
-    from batchrun.transport import AiohttpTransport
+    from batchrun.call.transport import AiohttpTransport
 
     limits = httpx.Limits(max_connections=spec.concurrency)
     transport = AiohttpTransport(limits=limits) if aiohttp_transport else None
@@ -152,8 +152,8 @@ def _batchrun(spec: Spec) -> Outcome:
     import yaml
 
     from batchrun.clock import Clock
-    from batchrun.job import load_job
-    from batchrun.runner import run_job
+    from batchrun.job.schema import load_job
+    from batchrun.run import run_job
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     os.environ.setdefault("BENCH_API_KEY", "bench-key")

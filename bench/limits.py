@@ -30,15 +30,15 @@ from typing import Any
 import httpx
 import structlog
 
-from batchrun import apis
-from batchrun.client import stream_attempt
+from batchrun.apis import bodies as apis
+from batchrun.call.attempt import stream_attempt
+from batchrun.call.endpoint import ApiClient
+from batchrun.call.transport import AiohttpTransport
 from batchrun.clock import Clock
-from batchrun.endpoint import ApiClient
-from batchrun.job import LimitsConfig
-from batchrun.limits import BucketSpec, SqliteStore, Want, make_budget
-from batchrun.records import Attempt, RequestItem
+from batchrun.job.schema import LimitsConfig
+from batchrun.models import Attempt, RequestItem
+from batchrun.schedule.limits import BucketSpec, SqliteStore, Want, make_budget
 from batchrun.sim import SimConfig, SimServer
-from batchrun.transport import AiohttpTransport
 
 KINDS = ("requests", "input_tokens", "output_tokens")
 _FILLER = "The quick brown fox jumps over the lazy dog while the sky turns a pale blue. "

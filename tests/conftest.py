@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from batchrun.results import RESULT_SCHEMA
+from batchrun.record.parquet import RESULT_SCHEMA
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from batchrun.apis import build_body, complete_prompt, request_path, validate_complete_prompt
+from batchrun.apis.bodies import build_body, complete_prompt, request_path, validate_complete_prompt
+from batchrun.apis.folds import CompleteFold, Fold, MessagesFold, new_fold
+from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
-from batchrun.folds import CompleteFold, Fold, MessagesFold, new_fold
-from batchrun.records import Completion, RequestItem
-from batchrun.sse import ServerSentEvent, SSEDecoder
+from batchrun.models import Completion, RequestItem
 
 # shared/ sits beside the repository, on developers' machines and in CI alike.
 SHARED = Path(__file__).resolve().parents[2] / "shared"

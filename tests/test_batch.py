@@ -19,16 +19,16 @@ import httpx
 import polars as pl
 import pytest
 
+from batchrun.apis.folds import MessagesFold, message_completion
+from batchrun.apis.sse import SSEDecoder
 from batchrun.batch import BatchLimits, cancel_job, run_batch_job
 from batchrun.batch.entries import custom_id
 from batchrun.cli import main
 from batchrun.errors import JobError
-from batchrun.folds import MessagesFold, message_completion
-from batchrun.job import Job, load_job
+from batchrun.job.schema import Job, load_job
 from batchrun.report import load_run, render_summary, summarize
-from batchrun.runner import RunOutcome, run_job
+from batchrun.run import RunOutcome, run_job
 from batchrun.sim import SimServer
-from batchrun.sse import SSEDecoder
 from tests.conftest import FIXTURES, JobWriter
 
 StartSim = Callable[..., SimServer]

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from batchrun.client import parse_retry_after, stream_attempt
+from batchrun.call.attempt import parse_retry_after, stream_attempt
+from batchrun.call.endpoint import ApiClient
 from batchrun.clock import Clock
-from batchrun.endpoint import ApiClient
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
-from batchrun.records import Attempt
+from batchrun.models import Attempt
 from tests.conftest import FIXTURES
 
 BODY = {

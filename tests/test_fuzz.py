@@ -21,16 +21,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrun.client import stream_attempt
+from batchrun.apis.folds import CompleteFold, MessagesFold
+from batchrun.apis.sse import ServerSentEvent, SSEDecoder
+from batchrun.call.attempt import stream_attempt
+from batchrun.call.endpoint import ApiClient
 from batchrun.clock import Clock
-from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError
-from batchrun.folds import CompleteFold, MessagesFold
-from batchrun.records import Completion
+from batchrun.models import Completion
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
 from batchrun.sim.validate import Rejected, check_headers, parse_body, validate
-from batchrun.sse import ServerSentEvent, SSEDecoder
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
 KEY = "sk-fuzz"

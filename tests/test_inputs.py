@@ -13,12 +13,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun import inputs
 from batchrun.errors import JobError
-from batchrun.inputs import InputSummary, check_input, iter_batches
-from batchrun.job import Job, load_job
-from batchrun.records import RequestItem
-from batchrun.sources import ID
+from batchrun.job.schema import Job, load_job
+from batchrun.load import inputs
+from batchrun.load.inputs import InputSummary, check_input, iter_batches
+from batchrun.load.sources import ID
+from batchrun.models import RequestItem
 
 
 def make_job(folder: Path, input_: dict[str, Any], **sections: dict[str, Any]) -> Job:

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from batchrun.errors import JobError
-from batchrun.job import InputConfig, Job, load_job, parse_template
+from batchrun.job.schema import InputConfig, Job, load_job, parse_template
 
 CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
 

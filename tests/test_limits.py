@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from batchrun import apis
-from batchrun.client import stream_attempt
+from batchrun.apis import bodies as apis
+from batchrun.call.attempt import stream_attempt
+from batchrun.call.endpoint import ApiClient
+from batchrun.call.transport import AiohttpTransport
 from batchrun.clock import Clock
-from batchrun.endpoint import ApiClient
 from batchrun.errors import PermanentError, api_error
-from batchrun.job import LimitsConfig
-from batchrun.limits import (
+from batchrun.job.schema import LimitsConfig
+from batchrun.models import Attempt, Completion, RequestItem
+from batchrun.schedule.limits import (
     Adjust,
     BucketSpec,
     BudgetWaitError,
@@ -30,16 +32,14 @@ from batchrun.limits import (
     make_budget,
     state_path,
 )
-from batchrun.limits.adaptive import AdaptiveConcurrency
-from batchrun.limits.bucket import Level, adjust_level, refill, take
-from batchrun.limits.estimate import (
+from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
+from batchrun.schedule.limits.bucket import Level, adjust_level, refill, take
+from batchrun.schedule.limits.estimate import (
     count_tokens_body,
     estimate_input_tokens,
     output_reservation,
     read_ratelimit_headers,
 )
-from batchrun.records import Attempt, Completion, RequestItem
-from batchrun.transport import AiohttpTransport
 from tests.conftest import race_two_processes
 
 BODY: dict[str, Any] = {
@@ -481,7 +481,7 @@ def test_sqlite_state_from_another_boot_is_forgotten(tmp_path: Path) -> None:
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from batchrun.limits import BucketSpec, SqliteStore, Want
+from batchrun.schedule.limits import BucketSpec, SqliteStore, Want
 store = SqliteStore(Path(sys.argv[1]))
 spec = BucketSpec.per_minute("requests", 3000)  # 50 a second
 store.take([Want(BucketSpec("warm-up", 1, 1), 0)])  # open the file, not the race's bucket

@@ -21,16 +21,16 @@ import redis
 from structlog.testing import capture_logs
 
 from batchrun.errors import JobError
-from batchrun.job import Job, LimitsConfig, load_job
-from batchrun.limits import (
+from batchrun.job.schema import Job, LimitsConfig, load_job
+from batchrun.models import Attempt, Completion
+from batchrun.schedule.limits import (
     Adjust,
     BucketSpec,
     StoreUnavailable,
     Want,
     make_budget,
 )
-from batchrun.limits.redis import RedisStore, redis_keys
-from batchrun.records import Attempt, Completion
+from batchrun.schedule.limits.redis import RedisStore, redis_keys
 from tests.conftest import race_two_processes
 
 BODY: dict[str, Any] = {
@@ -152,8 +152,8 @@ def test_two_stores_with_one_fingerprint_share_buckets_and_the_429_pause(redis_u
 
 _CHILD = """
 import json, sys, time
-from batchrun.limits import BucketSpec, Want
-from batchrun.limits.redis import RedisStore
+from batchrun.schedule.limits import BucketSpec, Want
+from batchrun.schedule.limits.redis import RedisStore
 store = RedisStore(sys.argv[1], "ef" * 32)
 spec = BucketSpec.per_minute("requests", 3000)  # 50 a second
 store.take([Want(BucketSpec("warm-up", 1, 1), 0)])  # connect, not the race's bucket

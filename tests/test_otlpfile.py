@@ -41,7 +41,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from batchrun.otlpfile import OtlpJsonMetricFile, OtlpJsonSpanFile
+from batchrun.telemetry.otlp.file import OtlpJsonMetricFile, OtlpJsonSpanFile
 
 _ID_KEYS = {"traceId", "spanId", "parentSpanId"}
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from batchrun.pool import run_pool
+from batchrun.schedule.pool import run_pool
 
 
 async def _numbers(n: int, pulled: list[int]) -> AsyncIterator[int]:

@@ -22,12 +22,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.job import load_job
+from batchrun.job.schema import load_job
+from batchrun.record.parquet import ATTEMPT_SCHEMA, RESULT_SCHEMA
 from batchrun.report import compare_runs, load_run, render_html, summarize
 from batchrun.report.series import Timeline, histogram, step_average
 from batchrun.report.svg import nice_ticks
-from batchrun.results import ATTEMPT_SCHEMA, RESULT_SCHEMA
-from batchrun.runner import run_job
+from batchrun.run import run_job
 from tests.conftest import JobWriter, no_sleep
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

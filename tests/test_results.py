@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.results import (
+from batchrun.record.parquet import (
     ATTEMPT_SCHEMA,
     RESULT_SCHEMA,
     ResultsWriter,
@@ -33,7 +33,7 @@ def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         def collide(keys: list[str]) -> pl.Expr:
             return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
 
-        monkeypatch.setattr("batchrun.results._key_hash", collide)
+        monkeypatch.setattr("batchrun.record.parquet._key_hash", collide)
     return str(request.param)
 
 
@@ -181,7 +181,7 @@ def test_many_small_parts_are_merged_keeping_later_rows_winning(
     tmp_path: Path, key_hash: str
 ) -> None:
     """Past MERGE_AFTER_PARTS flushes the parts are merged; a row written later still wins."""
-    from batchrun.results import MERGE_AFTER_PARTS
+    from batchrun.record.parquet import MERGE_AFTER_PARTS
 
     writer = ResultsWriter(tmp_path)
     for i in range(MERGE_AFTER_PARTS + 5):
@@ -202,8 +202,8 @@ def test_many_small_parts_are_merged_keeping_later_rows_winning(
 def test_lone_surrogates_from_the_stream_are_replaced(tmp_path: Path) -> None:
     """A completion holding a lone surrogate (valid JSON, not UTF-8) is written as U+FFFD."""
     from batchrun.clock import Clock
-    from batchrun.records import Attempt, Completion, RequestItem
-    from batchrun.results import result_row
+    from batchrun.models import Attempt, Completion, RequestItem
+    from batchrun.record.parquet import result_row
 
     clock = Clock()
     final = Attempt(

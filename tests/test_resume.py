@@ -16,15 +16,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from batchrun.call.stream import build_request
 from batchrun.errors import JobError, RunLockedError
-from batchrun.inputs import iter_batches
-from batchrun.job import Job, load_job
-from batchrun.results import ResultsWriter
-from batchrun.rundir import Done, pending_items, resume_plan
-from batchrun.runlock import RunLock
-from batchrun.runner import run_job
+from batchrun.job.schema import Job, load_job
+from batchrun.load.inputs import iter_batches
+from batchrun.record.lock import RunLock
+from batchrun.record.parquet import ResultsWriter
+from batchrun.record.rundir import Done, pending_items, resume_plan
+from batchrun.run import run_job
 from batchrun.sim import SimServer
-from batchrun.worker import build_request
 from tests.conftest import JobWriter, no_sleep, stored_result
 
 StartSim = Callable[..., SimServer]
@@ -42,7 +42,7 @@ def _spawn(job: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def _results(run_dir: Path) -> pl.DataFrame:
-    from batchrun.results import read_table
+    from batchrun.record.parquet import read_table
 
     return read_table(run_dir, "results")
 
@@ -240,13 +240,13 @@ def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         def collide(keys: list[str]) -> pl.Expr:
             return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
 
-        monkeypatch.setattr("batchrun.results._key_hash", collide)
+        monkeypatch.setattr("batchrun.record.parquet._key_hash", collide)
     elif request.param == "hash by sample":
 
         def by_sample(keys: list[str]) -> pl.Expr:
             return pl.col(keys[-1]).cast(pl.UInt64).alias("_hash")  # the sample (attempt) only
 
-        monkeypatch.setattr("batchrun.results._key_hash", by_sample)
+        monkeypatch.setattr("batchrun.record.parquet._key_hash", by_sample)
     return str(request.param)
 
 
@@ -409,7 +409,7 @@ async def test_the_plan_does_not_depend_on_how_the_input_is_read(
 ) -> None:
     """Requests are planned and checked in blocks of a fixed count, whatever batches the input
     comes in: a plan made from batches of one size applies to batches of another."""
-    monkeypatch.setattr("batchrun.rundir._BLOCK", 3)
+    monkeypatch.setattr("batchrun.record.rundir._BLOCK", 3)
     job = load_job(write_job(rows=5, extra={"request": {"samples": 2}}))
     folder = {("r0", 1): "ok", ("r1", 0): "ok", ("r1", 1): "ok", ("r3", 0): "ok", ("r4", 1): "ok"}
     _write_folder(job, tmp_path / "out", folder)

@@ -6,8 +6,8 @@ import gc
 
 import pytest
 
+from batchrun.call.retry import RetryPolicy
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
-from batchrun.retry import RetryPolicy
 
 
 class Recorder:

@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 
 from batchrun.errors import JobError
-from batchrun.job import Job, load_job
+from batchrun.job.schema import Job, load_job
 from batchrun.outcome import catch_signals
-from batchrun.runner import RunOutcome, run_job
+from batchrun.run import RunOutcome, run_job
 from batchrun.sim import SimServer
 from tests.conftest import JobWriter, no_sleep
 

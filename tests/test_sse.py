@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchrun.sse import ServerSentEvent, SSEDecoder
+from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 
 # shared/ sits beside the repository, on developers' machines and in CI alike.
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"

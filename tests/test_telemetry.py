@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from batchrun.job import load_job
-from batchrun.runner import run_job
+from batchrun.job.schema import load_job
+from batchrun.run import run_job
 from batchrun.sim import SimServer
-from batchrun.telemetry import setup_telemetry
+from batchrun.telemetry.setup import setup_telemetry
 from tests.conftest import JobWriter, no_sleep
 
 StartSim = Callable[..., SimServer]

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from batchrun.client import http_error
+from batchrun.call.attempt import http_error
 from batchrun.errors import AttemptError, RetryableError
 
 __all__ = ["BATCHES", "BatchesAPI", "parse_time", "refused"]

@@ -18,11 +18,11 @@ import structlog
 from batchrun.batch.api import BatchesAPI
 from batchrun.batch.run import run_batch_job
 from batchrun.batch.state import load_state, request_cancel
-from batchrun.endpoint import api_key, http_client
+from batchrun.call.endpoint import api_key, http_client
+from batchrun.call.retry import Sleep
 from batchrun.errors import AttemptError, JobError, RunLockedError
-from batchrun.job import Job
+from batchrun.job.schema import Job
 from batchrun.outcome import EXIT_OK, RunOutcome
-from batchrun.retry import Sleep
 
 __all__ = ["cancel_job"]
 

@@ -23,7 +23,7 @@ from batchrun.batch.rows import BatchTimes, settle
 from batchrun.batch.state import BatchRecord, iter_entries
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
-from batchrun.results import ResultsWriter
+from batchrun.record.parquet import ResultsWriter
 
 __all__ = ["Recorder", "times_of"]
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from batchrun.job import Job
-from batchrun.records import RequestItem
-from batchrun.worker import build_request
+from batchrun.call.stream import build_request
+from batchrun.job.schema import Job
+from batchrun.models import RequestItem
 
 __all__ = ["BatchLimits", "Entry", "Splitter", "body", "custom_id", "make_entry", "wire_custom_id"]
 

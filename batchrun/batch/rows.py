@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from batchrun.apis.folds import message_completion
 from batchrun.batch.api import parse_time
 from batchrun.batch.entries import Entry
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, PermanentError, RetryableError, api_error
-from batchrun.folds import message_completion
-from batchrun.records import Attempt, Completion, RequestItem
-from batchrun.results import attempt_row, result_row
+from batchrun.models import Attempt, Completion, RequestItem
+from batchrun.record.parquet import attempt_row, result_row
 
 __all__ = ["BatchTimes", "Settled", "settle"]
 

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import structlog
 
-from batchrun import rundir
 from batchrun.batch.api import BatchesAPI
 from batchrun.batch.entries import BatchLimits
 from batchrun.batch.session import Session
@@ -33,11 +32,12 @@ from batchrun.batch.state import (
     iter_entries,
     load_state,
 )
+from batchrun.call.endpoint import api_key, base_url, http_client
+from batchrun.call.retry import Sleep
 from batchrun.clock import Clock
-from batchrun.endpoint import api_key, base_url, http_client
 from batchrun.errors import FatalAPIError, JobError
-from batchrun.inputs import InputSummary, check_input
-from batchrun.job import Job
+from batchrun.job.schema import Job
+from batchrun.load.inputs import InputSummary, check_input
 from batchrun.outcome import (
     EXIT_FATAL,
     EXIT_OK,
@@ -48,10 +48,10 @@ from batchrun.outcome import (
     catch_signals,
     fatal_hint,
 )
-from batchrun.results import ResultsWriter, write_json_atomic
-from batchrun.retry import Sleep
-from batchrun.runlock import RunLock
-from batchrun.telemetry import Telemetry, telemetry_for_run
+from batchrun.record import rundir
+from batchrun.record.lock import RunLock
+from batchrun.record.parquet import ResultsWriter, write_json_atomic
+from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 __all__ = ["run_batch_job"]
 

@@ -36,13 +36,13 @@ from batchrun.batch.state import (
     save_state,
     write_batch_files,
 )
+from batchrun.call.retry import Sleep
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
-from batchrun.job import Job
+from batchrun.job.schema import Job
+from batchrun.models import RequestItem
 from batchrun.outcome import Stop
-from batchrun.records import RequestItem
-from batchrun.results import ResultsWriter
-from batchrun.retry import Sleep
+from batchrun.record.parquet import ResultsWriter
 
 __all__ = ["Session"]
 

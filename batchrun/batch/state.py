@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from batchrun.batch.entries import Entry
 from batchrun.errors import JobError
-from batchrun.results import write_json_atomic
+from batchrun.record.parquet import write_json_atomic
 
 __all__ = [
     "BatchRecord",

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from batchrun.errors import JobError
-from batchrun.results import read_table
+from batchrun.record.parquet import read_table
 
 __all__ = ["NoResultsError", "RunData", "load_run"]
 

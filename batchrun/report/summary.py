@@ -15,8 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from batchrun.cost import estimate_cost
-from batchrun.job import DEFAULT_PRICES
+from batchrun.job.schema import DEFAULT_PRICES
+from batchrun.record.cost import estimate_cost
 from batchrun.report.load import RunData
 
 __all__ = ["PERCENTILES", "TIMINGS", "cost", "counts", "distribution", "summarize", "to_json"]

@@ -20,18 +20,18 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
-from batchrun import apis
-from batchrun.client import stream_attempt
+from batchrun.apis import bodies as apis
+from batchrun.call.attempt import stream_attempt
+from batchrun.call.endpoint import ApiClient
+from batchrun.call.retry import RetryPolicy, Sleep
 from batchrun.clock import Clock
-from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
-from batchrun.job import Job
-from batchrun.limits import Budget, BudgetWaitError
-from batchrun.progress import Progress
-from batchrun.records import Attempt, RequestItem
-from batchrun.results import ResultsWriter, attempt_row, result_row
-from batchrun.retry import RetryPolicy, Sleep
-from batchrun.telemetry import Telemetry
+from batchrun.job.schema import Job
+from batchrun.models import Attempt, RequestItem
+from batchrun.record.parquet import ResultsWriter, attempt_row, result_row
+from batchrun.schedule.limits import Budget, BudgetWaitError
+from batchrun.telemetry.progress import Progress
+from batchrun.telemetry.setup import Telemetry
 
 __all__ = ["RunContext", "build_request", "process"]
 

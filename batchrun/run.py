@@ -22,12 +22,14 @@ from typing import Any, TextIO
 import httpx
 import structlog
 
+from batchrun.call.endpoint import api_key, base_url, http_client
+from batchrun.call.retry import Sleep
+from batchrun.call.stream import RunContext, process
 from batchrun.clock import Clock
-from batchrun.endpoint import api_key, base_url, http_client
 from batchrun.errors import FatalAPIError
-from batchrun.inputs import check_input
-from batchrun.job import Job
-from batchrun.limits import Budget, CountTokens, RateBudget, make_budget
+from batchrun.job.schema import Job
+from batchrun.load.inputs import check_input
+from batchrun.models import RequestItem
 from batchrun.outcome import (
     EXIT_FATAL,
     EXIT_OK,
@@ -38,12 +40,9 @@ from batchrun.outcome import (
     catch_signals,
     fatal_hint,
 )
-from batchrun.pool import run_pool
-from batchrun.progress import Progress
-from batchrun.records import RequestItem
-from batchrun.results import ResultsWriter, write_json_atomic
-from batchrun.retry import Sleep
-from batchrun.rundir import (
+from batchrun.record.lock import RunLock
+from batchrun.record.parquet import ResultsWriter, write_json_atomic
+from batchrun.record.rundir import (
     clear,
     make_run_dir,
     manifest,
@@ -51,9 +50,10 @@ from batchrun.rundir import (
     pending_items,
     resume_plan,
 )
-from batchrun.runlock import RunLock
-from batchrun.telemetry import Telemetry, telemetry_for_run
-from batchrun.worker import RunContext, process
+from batchrun.schedule.limits import Budget, CountTokens, RateBudget, make_budget
+from batchrun.schedule.pool import run_pool
+from batchrun.telemetry.progress import Progress
+from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 __all__ = ["RunOutcome", "run_job"]
 

@@ -22,8 +22,8 @@ import structlog
 
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
-from batchrun.keyhash import seen_twice
-from batchrun.records import Attempt, RequestItem
+from batchrun.models import Attempt, RequestItem
+from batchrun.record.keyhash import seen_twice
 
 __all__ = [
     "ATTEMPT_SCHEMA",

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import ExponentialHistogram, Gauge, Histogram, Sum
 
-from batchrun import otlpjson
-from batchrun.otlpjson import Json
+from batchrun.telemetry.otlp import encode as otlpjson
+from batchrun.telemetry.otlp.encode import Json
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import Exemplar

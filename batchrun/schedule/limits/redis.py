@@ -23,8 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from batchrun.limits.bucket import Adjust, Want
-from batchrun.limits.store import PAUSED, StoreUnavailable
+from batchrun.schedule.limits.bucket import Adjust, Want
+from batchrun.schedule.limits.store import PAUSED, StoreUnavailable
 
 __all__ = ["DEFAULT_TTL_S", "RedisStore", "redacted_url", "redis_keys"]
 

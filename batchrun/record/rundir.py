@@ -19,15 +19,15 @@ from typing import Any
 import polars as pl
 
 from batchrun import __version__
+from batchrun.call.stream import build_request
 from batchrun.clock import Clock
-from batchrun.cost import estimate_cost
 from batchrun.errors import JobError
-from batchrun.inputs import InputSummary, iter_batches
-from batchrun.job import Job
-from batchrun.keyhash import seen_twice
-from batchrun.records import RequestItem
-from batchrun.results import request_keys, resume_index, resume_keys
-from batchrun.worker import build_request
+from batchrun.job.schema import Job
+from batchrun.load.inputs import InputSummary, iter_batches
+from batchrun.models import RequestItem
+from batchrun.record.cost import estimate_cost
+from batchrun.record.keyhash import seen_twice
+from batchrun.record.parquet import request_keys, resume_index, resume_keys
 
 __all__ = [
     "Done",

@@ -22,9 +22,9 @@ import httpx
 import msgspec
 
 from batchrun import __version__
+from batchrun.call.transport import AiohttpTransport
 from batchrun.errors import JobError
-from batchrun.job import Job
-from batchrun.transport import AiohttpTransport
+from batchrun.job.schema import Job
 
 __all__ = ["ApiClient", "api_key", "base_url", "http_client"]
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import SpanKind
 
-from batchrun import otlpjson
-from batchrun.otlpjson import Json
+from batchrun.telemetry.otlp import encode as otlpjson
+from batchrun.telemetry.otlp.encode import Json
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

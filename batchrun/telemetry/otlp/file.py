@@ -26,9 +26,9 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from batchrun.otlpjson import Json
-from batchrun.otlpmetrics import resource_metrics
-from batchrun.otlpspans import resource_spans
+from batchrun.telemetry.otlp.encode import Json
+from batchrun.telemetry.otlp.metrics import resource_metrics
+from batchrun.telemetry.otlp.spans import resource_spans
 
 __all__ = ["OtlpJsonMetricFile", "OtlpJsonSpanFile"]
 

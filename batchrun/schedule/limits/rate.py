@@ -23,18 +23,18 @@ from typing import Any, TypeVar
 
 import structlog
 
-from batchrun.limits.adaptive import AdaptiveConcurrency
-from batchrun.limits.bucket import Adjust, BucketSpec, Want
-from batchrun.limits.budget import BudgetWaitError, Reservation, Snapshot
-from batchrun.limits.estimate import (
+from batchrun.models import Attempt
+from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
+from batchrun.schedule.limits.bucket import Adjust, BucketSpec, Want
+from batchrun.schedule.limits.budget import BudgetWaitError, Reservation, Snapshot
+from batchrun.schedule.limits.estimate import (
     count_tokens_body,
     estimate_input_tokens,
     output_reservation,
     read_ratelimit_headers,
     read_retry_after,
 )
-from batchrun.limits.store import PAUSED, BudgetStore, MemoryStore, StoreUnavailable
-from batchrun.records import Attempt
+from batchrun.schedule.limits.store import PAUSED, BudgetStore, MemoryStore, StoreUnavailable
 
 __all__ = ["DEFAULT_PAUSE_S", "CountTokens", "RateBudget"]
 
@@ -289,7 +289,9 @@ class RateBudget:
             return await asyncio.to_thread(op, self._store)
         except StoreUnavailable as exc:
             log.warning(
-                "batchrun.limits.shared_unavailable", error=str(exc), note="budgets not shared"
+                "batchrun.limits.shared_unavailable",
+                error=str(exc),
+                note="budgets not shared",
             )
             broken, self._store = self._store, MemoryStore(self._clock)
             with contextlib.suppress(StoreUnavailable):

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from batchrun.errors import JobError
-from batchrun.jobmessages import Describer, Loc, dotted, redact
+from batchrun.job.messages import Describer, Loc, dotted, redact
 
 __all__ = ["load_model"]
 

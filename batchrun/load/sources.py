@@ -16,10 +16,10 @@ from pathlib import Path
 
 import polars as pl
 
-from batchrun.conversation import CellKind
 from batchrun.errors import JobError
-from batchrun.job import Job
-from batchrun.templates import TemplatePart
+from batchrun.job.schema import Job
+from batchrun.job.templates import TemplatePart
+from batchrun.load.conversation import CellKind
 
 __all__ = [
     "FILE",

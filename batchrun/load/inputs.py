@@ -17,12 +17,10 @@ from typing import Any
 
 import polars as pl
 
-from batchrun.conversation import CellKind, parse_messages
 from batchrun.errors import JobError
-from batchrun.job import Job
-from batchrun.keyhash import seen_twice
-from batchrun.records import RequestItem
-from batchrun.sources import (
+from batchrun.job.schema import Job
+from batchrun.load.conversation import CellKind, parse_messages
+from batchrun.load.sources import (
     FILE,
     ID,
     LOCAL,
@@ -37,6 +35,8 @@ from batchrun.sources import (
     sources,
     unreadable,
 )
+from batchrun.models import RequestItem
+from batchrun.record.keyhash import seen_twice
 
 __all__ = ["InputSummary", "check_input", "iter_batches"]
 

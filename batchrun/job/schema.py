@@ -29,10 +29,10 @@ from pydantic import (
 )
 
 from batchrun.errors import JobError
-from batchrun.jobfile import load_model
-from batchrun.jobmessages import looks_like_key, model_in
+from batchrun.job.messages import looks_like_key, model_in
+from batchrun.job.reader import load_model
+from batchrun.job.templates import TemplatePart, columns_of, parse_template
 from batchrun.sim.config import SimConfig
-from batchrun.templates import TemplatePart, columns_of, parse_template
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -23,12 +23,18 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from batchrun.job import LimitsConfig
-from batchrun.limits.bucket import BURST_S, Adjust, BucketSpec, Want
-from batchrun.limits.budget import Budget, BudgetWaitError, Reservation, Snapshot, Unlimited
-from batchrun.limits.rate import CountTokens, RateBudget, Sleep
-from batchrun.limits.sqlite import SqliteStore, default_state_dir, state_path
-from batchrun.limits.store import BudgetStore, MemoryStore, StoreUnavailable
+from batchrun.job.schema import LimitsConfig
+from batchrun.schedule.limits.bucket import BURST_S, Adjust, BucketSpec, Want
+from batchrun.schedule.limits.budget import (
+    Budget,
+    BudgetWaitError,
+    Reservation,
+    Snapshot,
+    Unlimited,
+)
+from batchrun.schedule.limits.rate import CountTokens, RateBudget, Sleep
+from batchrun.schedule.limits.sqlite import SqliteStore, default_state_dir, state_path
+from batchrun.schedule.limits.store import BudgetStore, MemoryStore, StoreUnavailable
 
 __all__ = [
     "BURST_S",
@@ -73,7 +79,9 @@ def make_budget(
     """
     store: BudgetStore
     if limits.shared and limits.redis_url:
-        from batchrun.limits.redis import RedisStore  # redis-py takes ~200 ms and 17 MB to load
+        from batchrun.schedule.limits.redis import (
+            RedisStore,  # redis-py takes ~200 ms and 17 MB to load
+        )
 
         store = RedisStore(limits.redis_url, key_fingerprint)
     elif limits.shared:

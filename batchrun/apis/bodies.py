@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, assert_never
 
-from batchrun.records import RequestItem
+from batchrun.models import RequestItem
 
 __all__ = [
     "ASSISTANT",

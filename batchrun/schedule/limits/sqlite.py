@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from batchrun.limits.bucket import Adjust, Level, Want, adjust_level, take
-from batchrun.limits.store import PAUSED, StoreUnavailable
+from batchrun.schedule.limits.bucket import Adjust, Level, Want, adjust_level, take
+from batchrun.schedule.limits.store import PAUSED, StoreUnavailable
 
 __all__ = ["SqliteStore", "default_state_dir", "state_path"]
 

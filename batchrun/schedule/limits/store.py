@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from batchrun.limits.bucket import Adjust, Level, Want, adjust_level, take
+from batchrun.schedule.limits.bucket import Adjust, Level, Want, adjust_level, take
 
 __all__ = ["PAUSED", "BudgetStore", "MemoryStore", "StoreUnavailable"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from batchrun.errors import PermanentError
-from batchrun.limits.bucket import Want
-from batchrun.records import Attempt
+from batchrun.models import Attempt
+from batchrun.schedule.limits.bucket import Want
 
 __all__ = ["Budget", "BudgetWaitError", "Reservation", "Snapshot", "Unlimited"]
 

@@ -19,10 +19,10 @@ from typing import Any, ClassVar, Literal, Protocol, assert_never
 
 import msgspec
 
-from batchrun.apis import Api
+from batchrun.apis.bodies import Api
+from batchrun.apis.sse import ServerSentEvent
 from batchrun.errors import AttemptError, RetryableError, api_error
-from batchrun.records import Completion
-from batchrun.sse import ServerSentEvent
+from batchrun.models import Completion
 
 __all__ = ["CompleteFold", "Fold", "MessagesFold", "message_completion", "new_fold"]
 

@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 
-from batchrun import apis, folds
+from batchrun.apis import bodies as apis
+from batchrun.apis import folds
+from batchrun.apis.sse import SSEDecoder
+from batchrun.call.endpoint import ApiClient
 from batchrun.clock import Clock
-from batchrun.endpoint import ApiClient
 from batchrun.errors import AttemptError, RetryableError, api_error
-from batchrun.records import Attempt
-from batchrun.sse import SSEDecoder
+from batchrun.models import Attempt
 
 __all__ = ["http_error", "parse_retry_after", "stream_attempt"]
 

@@ -179,7 +179,7 @@ def setup_telemetry(
 
 def _exporters(traces: str, run_dir: Path) -> tuple[SpanExporter | None, MetricExporter | None]:
     if traces == "file":
-        from batchrun.otlpfile import OtlpJsonMetricFile, OtlpJsonSpanFile
+        from batchrun.telemetry.otlp.file import OtlpJsonMetricFile, OtlpJsonSpanFile
 
         return (
             OtlpJsonSpanFile(run_dir / "traces.jsonl"),
