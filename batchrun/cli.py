@@ -11,12 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from batchrun.errors import JobError, RunLockedError
+from batchrun.errors import EXIT_INVALID, EXIT_LOCKED, JobError, RunLockedError
 
 __all__ = ["main"]
-
-EXIT_INVALID = 2
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the run folder; try again later
 
 _OVERVIEW = """\
 commands:

@@ -1,11 +1,11 @@
-"""The exception tree: every error batchrun raises on purpose, in one place.
+"""The exception tree and the exit codes: every error batchrun raises on purpose, in one place.
 
 ::
 
     BatchrunError
     ├── JobError              the job file or its input is invalid; nothing is sent (exit 2)
-    ├── RunLockedError        another run holds the run folder
-    └── AttemptError          one streamed attempt failed; carries what the server said
+    ├── RunLockedError        another run holds the run folder (exit 75)
+    └── AttemptError          one attempt failed: its classification, as the server said it
         ├── RetryableError    worth another attempt (overload, 429, 5xx, network, timeouts,
         │                     truncated or malformed streams); may carry ``retry_after``
         ├── PermanentError    this request will never succeed (400, 413, ...); an ``error`` row
@@ -13,15 +13,35 @@
                               spending limit): the run aborts (exit 3)
 
 Foreign exceptions (httpx, json, polars, yaml) are translated once, where they enter, with
-``raise ... from exc``. Deciding whether to retry is an ``isinstance`` check on this tree.
-Per-request failures become data (an ``error`` row); only job-level problems end a run.
+``raise ... from exc``; which API error is which is the API's own table
+(:mod:`batchrun.apis.anthropic`). Deciding whether to retry is an ``isinstance`` check on this
+tree. Per-request failures become data (an ``error`` row); only job-level problems end a run.
+An error carries its classification only; what an attempt measured is on its
+:class:`~batchrun.models.Attempt`.
+
+The exit codes of CONTRACT.md:
+
+====  =====================================================================================
+0     every row ``ok``
+1     the run finished; some rows ended in ``error``
+2     the job file or its input is invalid; nothing was sent
+3     aborted by an error no retry can fix; rows done so far are kept
+75    another run holds the run folder (``EX_TEMPFAIL``); nothing was sent
+130   interrupted by SIGINT (143: SIGTERM); everything finished is on disk
+====  =====================================================================================
 """
 
 from __future__ import annotations
 
-import re
+import signal
 
 __all__ = [
+    "EXIT_FATAL",
+    "EXIT_INVALID",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_ROW_ERRORS",
+    "SIGNAL_EXIT",
     "AttemptError",
     "BatchrunError",
     "FatalAPIError",
@@ -29,8 +49,11 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "RunLockedError",
-    "api_error",
 ]
+
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_INVALID, EXIT_FATAL = 0, 1, 2, 3
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the run folder; try again later
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class BatchrunError(Exception):
@@ -49,8 +72,8 @@ class AttemptError(BatchrunError):
     """One attempt at a request failed.
 
     ``error_type`` is the API's error type (``overloaded_error``, ``rate_limit_error``, ...) or the
-    client's own (``timeout``, ``connection_error``, ``stream_error``). ``output_tokens_seen``
-    counts what arrived before the failure, for the attempts table.
+    client's own (``timeout``, ``connection_error``, ``stream_error``); ``http_status`` the
+    response's, when there was one; ``retry_after`` the wait the server asked for, in seconds.
     """
 
     def __init__(
@@ -59,17 +82,13 @@ class AttemptError(BatchrunError):
         message: str,
         *,
         http_status: int | None = None,
-        request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.http_status = http_status
-        self.request_id = request_id
         self.retry_after = retry_after
-        self.output_tokens_seen: int | None = None
-        self.ttft_s: float | None = None
 
     def __str__(self) -> str:
         status = f"HTTP {self.http_status} " if self.http_status is not None else ""
@@ -86,57 +105,3 @@ class PermanentError(AttemptError):
 
 class FatalAPIError(AttemptError):
     """Every request of the run will fail the same way: the run must stop (exit 3)."""
-
-
-_FATAL_TYPES = {"authentication_error", "permission_error", "billing_error"}
-_RETRYABLE_TYPES = {
-    "overloaded_error",
-    "api_error",
-    "rate_limit_error",
-    "timeout_error",
-    "conflict_error",
-}
-_SPEND_LIMIT = re.compile(r"spend|usage limit|credit balance|billing", re.IGNORECASE)
-
-
-def api_error(
-    error_type: str,
-    message: str,
-    *,
-    http_status: int | None = None,
-    request_id: str | None = None,
-    retry_after: float | None = None,
-    should_retry: bool | None = None,
-) -> AttemptError:
-    """Classify an error the API sent, as an HTTP response or an ``error`` event in a stream.
-
-    Follows PROTOCOL.md's table: 401/402/403, an unknown model and a spending-limit 429 are fatal
-    for the run; 408/409/429/5xx and overload are retryable; the rest (400, 413, ...) are
-    permanent. An ``x-should-retry`` header, when the server sends one, overrides the table for
-    everything but the fatal cases.
-    """
-    fatal = (
-        http_status in (401, 402, 403)
-        or error_type in _FATAL_TYPES
-        or (error_type == "not_found_error" and "model" in message.lower())
-        or (
-            (http_status == 429 or error_type == "rate_limit_error")
-            and retry_after is None
-            and _SPEND_LIMIT.search(message) is not None
-        )
-    )
-    retryable = error_type in _RETRYABLE_TYPES or (
-        http_status is not None and (http_status in (408, 409, 429) or http_status >= 500)
-    )
-    if should_retry is not None:
-        retryable = should_retry
-    cls: type[AttemptError] = (
-        FatalAPIError if fatal else RetryableError if retryable else PermanentError
-    )
-    return cls(
-        error_type,
-        message,
-        http_status=http_status,
-        request_id=request_id,
-        retry_after=retry_after,
-    )

@@ -50,13 +50,14 @@ class Completion:
     response_model: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """What one attempt did, successful or not: the raw material of both Parquet tables.
 
     Times are monotonic clock readings; ``chunk_offsets`` are seconds after ``sent_at``.
-    ``ratelimit_headers`` holds the response's ``anthropic-ratelimit-*`` and ``retry-after``
-    headers (lower-case names), for the limiter to learn from.
+    ``output_tokens_seen`` counts the output that arrived, also when the attempt failed.
+    ``ratelimit_headers`` holds the response headers the API's rate budget learns from
+    (``anthropic-ratelimit-*`` and ``retry-after``, lower-case names).
     """
 
     sent_at: float = 0.0

@@ -10,21 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.errors import FatalAPIError
+from batchrun.errors import SIGNAL_EXIT, FatalAPIError
 
 __all__ = [
-    "EXIT_FATAL",
-    "EXIT_OK",
-    "EXIT_ROW_ERRORS",
-    "SIGNAL_EXIT",
     "RunOutcome",
     "Stop",
     "catch_signals",
     "fatal_hint",
 ]
-
-EXIT_OK, EXIT_ROW_ERRORS, EXIT_FATAL = 0, 1, 3
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @dataclass(frozen=True, slots=True)

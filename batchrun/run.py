@@ -24,17 +24,13 @@ import structlog
 
 from batchrun.call.endpoint import api_key, base_url, http_client
 from batchrun.call.retry import Sleep
-from batchrun.call.stream import RunContext, process
+from batchrun.call.stream import StreamContext, process
 from batchrun.clock import Clock
-from batchrun.errors import FatalAPIError
+from batchrun.errors import EXIT_FATAL, EXIT_OK, EXIT_ROW_ERRORS, SIGNAL_EXIT, FatalAPIError
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
 from batchrun.models import RequestItem
 from batchrun.outcome import (
-    EXIT_FATAL,
-    EXIT_OK,
-    EXIT_ROW_ERRORS,
-    SIGNAL_EXIT,
     RunOutcome,
     Stop,
     catch_signals,
@@ -52,6 +48,7 @@ from batchrun.record.rundir import (
 )
 from batchrun.schedule.limits import Budget, CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
+from batchrun.telemetry.genai import RequestTelemetry
 from batchrun.telemetry.progress import Progress
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
@@ -151,7 +148,7 @@ async def run_job(
                         )
                     stop.event.set()
 
-                ctx = RunContext(
+                ctx = StreamContext(
                     job=job,
                     run_id=run_id,
                     client=client,
@@ -160,8 +157,7 @@ async def run_job(
                     sleep=sleep,
                     budget=budget,
                     progress=progress,
-                    telemetry=telemetry,
-                    run_span=run_span.get_span_context(),
+                    telemetry=RequestTelemetry(job, telemetry, run_span.get_span_context(), clock),
                     on_fatal=on_fatal,
                 )
                 try:
@@ -200,7 +196,7 @@ async def run_job(
 
 
 async def _dispatch(
-    ctx: RunContext, items: AsyncIterator[RequestItem], stop: Stop, grace_s: float
+    ctx: StreamContext, items: AsyncIterator[RequestItem], stop: Stop, grace_s: float
 ) -> None:
     """Run every item through the pool, flushing checkpoints, until done or stopped."""
     loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import structlog
 
-from batchrun.apis import bodies as apis
+from batchrun.apis import APIS
 from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
 from batchrun.call.transport import AiohttpTransport
@@ -131,8 +131,8 @@ async def drive(spec: dict[str, Any]) -> list[list[float]]:
             n = next(counter)
             text = f"[{spec['tag']}-{n}] {filler}"
             item = RequestItem(str(n), 0, ({"role": "user", "content": text},))
-            body = apis.build_body(
-                "messages", item, model="claude-sonnet-4-5", max_tokens=spec["max_tokens"]
+            body = APIS["messages"].body(
+                item, {"model": "claude-sonnet-4-5", "max_tokens": spec["max_tokens"]}
             )
             body["stream"] = True
             while time.time() < deadline:
@@ -141,7 +141,7 @@ async def drive(spec: dict[str, Any]) -> list[list[float]]:
                 attempt = Attempt()
                 try:
                     attempt = await stream_attempt(
-                        client, "messages", body, total_s=30, clock=clock
+                        client, APIS["messages"], body, total_s=30, clock=clock
                     )
                 finally:
                     budget.settle(reservation, attempt)

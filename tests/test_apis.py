@@ -11,10 +11,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from batchrun.apis.bodies import build_body, complete_prompt, request_path, validate_complete_prompt
-from batchrun.apis.folds import CompleteFold, Fold, MessagesFold, new_fold
+from batchrun.apis import APIS, Fold
+from batchrun.apis.complete import CompleteFold, complete_prompt, validate_complete_prompt
+from batchrun.apis.messages_fold import MessagesFold
 from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
+from batchrun.job.schema import RequestConfig
 from batchrun.models import Completion, RequestItem
 
 # shared/ sits beside the repository, on developers' machines and in CI alike.
@@ -45,6 +47,15 @@ def decode_file(path: Path) -> list[ServerSentEvent]:
     return SSEDecoder().feed(path.read_bytes() + b"\n\n")
 
 
+def new_fold(api: str) -> Fold:
+    return APIS[api].new_fold()
+
+
+def build_body(api: str, it: RequestItem, **request: Any) -> dict[str, Any]:
+    """The body ``api`` makes of ``it`` for a job whose ``request:`` section holds ``request``."""
+    return APIS[api].body(it, RequestConfig(api=api, **request).params)
+
+
 def fold(api: Any, events: list[ServerSentEvent]) -> tuple[Fold, list[bool]]:
     """Feed every event to a fresh fold; the fold and what each feed returned."""
     folder = new_fold(api)
@@ -62,8 +73,8 @@ def blocks(completion: Completion) -> list[dict[str, Any]]:
 
 def test_request_paths() -> None:
     """Each API posts to its own endpoint."""
-    assert request_path("messages") == "/v1/messages"
-    assert request_path("complete") == "/v1/complete"
+    assert APIS["messages"].path == "/v1/messages"
+    assert APIS["complete"].path == "/v1/complete"
 
 
 def test_messages_body_minimal() -> None:
@@ -423,10 +434,11 @@ def test_fixture_cut_before_message_stop_is_not_a_result(path: Path) -> None:
     events = [e for e in decode_file(path) if e.event != "message_stop"]
     folder, _ = fold("messages", events)
     assert not folder.done
+    seen = folder.output_tokens_seen
     with pytest.raises(RetryableError) as caught:
         folder.result()
     assert caught.value.error_type == "stream_error"
-    assert caught.value.output_tokens_seen == folder.output_tokens_seen
+    assert folder.output_tokens_seen == seen  # what arrived stays counted on the fold
 
 
 # --- Messages streams: synthetic events --------------------------------------------------------
@@ -676,7 +688,7 @@ def test_error_event_midstream_is_retryable(payload: dict[str, Any]) -> None:
         folder.feed(sse("error", payload))
     assert caught.value.error_type == "overloaded_error"
     assert caught.value.message == "Overloaded"
-    assert caught.value.output_tokens_seen == 1
+    assert folder.output_tokens_seen == 1
     with pytest.raises(RetryableError):
         folder.result()  # the partial text is not a completion
 
@@ -691,7 +703,7 @@ def test_error_event_midstream_is_retryable(payload: dict[str, Any]) -> None:
     ],
 )
 def test_error_event_is_classified_like_the_http_error(error: dict[str, Any], kind: type) -> None:
-    """Error events go through errors.api_error; one without a type counts as api_error."""
+    """Error events go through the API's error table; one without a type counts as api_error."""
     with pytest.raises(kind):
         new_fold("messages").feed(sse("error", {"type": "error", "error": error}))
 
@@ -714,7 +726,7 @@ def test_malformed_json_is_a_short_stream_error() -> None:
     assert caught.value.error_type == "stream_error"
     assert "content_block_delta" in caught.value.message
     assert len(caught.value.message) <= 300
-    assert caught.value.output_tokens_seen == 1
+    assert folder.output_tokens_seen == 1
 
 
 @pytest.mark.parametrize("data", ["[1, 2]", '"text"', "null", "3"])
@@ -782,7 +794,7 @@ def test_legacy_seed_error_example() -> None:
     with pytest.raises(RetryableError) as caught:
         folder.feed(events[1])
     assert caught.value.error_type == "overloaded_error"
-    assert caught.value.output_tokens_seen == 1
+    assert folder.output_tokens_seen == 1
 
 
 def test_legacy_stop_field_and_untyped_payloads() -> None:
@@ -822,7 +834,7 @@ def test_legacy_stream_without_stop_reason_is_incomplete() -> None:
     with pytest.raises(RetryableError) as caught:
         folder.result()
     assert caught.value.error_type == "stream_error"
-    assert caught.value.output_tokens_seen == 1
+    assert folder.output_tokens_seen == 1
 
 
 def test_legacy_malformed_payloads() -> None:
@@ -896,7 +908,7 @@ def _outcome(feed: Any, fold: MessagesFold) -> tuple[Any, ...]:
         feed()
         ending: Any = fold.result()
     except (RetryableError, PermanentError) as exc:
-        ending = (type(exc).__name__, exc.error_type, exc.message, exc.output_tokens_seen)
+        ending = (type(exc).__name__, exc.error_type, exc.message)
     return ending, fold.content, fold.output_tokens_seen
 
 
@@ -911,11 +923,11 @@ def test_feed_all_is_feeding_one_event_at_a_time(
     """However a stream's events are grouped into reads, the fold ends the same: the batched
     decoding of text deltas takes exactly what single events would, in the same order."""
     events = [*_HEAD, *middle, *_TAIL]
-    one = MessagesFold()
+    one = APIS["messages"].new_fold()
     expected = _outcome(lambda: [one.feed(e) for e in events], one)
     bounds = sorted({0, len(events), *(min(c, len(events)) for c in cuts)})
     reads = [events[a:b] for a, b in itertools.pairwise(bounds)]
-    many = MessagesFold()
+    many = APIS["messages"].new_fold()
     assert _outcome(lambda: [many.feed_all(read) for read in reads], many) == expected
 
 
@@ -925,7 +937,7 @@ def test_a_read_of_text_deltas_counts_each_as_content() -> None:
         sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": str(i)}})
         for i in range(20)
     ]
-    folder = MessagesFold()
+    folder = APIS["messages"].new_fold()
     folder.feed_all([*_HEAD[:2], *deltas, *_TAIL])
     assert folder.content == 20
     assert folder.result().text == "".join(str(i) for i in range(20))

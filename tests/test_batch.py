@@ -19,7 +19,7 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrun.apis.folds import MessagesFold, message_completion
+from batchrun.apis import APIS
 from batchrun.apis.sse import SSEDecoder
 from batchrun.batch import BatchLimits, cancel_job, run_batch_job
 from batchrun.batch.entries import custom_id
@@ -457,7 +457,7 @@ async def test_the_cost_line_in_run_json_and_the_report(
 )
 def test_a_message_folds_like_its_stream(path: Path) -> None:
     """For every captured stream: the message it streams, read whole, is the same Completion."""
-    fold = MessagesFold()
+    fold = APIS["messages"].new_fold()
     for event in SSEDecoder().feed(path.read_bytes() + b"\n\n"):
         fold.feed(event)
     if not fold.done:
@@ -472,4 +472,4 @@ def test_a_message_folds_like_its_stream(path: Path) -> None:
         "stop_sequence": streamed.stop_sequence,
         "usage": {"input_tokens": streamed.input_tokens, "output_tokens": streamed.output_tokens},
     }
-    assert message_completion(message) == streamed
+    assert APIS["messages"].batch_completion(message) == streamed

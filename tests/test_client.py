@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
+from batchrun.apis import APIS
 from batchrun.call.attempt import parse_retry_after, stream_attempt
 from batchrun.call.endpoint import ApiClient
 from batchrun.clock import Clock
@@ -40,7 +41,7 @@ async def _attempt(
     ) as client:
         return await stream_attempt(
             client,
-            api,
+            APIS[api],
             BODY,
             total_s=total_s,  # type: ignore[arg-type]
             clock=Clock(),
@@ -153,7 +154,7 @@ async def test_http_errors_are_classified_as_the_protocol_says(
     assert attempt.error is not None
     assert attempt.error.error_type == error_type
     assert attempt.error.http_status == status
-    assert attempt.error.request_id == "req_err"
+    assert attempt.request_id == "req_err"
     assert attempt.completion is None
 
 
@@ -189,10 +190,10 @@ async def test_overload_inside_the_stream_fails_the_attempt() -> None:
     assert isinstance(attempt.error, RetryableError)
     assert attempt.error.error_type == "overloaded_error"
     assert attempt.error.http_status == 200
-    assert attempt.error.request_id == "req_test"
+    assert attempt.request_id == "req_test"
     assert attempt.completion is None
     assert len(attempt.chunk_offsets) == 3
-    assert attempt.error.ttft_s == attempt.chunk_offsets[0]
+    assert attempt.ttft_s == attempt.chunk_offsets[0]
 
 
 async def test_a_stream_without_its_final_event_is_an_error() -> None:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrun.apis.folds import CompleteFold, MessagesFold
+from batchrun.apis import APIS
 from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
@@ -165,7 +165,7 @@ def test_a_streamed_200_is_a_complete_stream(http: httpx.Client, body: dict[str,
     response = http.post(path, content=_encode(body), headers=HEADERS)
     _assert_api_answer(response)
     if response.status_code == 200:
-        fold = MessagesFold() if path == "/v1/messages" else CompleteFold()
+        fold = APIS["messages" if path == "/v1/messages" else "complete"].new_fold()
         for event in SSEDecoder().feed(response.content):
             fold.feed(event)
         assert isinstance(fold.result(), Completion)
@@ -299,7 +299,7 @@ def test_a_deeply_nested_body_is_a_400(http: httpx.Client) -> None:
 
 def _fold_all(events: list[ServerSentEvent]) -> None:
     """Feed ``events`` to both folds; only AttemptError may escape, before or at result()."""
-    for fold in (MessagesFold(), CompleteFold()):
+    for fold in (APIS["messages"].new_fold(), APIS["complete"].new_fold()):
         try:
             for event in events:
                 fold.feed(event)
@@ -363,7 +363,7 @@ def test_a_cut_or_damaged_real_stream_is_never_a_false_success(data: st.DataObje
     raw = data.draw(st.sampled_from(FIXTURE_FILES)).read_bytes()
     cut = data.draw(st.integers(0, len(raw)))
     head = raw[:cut]
-    fold = MessagesFold()
+    fold = APIS["messages"].new_fold()
     try:
         for event in SSEDecoder().feed(head):
             fold.feed(event)
@@ -423,7 +423,7 @@ def test_a_deeply_nested_error_body_is_an_attempt_error() -> None:
         transport = httpx.MockTransport(handler)
         async with ApiClient(transport=transport, base_url="http://sim") as client:
             result = await stream_attempt(
-                client, "messages", {"model": "m"}, total_s=5, clock=Clock()
+                client, APIS["messages"], {"model": "m"}, total_s=5, clock=Clock()
             )
         assert isinstance(result.error, AttemptError)
 

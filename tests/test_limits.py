@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from batchrun.apis import bodies as apis
+from batchrun.apis import APIS
+from batchrun.apis.anthropic import classify
 from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
 from batchrun.call.transport import AiohttpTransport
 from batchrun.clock import Clock
-from batchrun.errors import PermanentError, api_error
+from batchrun.errors import PermanentError
 from batchrun.job.schema import LimitsConfig
 from batchrun.models import Attempt, Completion, RequestItem
 from batchrun.schedule.limits import (
@@ -92,7 +93,7 @@ def _ok(
 
 
 def _failed(status: int, error_type: str, retry_after: float | None = None) -> Attempt:
-    error = api_error(error_type, "m", http_status=status, retry_after=retry_after)
+    error = classify(error_type, "m", http_status=status, retry_after=retry_after)
     return Attempt(http_status=status, error=error)
 
 
@@ -556,14 +557,14 @@ async def _drive(base_url: str, budget: RateBudget, requests: int, workers: int)
             while queue:
                 n = queue.pop()
                 item = RequestItem(str(n), 0, ({"role": "user", "content": f"question {n}"},))
-                body = apis.build_body("messages", item, model="claude-sonnet-4-5", max_tokens=50)
+                body = APIS["messages"].body(item, {"model": "claude-sonnet-4-5", "max_tokens": 50})
                 body["stream"] = True
                 while True:
                     reservation = await budget.acquire(body)
                     attempt = Attempt()
                     try:
                         attempt = await stream_attempt(
-                            client, "messages", body, total_s=10, clock=clock
+                            client, APIS["messages"], body, total_s=10, clock=clock
                         )
                     finally:
                         budget.settle(reservation, attempt)

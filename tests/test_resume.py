@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun.call.stream import build_request
+from batchrun.apis import build_request
 from batchrun.errors import JobError, RunLockedError
 from batchrun.job.schema import Job, load_job
 from batchrun.load.inputs import iter_batches
@@ -259,7 +259,11 @@ def _write_folder(
     writer = ResultsWriter(run_dir)
     for (id_, sample), status in rows.items():
         item = items.get((id_, sample))
-        digest = build_request(job, item)[1] if item is not None else "f" * 64
+        digest = (
+            build_request(job.request.api_spec, item, job.request.params)[1]
+            if item is not None
+            else "f" * 64
+        )
         request_hash = (hashes or {}).get((id_, sample), digest)
         writer.add(stored_result(id_, sample, status, at=T0, request_hash=request_hash), [])
     writer.flush()

@@ -1,12 +1,12 @@
 """Batch mode's calls to the Message Batches API: create, retrieve, list, cancel, results.
 
 One method per endpoint, each one HTTP request (no retries, no waiting: the caller decides).
-Every failure leaves as an :class:`~batchrun.errors.AttemptError` classified by
-:func:`~batchrun.errors.api_error`; httpx's exceptions are translated here. A 4xx means the API
-answered and refused (:func:`refused`); anything else (no answer, a timeout, a 5xx, a 200 that
-cannot be read) leaves a ``create`` in doubt, which only the batch list can settle. Results are
-read as JSON lines from the batch's ``results_url`` path on the job's own endpoint, so the key
-never goes to a host the job did not name.
+Every failure leaves as an :class:`~batchrun.errors.AttemptError` classified by the API's own
+table (:meth:`~batchrun.apis.Api.classify`); httpx's exceptions are translated here. A 4xx
+means the API answered and refused (:func:`refused`); anything else (no answer, a timeout, a
+5xx, a 200 that cannot be read) leaves a ``create`` in doubt, which only the batch list can
+settle. Results are read as JSON lines from the batch's ``results_url`` path on the job's own
+endpoint, so the key never goes to a host the job did not name.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from batchrun.apis import Api
 from batchrun.call.attempt import http_error
 from batchrun.errors import AttemptError, RetryableError
 
@@ -48,15 +49,17 @@ def parse_time(text: Any) -> datetime | None:
 
 
 class BatchesAPI:
-    """The Message Batches endpoints on a configured client (base URL, key, version, timeouts)."""
+    """The Message Batches endpoints on a configured client (base URL, key, version, timeouts);
+    errors are read as ``api`` (the job's) reads them."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, api: Api) -> None:
         self.client = client
+        self.api = api
 
     async def create(self, body: bytes) -> tuple[dict[str, Any], str | None]:
         """Create a batch from a ready JSON body; the batch object and the response's request-id."""
         response = await self._send("POST", BATCHES, content=body)
-        return _object(response), response.headers.get("request-id")
+        return _object(response), response.headers.get(self.api.request_id_header)
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         return _object(await self._send("GET", f"{BATCHES}/{batch_id}"))
@@ -90,7 +93,7 @@ class BatchesAPI:
         try:
             async with self.client.stream("GET", path) as response:
                 if response.status_code != 200:
-                    raise await http_error(response)
+                    raise await http_error(self.api, response)
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -111,7 +114,7 @@ class BatchesAPI:
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if response.status_code != 200:
-            raise await http_error(response)
+            raise await http_error(self.api, response)
         return response
 
 
@@ -123,7 +126,6 @@ def _object(response: httpx.Response) -> dict[str, Any]:
             "invalid_response",
             f"{response.request.method} {response.request.url.path}: the answer is not JSON",
             http_status=response.status_code,
-            request_id=response.headers.get("request-id"),
         ) from exc
     if not isinstance(payload, dict):
         raise RetryableError("invalid_response", "the answer is not a JSON object")

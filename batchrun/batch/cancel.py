@@ -20,9 +20,9 @@ from batchrun.batch.run import run_batch_job
 from batchrun.batch.state import load_state, request_cancel
 from batchrun.call.endpoint import api_key, http_client
 from batchrun.call.retry import Sleep
-from batchrun.errors import AttemptError, JobError, RunLockedError
+from batchrun.errors import EXIT_OK, AttemptError, JobError, RunLockedError
 from batchrun.job.schema import Job
-from batchrun.outcome import EXIT_OK, RunOutcome
+from batchrun.outcome import RunOutcome
 
 __all__ = ["cancel_job"]
 
@@ -58,7 +58,7 @@ async def cancel_job(
     base_url = str(job.endpoint.base_url)
     if open_ids and base_url != "sim":  # an in-process simulator belongs to the running process
         async with http_client(job, base_url, api_key(job), transport) as client:
-            api = BatchesAPI(client)
+            api = BatchesAPI(client, job.request.api_spec)
             for batch_id in open_ids:
                 try:
                     await api.cancel(batch_id)

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from batchrun.apis import Api
 from batchrun.batch.api import BatchesAPI, parse_time
 from batchrun.batch.entries import Entry
 from batchrun.batch.rows import BatchTimes, settle
@@ -42,6 +43,7 @@ class Recorder:
 
     writer: ResultsWriter
     run_id: str
+    api: Api
     model: str
     max_attempts: int
     clock: Clock
@@ -55,6 +57,7 @@ class Recorder:
             result,
             entry,
             run_id=self.run_id,
+            api=self.api,
             model=self.model,
             times=times,
             may_retry=may_retry and entry.attempt < self.max_attempts,

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from batchrun.call.stream import build_request
+from batchrun.apis import build_request
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem
 
@@ -89,7 +89,7 @@ class Entry:
 def make_entry(job: Job, item: RequestItem, salt: str) -> tuple[Entry, bytes]:
     """``item`` as the first attempt of a batch entry, and its wire form: the
     ``{"custom_id": ..., "params": ...}`` object a batch body carries."""
-    params, request_hash = build_request(job, item)
+    params, request_hash = build_request(job.request.api_spec, item, job.request.params)
     params.pop("stream", None)
     entry = Entry(custom_id(salt, item.id, item.sample), item.id, item.sample, request_hash)
     # ASCII-only JSON: a lone surrogate in a prompt stays an escape, never invalid UTF-8 that

@@ -1,7 +1,7 @@
 """Batch mode's record step: one result of an ended batch as a result row and an attempt row.
 
 As in stream mode: ``succeeded`` is an ``ok`` row whose completion, content_json, stop reason
-and usage come from :func:`~batchrun.folds.message_completion`, so both modes fill them the same
+and usage come from :meth:`~batchrun.apis.Api.batch_completion`, so both modes fill them the same
 way; ``errored`` is retried in a follow-up batch when its error type is retryable and attempts
 remain, else an ``error`` row of that type; ``canceled`` and ``expired`` are ``error`` rows of
 those types. Timing columns are null, since a batch has no per-request timing; ``started_at``
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from batchrun.apis.folds import message_completion
+from batchrun.apis import Api
 from batchrun.batch.api import parse_time
 from batchrun.batch.entries import Entry
 from batchrun.clock import Clock
-from batchrun.errors import AttemptError, PermanentError, RetryableError, api_error
+from batchrun.errors import AttemptError, PermanentError, RetryableError
 from batchrun.models import Attempt, Completion, RequestItem
 from batchrun.record.parquet import attempt_row, result_row
 
@@ -58,7 +58,7 @@ class Settled:
     error: AttemptError | None
 
 
-def outcome(result: Any) -> Completion | AttemptError:
+def outcome(result: Any, api: Api) -> Completion | AttemptError:
     """A result object (``{"type": ..., ...}``) as a completion or the error it carries;
     ``None`` (no line for the request) is a retryable ``missing_result``."""
     if result is None:
@@ -66,7 +66,7 @@ def outcome(result: Any) -> Completion | AttemptError:
     kind = result.get("type") if isinstance(result, dict) else None
     if kind == "succeeded":
         try:
-            return message_completion(result.get("message"))
+            return api.batch_completion(result.get("message"))
         except AttemptError as exc:
             return exc
     if kind == "errored":
@@ -75,7 +75,7 @@ def outcome(result: Any) -> Completion | AttemptError:
         inner = error.get("error") if isinstance(error, dict) else None
         detail = inner if isinstance(inner, dict) else error if isinstance(error, dict) else {}
         error_type, message = detail.get("type"), detail.get("message")
-        return api_error(
+        return api.classify(
             error_type if isinstance(error_type, str) and error_type else "api_error",
             message[:500] if isinstance(message, str) else "errored in the batch",
         )
@@ -89,6 +89,7 @@ def settle(
     entry: Entry,
     *,
     run_id: str,
+    api: Api,
     model: str,
     times: BatchTimes,
     may_retry: bool,
@@ -97,7 +98,7 @@ def settle(
     """The rows of ``entry``'s ``result`` (a result object, or an error that stands for one);
     a retryable error with ``may_retry`` gets no result row (the request goes again, as
     attempt ``entry.attempt + 1``)."""
-    got = result if isinstance(result, AttemptError) else outcome(result)
+    got = result if isinstance(result, AttemptError) else outcome(result, api)
     error = got if isinstance(got, AttemptError) else None
     completion = got if isinstance(got, Completion) else None
     item = RequestItem(id=entry.id, sample=entry.sample, messages=())
@@ -110,7 +111,7 @@ def settle(
         run_id=run_id,
         item=item,
         model=model,
-        api="messages",
+        api=api.name,
         final=final,
         error=error,
         attempts=entry.attempt,

@@ -35,14 +35,17 @@ from batchrun.batch.state import (
 from batchrun.call.endpoint import api_key, base_url, http_client
 from batchrun.call.retry import Sleep
 from batchrun.clock import Clock
-from batchrun.errors import FatalAPIError, JobError
-from batchrun.job.schema import Job
-from batchrun.load.inputs import InputSummary, check_input
-from batchrun.outcome import (
+from batchrun.errors import (
     EXIT_FATAL,
     EXIT_OK,
     EXIT_ROW_ERRORS,
     SIGNAL_EXIT,
+    FatalAPIError,
+    JobError,
+)
+from batchrun.job.schema import Job
+from batchrun.load.inputs import InputSummary, check_input
+from batchrun.outcome import (
     RunOutcome,
     Stop,
     catch_signals,
@@ -125,7 +128,7 @@ async def run_batch_job(
                     job=job,
                     run_dir=run_dir,
                     run_id=run_id,
-                    api=BatchesAPI(client),
+                    api=BatchesAPI(client, job.request.api_spec),
                     writer=writer,
                     state=state,
                     clock=clock,

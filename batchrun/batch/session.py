@@ -76,6 +76,7 @@ class Session:
         self.recorder = Recorder(
             self.writer,
             self.run_id,
+            self.job.request.api_spec,
             self.job.request.model,
             self.job.retry.max_attempts,
             self.clock,

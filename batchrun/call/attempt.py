@@ -1,28 +1,28 @@
 """Stage 3: one streamed attempt over httpx, timed with a monotonic clock.
 
-Sends one request, reads its event stream to the final event and folds it into a
-:class:`~batchrun.records.Completion`, noting when every content delta arrived. Every failure
-leaves as an :class:`~batchrun.errors.AttemptError`: httpx's exceptions are translated here and
-nowhere else. This module does not retry, wait for budgets or write anything: the runner does.
+Sends one request, reads its event stream to the final event and folds it (with the API's own
+fold) into a :class:`~batchrun.models.Completion`, noting when every content delta arrived.
+Every failure leaves as an :class:`~batchrun.errors.AttemptError` on the returned
+:class:`~batchrun.models.Attempt`: httpx's exceptions are translated here and nowhere else. This
+module does not retry, wait for budgets or write anything: the stream driver does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from batchrun.apis import bodies as apis
-from batchrun.apis import folds
+from batchrun.apis import Api, Fold
 from batchrun.apis.sse import SSEDecoder
 from batchrun.call.endpoint import ApiClient
 from batchrun.clock import Clock
-from batchrun.errors import AttemptError, RetryableError, api_error
+from batchrun.errors import AttemptError, RetryableError
 from batchrun.models import Attempt
 
 __all__ = ["http_error", "parse_retry_after", "stream_attempt"]
@@ -30,9 +30,18 @@ __all__ = ["http_error", "parse_retry_after", "stream_attempt"]
 _MAX_ERROR_BODY = 64 * 1024
 
 
+@dataclass(slots=True)
+class _Response:
+    """What the response said before its body: filled in as it arrives."""
+
+    http_status: int | None = None
+    request_id: str | None = None
+    kept_headers: dict[str, str] = field(default_factory=dict)
+
+
 async def stream_attempt(
     client: ApiClient,
-    api: apis.Api,
+    api: Api,
     body: dict[str, Any],
     *,
     total_s: float,
@@ -44,66 +53,69 @@ async def stream_attempt(
     The outcome is in the returned :class:`Attempt`: ``completion`` on success, ``error`` (an
     :class:`AttemptError`) otherwise. Connect and idle timeouts are the client's; ``total_s``
     bounds the whole attempt, headers and body together. ``on_chunk`` is called with the
-    arrival offset of every read that brought content, as it arrives (the worker records its
+    arrival offset of every read that brought content, as it arrives (the driver records its
     per-chunk metric there, spread over the stream rather than in one burst at its end).
     """
-    attempt = Attempt(sent_at=clock.now())
-    fold = folds.new_fold(api)
+    sent_at = clock.now()
+    fold = api.new_fold()
+    response = _Response()
+    offsets: list[float] = []
+    completion = None
+    error: AttemptError | None = None
     try:
         async with asyncio.timeout(total_s):
-            await _read(client, api, body, attempt, fold, clock, on_chunk)
-        attempt.completion = fold.result()
+            await _read(client, api, body, response, fold, sent_at, offsets, clock, on_chunk)
+        completion = fold.result()
     except AttemptError as exc:
-        attempt.error = exc
+        error = exc
     except TimeoutError as exc:
-        attempt.error = RetryableError("timeout", f"attempt exceeded total_s={total_s:g}s")
-        attempt.error.__cause__ = exc
+        error = RetryableError("timeout", f"attempt exceeded total_s={total_s:g}s")
+        error.__cause__ = exc
     except httpx.TimeoutException as exc:
-        attempt.error = RetryableError("timeout", _timeout_message(exc))
-        attempt.error.__cause__ = exc
+        error = RetryableError("timeout", _timeout_message(exc))
+        error.__cause__ = exc
     except httpx.HTTPError as exc:
         # Connection refused or reset, a peer that closed mid-body, a protocol violation.
-        attempt.error = RetryableError("connection_error", f"{type(exc).__name__}: {exc}".strip())
-        attempt.error.__cause__ = exc
-    attempt.ended_at = clock.now()
-    attempt.output_tokens_seen = fold.output_tokens_seen
-    if attempt.error is not None:
-        if attempt.error.http_status is None:
-            attempt.error.http_status = attempt.http_status
-        if attempt.error.request_id is None:
-            attempt.error.request_id = attempt.request_id
-        attempt.error.output_tokens_seen = fold.output_tokens_seen
-        attempt.error.ttft_s = attempt.ttft_s
-    return attempt
+        error = RetryableError("connection_error", f"{type(exc).__name__}: {exc}".strip())
+        error.__cause__ = exc
+    if error is not None and error.http_status is None:
+        error.http_status = response.http_status  # an error event after HTTP 200
+    return Attempt(
+        sent_at=sent_at,
+        ended_at=clock.now(),
+        http_status=response.http_status,
+        request_id=response.request_id,
+        chunk_offsets=offsets,
+        completion=completion,
+        error=error,
+        output_tokens_seen=fold.output_tokens_seen,
+        ratelimit_headers=response.kept_headers,
+    )
 
 
 async def _read(
     client: ApiClient,
-    api: apis.Api,
+    api: Api,
     body: dict[str, Any],
-    attempt: Attempt,
-    fold: folds.Fold,
+    seen: _Response,
+    fold: Fold,
+    sent_at: float,
+    offsets: list[float],
     clock: Clock,
     on_chunk: Callable[[float], None] | None,
 ) -> None:
-    async with client.open_stream(apis.request_path(api), body) as response:
-        attempt.http_status = response.status_code
-        attempt.request_id = response.headers.get("request-id")
-        attempt.ratelimit_headers = {
-            name: value
-            for name, value in response.headers.items()
-            if name.startswith("anthropic-ratelimit-") or name in ("retry-after", "retry-after-ms")
-        }
+    async with client.open_stream(api.path, body) as response:
+        seen.http_status = response.status_code
+        seen.request_id = response.headers.get(api.request_id_header)
+        seen.kept_headers = api.budget_headers(response.headers)
         if response.status_code != 200:
-            raise await http_error(response)
+            raise await http_error(api, response)
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             raise RetryableError(
                 "stream_error", f"expected an event stream, got content-type {content_type!r}"
             )
         decoder = SSEDecoder()
-        sent_at = attempt.sent_at
-        offsets = attempt.chunk_offsets
         feed_all = fold.feed_all
         async for chunk in response.aiter_bytes():
             # Every event of one read arrived at once: one clock reading, before any parsing.
@@ -120,7 +132,7 @@ async def _read(
                 break
 
 
-async def http_error(response: httpx.Response) -> AttemptError:
+async def http_error(api: Api, response: httpx.Response) -> AttemptError:
     """Translate a non-200 response into the error the API meant."""
     raw = b""
     async for chunk in response.aiter_bytes():
@@ -128,30 +140,17 @@ async def http_error(response: httpx.Response) -> AttemptError:
         if len(raw) > _MAX_ERROR_BODY:
             break
     status = response.status_code
-    error_type, message = _error_body(raw, status, response.reason_phrase)
+    error_type, message = api.error_body(raw, status, response.reason_phrase)
     should_retry = {"true": True, "false": False}.get(
         response.headers.get("x-should-retry", "").lower()
     )
-    return api_error(
+    return api.classify(
         error_type,
         message,
         http_status=status,
-        request_id=response.headers.get("request-id"),
         retry_after=parse_retry_after(response.headers),
         should_retry=should_retry,
     )
-
-
-def _error_body(raw: bytes, status: int, reason: str) -> tuple[str, str]:
-    """The API's ``error.type`` and ``error.message``, or a stand-in for a body from a proxy."""
-    try:
-        payload = json.loads(raw)
-        error = payload["error"]
-        return str(error["type"]), str(error.get("message", ""))[:500]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        text = raw.decode("utf-8", "replace").strip()
-        snippet = " ".join(text.split())[:200]
-        return "http_error", f"HTTP {status} {reason}" + (f": {snippet}" if snippet else "")
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:

@@ -86,8 +86,7 @@ async def http_client(
     async with ApiClient(
         base_url=base_url,
         headers={
-            "x-api-key": api_key,
-            "anthropic-version": job.endpoint.anthropic_version,
+            **job.request.api_spec.headers(api_key, job.endpoint.anthropic_version),
             "content-type": "application/json",
             "user-agent": f"batchrun/{__version__}",
         },

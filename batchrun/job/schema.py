@@ -14,8 +14,9 @@ import glob
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from pydantic import (
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from batchrun.apis import APIS, Api, get_api
 from batchrun.errors import JobError
 from batchrun.job.messages import looks_like_key, model_in
 from batchrun.job.reader import load_model
@@ -114,10 +116,19 @@ class InputConfig(_Section):
         return list(dict.fromkeys(self.prompt_columns + self.system_columns))
 
 
+if TYPE_CHECKING:
+    ApiName = str
+else:
+    ApiName = Literal[tuple(APIS)]  # the registry's names: a new API is a new choice
+
+# The request keys that go on the wire, in the order a body holds them.
+_WIRE_KEYS = ("model", "max_tokens", "stop_sequences", "temperature", "top_p", "top_k")
+
+
 class RequestConfig(_Section):
     """What each request asks the model for."""
 
-    api: Literal["messages", "complete"] = "messages"
+    api: ApiName = "messages"
     model: str = Field(default="claude-sonnet-4-5", min_length=1)
     max_tokens: int = Field(default=256, ge=1, le=128_000)
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -137,13 +148,34 @@ class RequestConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _batchable(self) -> RequestConfig:
-        if self.mode == "batch" and self.api == "complete":
+    def _fits_api(self) -> RequestConfig:
+        api = get_api(self.api)
+        if self.mode == "batch" and not api.batchable:
+            batchable = " or ".join(f"api: {a.name}" for a in APIS.values() if a.batchable)
             raise ValueError(
-                "mode: batch needs api: messages; the legacy Text Completions API "
-                "(api: complete) has no batch form: use mode: stream, or api: messages"
+                f"mode: batch needs {batchable}; {api.title} (api: {api.name}) has no batch "
+                f"form: use mode: stream, or {batchable}"
             )
+        refused = [key for key in self.params if key not in api.accepts]
+        if refused:
+            raise ValueError(f"api: {api.name} does not take {', '.join(refused)}")
         return self
+
+    @property
+    def api_spec(self) -> Api:
+        """The API this job speaks (its path, body, folds and error table)."""
+        return get_api(self.api)
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        """The request keys sent with every request, as the API takes them: unset ones (null,
+        an empty list) left out. Made once per job, not per request."""
+        values = ((key, getattr(self, key)) for key in _WIRE_KEYS)
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in values
+            if value is not None and value != ()
+        }
 
 
 def _split_url(value: str) -> SplitResult:

@@ -128,7 +128,7 @@ def _file_problems(
             continue
         for local, ident_, cell in df.select(LOCAL, ID, column).iter_rows():
             try:
-                parse_messages(cell, kind=kind, text_only=job.request.api == "complete")
+                parse_messages(cell, kind=kind, text_only=job.request.api_spec.text_only)
             except ValueError as exc:
                 found_messages += 1
                 if found_messages <= _SHOWN:
@@ -283,7 +283,7 @@ def _items(
     content: str,
     kind: CellKind | None,
 ) -> list[RequestItem]:
-    samples, text_only = job.request.samples, job.request.api == "complete"
+    samples, text_only = job.request.samples, job.request.api_spec.text_only
     systems = df[SYSTEM].to_list() if SYSTEM in df.columns else [None] * df.height
     items: list[RequestItem] = []
     for (row, file, local, ident, cell), system in zip(

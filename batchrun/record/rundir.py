@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from batchrun import __version__
-from batchrun.call.stream import build_request
+from batchrun.apis import build_request
 from batchrun.clock import Clock
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
@@ -201,7 +201,8 @@ def resume_plan(job: Job, run_dir: Path, limit: int | None, retry_errors: bool) 
         rows = stored.is_not_null().arg_true()
         if rows.is_empty():
             continue
-        sent = request_keys([build_request(job, block[n])[1] for n in rows])
+        api, params = job.request.api_spec, job.request.params
+        sent = request_keys([build_request(api, block[n], params)[1] for n in rows])
         differs = rows.filter(sent != stored.gather(rows))
         count += differs.len()
         for n in differs.head(max(0, 3 - len(changed))):

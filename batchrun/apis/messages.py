@@ -1,0 +1,73 @@
+"""The Messages API (``POST /v1/messages``): request body, stream fold, batch results.
+
+Part of :mod:`batchrun.apis`. Pure code: no I/O, no retries, no clocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from batchrun.apis.anthropic import AnthropicApi
+from batchrun.apis.fold import payload_int, payload_str
+from batchrun.apis.messages_fold import MessagesFold, blocks_text
+from batchrun.errors import RetryableError
+from batchrun.models import Completion, RequestItem
+
+__all__ = ["MESSAGES", "Messages"]
+
+
+class Messages(AnthropicApi):
+    """``POST /v1/messages``, streamed; its batch form is the Message Batches API."""
+
+    name = "messages"
+    path = "/v1/messages"
+    title = "the Messages API"
+    operation = "chat"
+    text_only = False
+    batchable = True
+    accepts = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences"})
+
+    def __str__(self) -> str:
+        return self.name
+
+    def body(self, item: RequestItem, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The streaming request body: ``params`` (request keys, ``None`` left out) with the
+        item's conversation."""
+        body: dict[str, Any] = {"model": params["model"], "max_tokens": params["max_tokens"]}
+        body["messages"] = list(item.messages)
+        if item.system:
+            body["system"] = item.system
+        for key, value in params.items():
+            if key not in body and value is not None:
+                body[key] = value
+        body["stream"] = True
+        return body
+
+    def new_fold(self) -> MessagesFold:
+        return MessagesFold(self.classify)
+
+    def batch_completion(self, message: Any) -> Completion:
+        """A non-streaming response (a ``message`` object) as the Completion its stream would
+        have folded into: the same text, ``content_json``, stop reason and usage.
+
+        Raises ``RetryableError("invalid_response")`` when ``message`` lacks a content list.
+        """
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
+            raise RetryableError("invalid_response", "the message has no list of content blocks")
+        usage = message.get("usage")
+        return Completion(
+            text=blocks_text(content),
+            stop_reason=payload_str(message, "stop_reason"),
+            stop_sequence=payload_str(message, "stop_sequence"),
+            content_json=json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+            input_tokens=payload_int(usage, "input_tokens"),
+            output_tokens=payload_int(usage, "output_tokens"),
+            response_id=payload_str(message, "id"),
+            response_model=payload_str(message, "model"),
+        )
+
+
+MESSAGES = Messages()
