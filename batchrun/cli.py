@@ -206,7 +206,7 @@ def _run(ns: argparse.Namespace) -> int:
 
     job = load_job(ns.job, ns.overrides)
     if ns.cancel:
-        from batchrun.batch import cancel_job
+        from batchrun.run import cancel_job
 
         outcome = asyncio.run(cancel_job(job, limit=ns.limit))
     else:

@@ -1,17 +1,22 @@
 """The data types the pipeline's stages hand to each other.
 
 Stages meet here and nowhere else: ``inputs`` makes :class:`RequestItem`, ``apis`` folds a stream
-into a :class:`Completion`. No I/O, no behaviour beyond small derived properties.
+into a :class:`Completion`, an attempt is an :class:`Attempt`; the run tells its driver to
+:class:`Stop` and ends with a :class:`RunOutcome`. No I/O, no behaviour beyond small derived
+properties.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from batchrun.errors import AttemptError
+from batchrun.errors import AttemptError, FatalAPIError
 
-__all__ = ["Attempt", "Completion", "RequestItem"]
+__all__ = ["Attempt", "Completion", "RequestItem", "RunOutcome", "Stop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +82,30 @@ class Attempt:
     @property
     def e2e_s(self) -> float:
         return self.ended_at - self.sent_at
+
+
+@dataclass
+class Stop:
+    """Why a run stops sending early, if it does: set by the run, watched by its driver.
+
+    ``event`` is set by a fatal API error or a signal (no new requests); ``interrupted`` by a
+    signal only (requests in flight get the grace period).
+    """
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    fatal: FatalAPIError | None = None
+    signal: signal.Signals | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended: where its files are, its counts and the process exit code."""
+
+    run_dir: Path
+    run_id: str
+    counts: dict[str, int]
+    exit_code: int
+    status: str  # complete | aborted | interrupted | canceled | cancel_requested
+    message: str | None = None
+    sent: int = 0  # requests this run took on (the rest were already done)

@@ -1,41 +1,34 @@
-"""The composition root: wires load → schedule → call (with retries) → record for one job.
+"""The composition root: one run lifecycle for both modes, wiring load → schedule → call → record.
 
-``run_job`` is the only function that knows every stage. It takes the run folder's lock, plans
-the resume (``rundir``), opens the client (``endpoint``), starts the simulator when the job asks
-for ``sim``, sets up telemetry and the budget, handles signals and decides the exit code
-(``outcome``). Requests themselves are
-``worker.process``'s; this module decides nothing about a single request.
+:func:`run_job` opens a run (input check, the folder's lock, the resume plan, the run id, the
+endpoint and client, the writer, telemetry and the run's span, signals), hands it to the mode's
+driver (:class:`~batchrun.call.stream.StreamMode` or :class:`~batchrun.batch.driver.BatchMode`)
+and closes it (final files, manifest, summary, exit code). It is the only module that knows
+every stage; it decides nothing about a single request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import hashlib
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import httpx
 import structlog
+from opentelemetry.trace import Span
 
-from batchrun.call.endpoint import api_key, base_url, http_client
+from batchrun.call.endpoint import ApiClient, api_key, base_url, http_client
 from batchrun.call.retry import Sleep
-from batchrun.call.stream import StreamContext, process
+from batchrun.call.stream import StreamMode
 from batchrun.clock import Clock
-from batchrun.errors import EXIT_FATAL, EXIT_OK, EXIT_ROW_ERRORS, SIGNAL_EXIT, FatalAPIError
+from batchrun.errors import EXIT_FATAL, SIGNAL_EXIT, FatalAPIError, JobError, RunLockedError
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
-from batchrun.models import RequestItem
-from batchrun.outcome import (
-    RunOutcome,
-    Stop,
-    catch_signals,
-    fatal_hint,
-)
+from batchrun.models import RequestItem, RunOutcome, Stop
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.record.rundir import (
@@ -46,17 +39,63 @@ from batchrun.record.rundir import (
     pending_items,
     resume_plan,
 )
-from batchrun.schedule.limits import Budget, CountTokens, RateBudget, make_budget
-from batchrun.schedule.pool import run_pool
-from batchrun.telemetry.genai import RequestTelemetry
-from batchrun.telemetry.progress import Progress
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
-__all__ = ["RunOutcome", "run_job"]
+if TYPE_CHECKING:
+    from batchrun.batch.entries import BatchLimits
+
+__all__ = ["RunOutcome", "cancel_job", "run_job"]
 
 log = structlog.get_logger()
 
-_FLUSH_EVERY_S = 0.2  # at most this much finished work is lost to a kill -9
+
+class Mode(Protocol):
+    """What a mode's driver adds to the one run lifecycle."""
+
+    interrupted_note: str  # logged when a signal stops the run
+
+    @property
+    def grace_s(self) -> float | None:
+        """After a signal, how long requests in flight may finish (``None``: no grace)."""
+        ...
+
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Under the lock, before the resume plan: the mode's own state in the run folder."""
+        ...
+
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
+        """Requests sent by an earlier process and not collected yet: not to send again."""
+        ...
+
+    def started(self) -> dict[str, Any]: ...
+
+    async def drive(
+        self,
+        *,
+        run_dir: Path,
+        run_id: str,
+        client: ApiClient,
+        writer: ResultsWriter,
+        items: AsyncIterator[RequestItem],
+        telemetry: Telemetry,
+        run_span: Span,
+        todo: int,
+    ) -> None:
+        """Send what ``items`` holds until done or ``stop``; may raise FatalAPIError."""
+        ...
+
+    @property
+    def sent(self) -> int: ...
+
+    def interrupted_message(self) -> str | None: ...
+
+    def ending(self, counts: dict[str, int], requests: int) -> tuple[str, int, str | None]: ...
+
+    def span_attributes(self) -> dict[str, Any]: ...
+
+    def finished(self) -> dict[str, Any]: ...
+
+    def manifest(self) -> dict[str, Any]: ...
 
 
 async def run_job(
@@ -66,54 +105,66 @@ async def run_job(
     fresh: bool = False,
     retry_errors: bool = False,
     grace_s: float = 10.0,
+    cancel: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock | None = None,
     sleep: Sleep = asyncio.sleep,
-    budget: Budget | None = None,
     progress_stream: TextIO | None = None,
     telemetry: Telemetry | None = None,
+    batch_limits: BatchLimits | None = None,
 ) -> RunOutcome:
     """Run ``job`` to the end (or to an abort or a signal) and return how it ended.
 
     Resumes what an earlier run left in the run folder unless ``fresh``; rows that ended in
     ``error`` are sent again only with ``retry_errors``. On SIGINT/SIGTERM no new request starts
-    and requests in flight get ``grace_s`` to finish. ``transport`` replaces httpx's network
-    transport; ``clock`` and ``sleep`` make time injectable; ``telemetry`` replaces the
-    exporters the job asks for (tests pass in-memory ones).
+    and (stream mode) requests in flight get ``grace_s`` to finish. Batch mode picks up the
+    batches an earlier process left running; ``cancel`` cancels them instead of sending, and
+    ``batch_limits`` (requests and bytes per batch) default to the API's. ``transport``
+    replaces httpx's network transport; ``clock`` and ``sleep`` make time injectable, down to
+    the rate budget; ``telemetry`` replaces the exporters the job asks for (tests pass
+    in-memory ones).
     """
-    if job.request.mode == "batch":
-        from batchrun.batch import run_batch_job  # imported only when a job asks for it
-
-        return await run_batch_job(
-            job,
-            limit=limit,
-            fresh=fresh,
-            retry_errors=retry_errors,
-            transport=transport,
-            clock=clock,
-            sleep=sleep,
-            telemetry=telemetry,
-        )
     summary = check_input(job, limit=limit)
     clock = clock or Clock()
     started = clock.now()
     key = api_key(job)
     run_dir = make_run_dir(job.run_dir(clock.wall(started)))
+    stop = Stop()
+
+    def on_fatal(exc: FatalAPIError) -> None:
+        if stop.fatal is None:
+            stop.fatal = exc
+            log.error(
+                "batchrun.run.aborting",
+                error_type=exc.error_type,
+                error=exc.message,
+                http_status=exc.http_status,
+            )
+        stop.event.set()
+
+    mode: Mode
+    if job.request.mode == "batch":
+        from batchrun.batch import BatchLimits, BatchMode  # loaded only when a job asks for it
+
+        mode = BatchMode(job, clock, sleep, stop, batch_limits or BatchLimits(), cancel)
+    else:
+        mode = StreamMode(job, clock, sleep, stop, on_fatal, grace_s, progress_stream)
     with RunLock(run_dir):
+        mode.prepare(run_dir, fresh)
         if fresh:
             clear(run_dir)
         done = await asyncio.to_thread(resume_plan, job, run_dir, limit, retry_errors)
+        done = done.also(await mode.in_flight(run_dir))
         run_id = new_run_id(clock.wall(started))
         structlog.contextvars.bind_contextvars(run_id=run_id)
-        todo = summary.requests - len(done)
         log.info(
             "batchrun.run.started",
             job=job.name,
+            **mode.started(),
             run_dir=str(run_dir),
             requests=summary.requests,
             already_done=len(done),
         )
-        stop = Stop()
         with contextlib.ExitStack() as stack:
             url = base_url(job, stack)
             telemetry = telemetry_for_run(
@@ -131,162 +182,151 @@ async def run_job(
             )
             writer = ResultsWriter(run_dir)
             async with http_client(job, url, key, transport) as client:
-                if budget is None:
-                    budget = _budget(job, key, url, client)
-                progress = Progress(
-                    total=todo, stream=progress_stream or sys.stderr, limits=budget.snapshot
-                )
-
-                def on_fatal(exc: FatalAPIError) -> None:
-                    if stop.fatal is None:
-                        stop.fatal = exc
-                        log.error(
-                            "batchrun.run.aborting",
-                            error_type=exc.error_type,
-                            error=exc.message,
-                            http_status=exc.http_status,
+                with _signals(stop, mode):
+                    try:
+                        await mode.drive(
+                            run_dir=run_dir,
+                            run_id=run_id,
+                            client=client,
+                            writer=writer,
+                            items=pending_items(job, limit, done),
+                            telemetry=telemetry,
+                            run_span=run_span,
+                            todo=summary.requests - len(done),
                         )
-                    stop.event.set()
-
-                ctx = StreamContext(
-                    job=job,
-                    run_id=run_id,
-                    client=client,
-                    writer=writer,
-                    clock=clock,
-                    sleep=sleep,
-                    budget=budget,
-                    progress=progress,
-                    telemetry=RequestTelemetry(job, telemetry, run_span.get_span_context(), clock),
-                    on_fatal=on_fatal,
-                )
-                try:
-                    await _dispatch(ctx, pending_items(job, limit, done), stop, grace_s)
-                finally:
-                    await budget.aclose()
+                    except FatalAPIError as exc:
+                        on_fatal(exc)
             counts = await asyncio.to_thread(writer.finalize)
             finished = clock.now()
-            status, code, message = _ending(stop, counts)
+            status, code, message = _ending(stop, mode, counts, summary.requests)
             run_span.set_attributes(
                 {
                     "batchrun.status": status,
                     "batchrun.rows.ok": counts.get("ok", 0),
                     "batchrun.rows.error": counts.get("error", 0),
-                    "batchrun.sent": progress.done,
+                    "batchrun.sent": mode.sent,
+                    **mode.span_attributes(),
                 }
             )
             run_span.end(end_time=clock.epoch_ns(finished))
-        write_json_atomic(
-            run_dir / "run.json",
-            manifest(
-                job, run_dir, run_id, clock, started, finished, status, counts, summary, message
-            ),
+        record = manifest(
+            job, run_dir, run_id, clock, started, finished, status, counts, summary, message
         )
+        write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
     log.info(
         "batchrun.run.finished",
         status=status,
         exit_code=code,
         **counts,
-        sent=progress.done,
+        sent=mode.sent,
+        **mode.finished(),
         duration_s=round(finished - started, 3),
         results=str(run_dir / "results.parquet"),
     )
     structlog.contextvars.unbind_contextvars("run_id")
-    return RunOutcome(run_dir, run_id, counts, code, status, message, progress.done)
+    return RunOutcome(run_dir, run_id, counts, code, status, message, mode.sent)
 
 
-async def _dispatch(
-    ctx: StreamContext, items: AsyncIterator[RequestItem], stop: Stop, grace_s: float
-) -> None:
-    """Run every item through the pool, flushing checkpoints, until done or stopped."""
-    loop = asyncio.get_running_loop()
-    pool = asyncio.create_task(
-        run_pool(
-            items,
-            lambda item, queued_at: process(ctx, item, queued_at),
-            concurrency=ctx.job.limits.concurrency,
-            stop=stop.event,
-            clock=ctx.clock.now,
+async def cancel_job(
+    job: Job,
+    *,
+    limit: int | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> RunOutcome:
+    """``--cancel``: cancel the open batches of ``job``'s run folder, whoever runs it.
+
+    When no process holds the folder, the cancel is a run of its own: it cancels, waits for the
+    batches to end and collects what they finished. When a run holds it, that run is asked to
+    cancel (:func:`~batchrun.batch.cancel.ask_holder`) and the outcome has status
+    ``cancel_requested`` and exit code 0.
+    """
+    if job.request.mode != "batch":
+        raise JobError(
+            f"{job.path}: --cancel applies to batch mode (request.mode: batch); this job "
+            "streams its requests, and a stream run is stopped with Ctrl-C or SIGTERM"
         )
-    )
+    try:
+        return await run_job(job, limit=limit, cancel=True, transport=transport, sleep=sleep)
+    except RunLockedError:
+        from batchrun.batch.cancel import ask_holder
+
+        return await ask_holder(job, transport=transport)
+
+
+@contextlib.contextmanager
+def _signals(stop: Stop, mode: Mode) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the run: no new requests, and requests in flight get the mode's
+    grace period; a second signal exits at once (every file on disk is whole, never torn)."""
+    loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.signal is not None:
-            # A second signal: leave at once. Checkpoints on disk are whole files, never torn.
             os._exit(SIGNAL_EXIT[sig])
         stop.signal = sig
+        extra = {"grace_s": mode.grace_s} if mode.grace_s is not None else {}
         log.warning(
-            "batchrun.run.interrupted",
-            signal=sig.name,
-            grace_s=grace_s,
-            note="no new requests; those in flight may finish; send again to exit at once",
+            "batchrun.run.interrupted", signal=sig.name, **extra, note=mode.interrupted_note
         )
         stop.event.set()
-        loop.call_later(grace_s, pool.cancel)
+        stop.interrupted.set()
 
     restore = catch_signals(loop, on_signal)
-
-    finished = asyncio.Event()
-
-    async def flush_periodically() -> None:
-        # Never cancelled mid-write: a part being written when the run ends must be on disk
-        # before finalize reads (and then removes) the parts.
-        while not finished.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), _FLUSH_EVERY_S)
-            if ctx.writer.pending:
-                await asyncio.to_thread(ctx.writer.write_part, ctx.writer.take())
-
-    flusher = asyncio.create_task(flush_periodically())
-    ctx.progress.start()
-    # What exists now (modules, the job, the resume index) lives as long as the run: keep it
-    # out of the collector's full passes, which otherwise stop the event loop for 50-100 ms
-    # and make every stream being read then look slow.
-    gc.freeze()
     try:
-        await pool
-    except asyncio.CancelledError:
-        if stop.signal is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise  # cancelled from outside, not by our grace period
-        log.warning("batchrun.run.grace_expired", note="requests in flight will be resent")
+        yield
     finally:
-        gc.unfreeze()
-        ctx.progress.stop()
-        finished.set()
-        await asyncio.shield(flusher)
         restore()
 
 
-def _budget(job: Job, key: str, url: str, client: httpx.AsyncClient) -> RateBudget:
-    """The run's budget; shared with other runs on this host that use the same key and URL."""
-    limits = job.limits
-    if job.endpoint.base_url == "sim":
-        limits = limits.model_copy(update={"shared": False})  # a private, throwaway server
-    fingerprint = hashlib.sha256(f"{key}\n{url}".encode()).hexdigest()
-    return make_budget(
-        limits,
-        key_fingerprint=fingerprint,
-        max_concurrency=limits.concurrency,
-        max_wait_s=job.retry.max_backoff_s,
-        count_tokens=_token_counter(client),
-    )
+def catch_signals(
+    loop: asyncio.AbstractEventLoop, on_signal: Callable[[signal.Signals], None]
+) -> Callable[[], None]:
+    """Have ``on_signal(sig)`` run on ``loop`` for SIGINT and SIGTERM; returns the undo.
+
+    Not ``loop.add_signal_handler``: that learns of a signal from a byte in the loop's wakeup
+    pipe, and under load the pipe can be full (every async generator the garbage collector
+    finalises writes a byte to it; httpx leaves three per streamed response), and then the
+    signal is lost: a SIGTERM at 800 requests/s did nothing. A Python signal handler always
+    runs, in the main thread, and schedules the call itself.
+    """
+    previous: dict[signal.Signals, Any] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(on_signal, signal.Signals(signum))
+
+    for sig in SIGNAL_EXIT:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
-def _token_counter(client: httpx.AsyncClient) -> CountTokens:
-    """``/v1/messages/count_tokens``, for exact input-token budgets."""
-
-    async def count(body: dict[str, Any]) -> int:
-        response = await client.post("/v1/messages/count_tokens", json=body)
-        response.raise_for_status()
-        return int(response.json()["input_tokens"])
-
-    return count
-
-
-def _ending(stop: Stop, counts: dict[str, int]) -> tuple[str, int, str | None]:
+def _ending(
+    stop: Stop, mode: Mode, counts: dict[str, int], requests: int
+) -> tuple[str, int, str | None]:
+    """The run's status, exit code and closing message."""
     if stop.fatal is not None:
         exc = stop.fatal
-        return "aborted", EXIT_FATAL, f"aborted: {exc} ({fatal_hint(exc)})"
+        return "aborted", EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"
     if stop.signal is not None:
-        return "interrupted", SIGNAL_EXIT[stop.signal], f"interrupted by {stop.signal.name}"
-    return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
+        note = mode.interrupted_message()
+        message = f"interrupted by {stop.signal.name}" + (f"; {note}" if note else "")
+        return "interrupted", SIGNAL_EXIT[stop.signal], message
+    return mode.ending(counts, requests)
+
+
+def _fatal_hint(exc: FatalAPIError) -> str:
+    """What to check after an error that aborted the run."""
+    if exc.http_status == 401 or exc.error_type == "authentication_error":
+        return "check the API key in the environment variable the job names"
+    if exc.http_status == 403 or exc.error_type == "permission_error":
+        return "the key has no permission for this model or endpoint"
+    if exc.http_status == 402 or exc.error_type == "billing_error":
+        return "check the organisation's billing"
+    if exc.error_type == "not_found_error":
+        return "check request.model"
+    return "the spending limit is reached; raise it or wait"

@@ -21,13 +21,13 @@ import pytest
 
 from batchrun.apis import APIS
 from batchrun.apis.sse import SSEDecoder
-from batchrun.batch import BatchLimits, cancel_job, run_batch_job
+from batchrun.batch import BatchLimits
 from batchrun.batch.entries import custom_id
 from batchrun.cli import main
 from batchrun.errors import JobError
 from batchrun.job.schema import Job, load_job
 from batchrun.report import load_run, render_summary, summarize
-from batchrun.run import RunOutcome, run_job
+from batchrun.run import RunOutcome, cancel_job, run_job
 from batchrun.sim import SimServer
 from tests.conftest import FIXTURES, JobWriter
 
@@ -187,7 +187,7 @@ async def test_batches_stay_within_the_request_limit(
     """With at most 3 requests a batch (the simulator refusing more), 10 rows go in 3+3+3+1."""
     server = sim_server(batch_max_requests=3)
     job = _job(write_job, server, 10)
-    outcome = await run_batch_job(job, limits=BatchLimits(max_requests=3))
+    outcome = await run_job(job, batch_limits=BatchLimits(max_requests=3))
     assert outcome.counts == {"ok": 10}
     assert _sizes(await _batches(server)) == [1, 3, 3, 3]
 
@@ -198,7 +198,7 @@ async def test_batches_stay_within_the_byte_limit(
     """With a byte cap of about two requests (the simulator refusing more), every batch fits."""
     server = sim_server(batch_max_bytes=450)
     job = _job(write_job, server, 7)
-    outcome = await run_batch_job(job, limits=BatchLimits(max_bytes=450))
+    outcome = await run_job(job, batch_limits=BatchLimits(max_bytes=450))
     assert outcome.counts == {"ok": 7}
     records = _state(outcome.run_dir)["records"]
     assert len(records) == len(await _batches(server)) >= 3
@@ -223,7 +223,7 @@ async def test_a_request_larger_than_any_batch_is_an_error_row(
 ) -> None:
     """A request that cannot fit a batch of its own is an error row; nothing is sent."""
     server = sim_server()
-    outcome = await run_batch_job(_job(write_job, server, 2), limits=BatchLimits(max_bytes=100))
+    outcome = await run_job(_job(write_job, server, 2), batch_limits=BatchLimits(max_bytes=100))
     results = _results(outcome)
     assert outcome.exit_code == 1
     assert results["error_type"].to_list() == ["request_too_large"] * 2

@@ -16,8 +16,7 @@ import pytest
 
 from batchrun.errors import JobError
 from batchrun.job.schema import Job, load_job
-from batchrun.outcome import catch_signals
-from batchrun.run import RunOutcome, run_job
+from batchrun.run import RunOutcome, catch_signals, run_job
 from batchrun.sim import SimServer
 from tests.conftest import JobWriter, no_sleep
 

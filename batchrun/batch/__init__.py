@@ -9,18 +9,13 @@
     rows.py       one result (succeeded, errored, canceled, expired) → result and attempt rows
     collect.py    a whole batch's results → rows in checkpoint parts
     session.py    submit, poll with backoff, collect, retry errored requests in follow-ups
-    run.py        run_batch_job, wired with the run folder, endpoint and outcome of stream mode
-    cancel.py     cancel_job: --cancel, whether or not a run holds the folder
+    driver.py     BatchMode: batch mode's part of the one run lifecycle (batchrun.run)
+    cancel.py     --cancel while another process holds the folder: ask it to cancel
 
 It must not stream: per-request timing is stream mode's, and batch rows leave it null.
 """
 
-from batchrun.batch.cancel import cancel_job
+from batchrun.batch.driver import BatchMode
 from batchrun.batch.entries import BatchLimits
-from batchrun.batch.run import run_batch_job
 
-__all__ = [
-    "BatchLimits",
-    "cancel_job",
-    "run_batch_job",
-]
+__all__ = ["BatchLimits", "BatchMode"]

@@ -1,10 +1,11 @@
-"""``batchrun JOB --cancel``: cancel a run folder's open batches, whoever is running it.
+"""``batchrun JOB --cancel`` while another process runs the folder: ask it to cancel.
 
-When no process holds the folder, the cancel is a run of its own (``run_batch_job`` with
-``cancel``): it cancels, waits for the batches to end and collects what they finished. When a
-run holds the folder, that run is asked through the ``cancel-requested`` file (it stops sending,
-cancels its batches, including those it has not confirmed yet, and collects), and the batches
-known to be open are canceled from here at once. It must not write rows or the batch state.
+When no process holds the folder, the cancel is a run of its own
+(:func:`batchrun.run.cancel_job` runs the job with ``cancel``). When a run holds it, that run
+is asked through the ``cancel-requested`` file (it stops sending, cancels its batches,
+including those it has not confirmed yet, and collects), and the batches known to be open are
+canceled from here at once.
+It must not write rows or the batch state.
 """
 
 from __future__ import annotations
@@ -16,40 +17,20 @@ import httpx
 import structlog
 
 from batchrun.batch.api import BatchesAPI
-from batchrun.batch.run import run_batch_job
 from batchrun.batch.state import load_state, request_cancel
 from batchrun.call.endpoint import api_key, http_client
-from batchrun.call.retry import Sleep
-from batchrun.errors import EXIT_OK, AttemptError, JobError, RunLockedError
+from batchrun.errors import EXIT_OK, AttemptError
 from batchrun.job.schema import Job
-from batchrun.outcome import RunOutcome
+from batchrun.models import RunOutcome
 
-__all__ = ["cancel_job"]
+__all__ = ["ask_holder"]
 
 log = structlog.get_logger()
 
 
-async def cancel_job(
-    job: Job,
-    *,
-    limit: int | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    sleep: Sleep = asyncio.sleep,
-) -> RunOutcome:
-    """Cancel the open batches of ``job``'s run folder; see the module's docstring.
-
-    Returns the cancel run's outcome, or (when another run holds the folder) an outcome with
-    status ``cancel_requested`` and exit code 0.
-    """
-    if job.request.mode != "batch":
-        raise JobError(
-            f"{job.path}: --cancel applies to batch mode (request.mode: batch); this job "
-            "streams its requests, and a stream run is stopped with Ctrl-C or SIGTERM"
-        )
-    try:
-        return await run_batch_job(job, limit=limit, cancel=True, transport=transport, sleep=sleep)
-    except RunLockedError:
-        pass
+async def ask_holder(job: Job, *, transport: httpx.AsyncBaseTransport | None = None) -> RunOutcome:
+    """Ask the run holding ``job``'s folder to cancel, and cancel the batches known to be open
+    from here at once; the outcome has status ``cancel_requested`` and exit code 0."""
     run_dir = job.run_dir(datetime.now(UTC)).resolve()
     await asyncio.to_thread(request_cancel, run_dir)
     state = await asyncio.to_thread(load_state, run_dir)

@@ -40,8 +40,7 @@ from batchrun.call.retry import Sleep
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.job.schema import Job
-from batchrun.models import RequestItem
-from batchrun.outcome import Stop
+from batchrun.models import RequestItem, Stop
 from batchrun.record.parquet import ResultsWriter
 
 __all__ = ["Session"]

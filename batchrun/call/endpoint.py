@@ -14,6 +14,7 @@ batch API, ``count_tokens``) goes through httpx as usual, on the same transport.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,10 +31,17 @@ __all__ = ["ApiClient", "api_key", "base_url", "http_client"]
 
 
 class ApiClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` whose streamed POSTs go straight to its transport."""
+    """An ``httpx.AsyncClient`` whose streamed POSTs go straight to its transport.
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+    ``fingerprint`` names the key and URL it sends with (a hash, never the key): the rate
+    budget's shared state is kept under it.
+    """
+
+    def __init__(
+        self, *, transport: httpx.AsyncBaseTransport, fingerprint: str = "", **kwargs: Any
+    ) -> None:
         super().__init__(transport=transport, **kwargs)
+        self.fingerprint = fingerprint
         self._direct = transport
         self._urls: dict[str, httpx.URL] = {}
 
@@ -85,6 +93,7 @@ async def http_client(
         transport = AiohttpTransport(limits=limits)
     async with ApiClient(
         base_url=base_url,
+        fingerprint=hashlib.sha256(f"{api_key}\n{base_url}".encode()).hexdigest(),
         headers={
             **job.request.api_spec.headers(api_key, job.endpoint.anthropic_version),
             "content-type": "application/json",

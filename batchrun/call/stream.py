@@ -1,187 +1,208 @@
-"""Stage 3's driver for stream mode: one request through all its attempts, into one result row.
+"""Stage 3's driver for stream mode: every pending request through the pool, with checkpoints.
 
-For each attempt: wait for the budget, stream it (:mod:`batchrun.call.attempt`), record an
-attempt row; the retry policy decides whether to go again. The outcome, success or failure,
-becomes a result row and a span (:mod:`batchrun.telemetry.genai`); a per-request failure is
-data, never an exception. Only a fatal API error leaves this module, as a call to ``on_fatal``,
-and cancellation (a signal's grace period running out), which records nothing so that the
-request is sent again on resume. It opens no run and decides nothing about one.
+Handed an open run by :mod:`batchrun.run` (its folder locked, resume planned, client, writer
+and telemetry open), :class:`StreamMode` sets up the rate budget and the progress line and runs
+each request (:func:`~batchrun.call.request.process`) in the bounded pool, writing the finished
+rows as checkpoint parts every :data:`FLUSH_EVERY_S`; once the run is interrupted, what is still
+in flight is cancelled after the grace period. It opens and closes nothing of the run: the lock,
+the writer's final files, the manifest and the exit code are the run's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import gc
+import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import structlog
-from opentelemetry import trace
+from opentelemetry.trace import Span
 
-from batchrun.apis import Api, build_request
-from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
-from batchrun.call.retry import RetryPolicy, Sleep
+from batchrun.call.request import StreamContext, process
+from batchrun.call.retry import Sleep
 from batchrun.clock import Clock
-from batchrun.errors import AttemptError, FatalAPIError, RetryableError
+from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, FatalAPIError
 from batchrun.job.schema import Job
-from batchrun.models import Attempt, RequestItem
-from batchrun.record.parquet import ResultsWriter, attempt_row, result_row
-from batchrun.schedule.limits import Budget, BudgetWaitError
+from batchrun.models import RequestItem, Stop
+from batchrun.record.parquet import ResultsWriter
+from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
+from batchrun.schedule.pool import run_pool
 from batchrun.telemetry.genai import RequestTelemetry
 from batchrun.telemetry.progress import Progress
+from batchrun.telemetry.setup import Telemetry
 
-__all__ = ["StreamContext", "process"]
+__all__ = ["FLUSH_EVERY_S", "StreamMode", "dispatch"]
 
 log = structlog.get_logger()
 
+FLUSH_EVERY_S = 0.2  # at most this much finished work is lost to a kill -9
 
-@dataclass(frozen=True, slots=True)
-class StreamContext:
-    """What every request of one stream-mode run shares."""
+
+async def dispatch(
+    ctx: StreamContext,
+    items: AsyncIterator[RequestItem],
+    stop: Stop,
+    *,
+    grace_s: float,
+) -> None:
+    """Run every item through the pool, flushing checkpoints, until done or stopped.
+
+    After ``stop.interrupted``, requests in flight get ``grace_s`` to finish; then they are
+    cancelled and recorded nowhere, so the next run sends them again.
+    """
+    loop = asyncio.get_running_loop()
+    pool = asyncio.create_task(
+        run_pool(
+            items,
+            lambda item, queued_at: process(ctx, item, queued_at),
+            concurrency=ctx.job.limits.concurrency,
+            stop=stop.event,
+            clock=ctx.clock.now,
+        )
+    )
+
+    async def cut_off_after_grace() -> None:
+        await stop.interrupted.wait()
+        loop.call_later(grace_s, pool.cancel)
+
+    finished = asyncio.Event()
+
+    async def flush_periodically() -> None:
+        # Never cancelled mid-write: a part being written when the run ends must be on disk
+        # before finalize reads (and then removes) the parts.
+        while not finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), FLUSH_EVERY_S)
+            if ctx.writer.pending:
+                await asyncio.to_thread(ctx.writer.write_part, ctx.writer.take())
+
+    grace = asyncio.create_task(cut_off_after_grace())
+    flusher = asyncio.create_task(flush_periodically())
+    ctx.progress.start()
+    # What exists now (modules, the job, the resume index) lives as long as the run: keep it
+    # out of the collector's full passes, which otherwise stop the event loop for 50-100 ms
+    # and make every stream being read then look slow.
+    gc.freeze()
+    try:
+        await pool
+    except asyncio.CancelledError:
+        if stop.signal is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise  # cancelled from outside, not by our grace period
+        log.warning("batchrun.run.grace_expired", note="requests in flight will be resent")
+    finally:
+        gc.unfreeze()
+        grace.cancel()
+        ctx.progress.stop()
+        finished.set()
+        await asyncio.shield(flusher)
+
+
+@dataclass
+class StreamMode:
+    """Stream mode's part of one run: requests in flight get ``grace_s`` after a signal."""
 
     job: Job
-    run_id: str
-    client: ApiClient
-    writer: ResultsWriter
     clock: Clock
     sleep: Sleep
-    budget: Budget
-    progress: Progress
-    telemetry: RequestTelemetry
+    stop: Stop
     on_fatal: Callable[[FatalAPIError], None]
+    grace_s: float = 10.0
+    progress_stream: TextIO | None = None
+    interrupted_note = "no new requests; those in flight may finish; send again to exit at once"
+    progress: Progress | None = None
 
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder."""
 
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """What a request's attempts have done so far."""
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
+        return set()  # a request in flight when a run ended was never recorded: send it again
 
-    attempts: tuple[Attempt, ...] = ()
-    rows: tuple[dict[str, Any], ...] = ()  # their attempts.parquet rows
-    retry_wait_s: float = 0.0
+    def started(self) -> dict[str, Any]:
+        return {}
 
-    @property
-    def final(self) -> Attempt:
-        return self.attempts[-1]
-
-    @property
-    def first_sent(self) -> float:
-        return self.attempts[0].sent_at
-
-
-async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> None:
-    """Send ``item`` until it succeeds, fails for good or runs out of attempts; record it."""
-    job, tel = ctx.job, ctx.telemetry
-    api = job.request.api_spec
-    body, request_hash = build_request(api, item, job.request.params)
-    sent = _Sent()
-    span = tel.start(item, queued_at)
-    trace_id = format(span.get_span_context().trace_id, "032x")
-    with (
-        trace.use_span(span, end_on_exit=False),
-        structlog.contextvars.bound_contextvars(id=item.id, sample=item.sample, trace_id=trace_id),
-    ):
-
-        async def attempt_once(number: int, backoff_s: float) -> Attempt:
-            nonlocal sent
-            structlog.contextvars.bind_contextvars(attempt=number)
-            attempt = await _attempt(ctx, api, body, number, backoff_s)
-            row = attempt_row(ctx.run_id, item, number, backoff_s, attempt, ctx.clock)
-            sent = _Sent(
-                (*sent.attempts, attempt), (*sent.rows, row), sent.retry_wait_s + backoff_s
-            )
-            if attempt.error is not None:
-                raise attempt.error
-            return attempt
-
-        def on_retry(exc: RetryableError, wait_s: float, next_attempt: int) -> None:
-            ctx.progress.retry()
-            tel.retried(exc)
-            log.info(
-                "batchrun.request.retry_scheduled",
-                error_type=exc.error_type,
-                error=exc.message,
-                http_status=exc.http_status,
-                wait_s=round(wait_s, 3),
-                next_attempt=next_attempt,
-            )
-
-        policy = RetryPolicy(
-            max_attempts=job.retry.max_attempts,
-            initial_backoff_s=job.retry.initial_backoff_s,
-            max_backoff_s=job.retry.max_backoff_s,
-            sleep=ctx.sleep,
-            on_retry=on_retry,
+    async def drive(
+        self,
+        *,
+        run_dir: Path,
+        run_id: str,
+        client: ApiClient,
+        writer: ResultsWriter,
+        items: AsyncIterator[RequestItem],
+        telemetry: Telemetry,
+        run_span: Span,
+        todo: int,
+    ) -> None:
+        budget = _budget(self.job, client, self.clock, self.sleep)
+        self.progress = Progress(
+            total=todo, stream=self.progress_stream or sys.stderr, limits=budget.snapshot
         )
-        error: AttemptError | None = None
+        ctx = StreamContext(
+            job=self.job,
+            run_id=run_id,
+            client=client,
+            writer=writer,
+            clock=self.clock,
+            sleep=self.sleep,
+            budget=budget,
+            progress=self.progress,
+            telemetry=RequestTelemetry(
+                self.job, telemetry, run_span.get_span_context(), self.clock
+            ),
+            on_fatal=self.on_fatal,
+        )
         try:
-            await policy.call(attempt_once)
-        except FatalAPIError as exc:
-            # No request can succeed: no result row, so a run after the fix sends it again.
-            ctx.writer.add_attempts(sent.rows)
-            tel.end(span, exc, None)
-            ctx.on_fatal(exc)
-            return
-        except AttemptError as exc:
-            error = exc
-            tel.failed(exc)
-            log.warning(
-                "batchrun.request.failed",
-                error_type=exc.error_type,
-                error=exc.message,
-                http_status=exc.http_status,
-                attempts=len(sent.attempts),
-            )
-        except BaseException:
-            span.set_attribute("batchrun.cancelled", True)
-            span.end()
-            raise
+            await dispatch(ctx, items, self.stop, grace_s=self.grace_s)
         finally:
-            structlog.contextvars.unbind_contextvars("attempt")
-        row = result_row(
-            run_id=ctx.run_id,
-            item=item,
-            model=job.request.model,
-            api=api.name,
-            final=sent.final,
-            error=error,
-            attempts=len(sent.attempts),
-            first_sent=sent.first_sent,
-            queue_s=sent.first_sent - queued_at,
-            retry_wait_s=sent.retry_wait_s,
-            trace_id=trace_id,
-            request_hash=request_hash,
-            clock=ctx.clock,
-        )
-        tel.end(span, error, sent.final)
-    ctx.writer.add(row, sent.rows)
-    ctx.progress.update(ok=error is None, output_tokens=row["output_tokens"])
+            await budget.aclose()
+
+    @property
+    def sent(self) -> int:
+        return self.progress.done if self.progress is not None else 0
+
+    def interrupted_message(self) -> str | None:
+        return None
+
+    def ending(self, counts: dict[str, int], requests: int) -> tuple[str, int, str | None]:
+        """How a run that was neither aborted nor interrupted ended."""
+        return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {}
+
+    def finished(self) -> dict[str, Any]:
+        return {}
+
+    def manifest(self) -> dict[str, Any]:
+        return {}
 
 
-async def _attempt(
-    ctx: StreamContext, api: Api, body: dict[str, Any], number: int, backoff_s: float
-) -> Attempt:
-    """One attempt, after the budget allows it, inside its own span; the budget is settled
-    with what it used."""
-    try:
-        reservation = await ctx.budget.acquire(body)
-    except BudgetWaitError as exc:
-        # The pool is paused longer than this request may wait: an attempt that never went
-        # out, recorded so the row says why it ended.
-        now = ctx.clock.now()
-        return Attempt(sent_at=now, ended_at=now, error=exc)
-    attempt = Attempt()  # what settle sees if the attempt is cancelled
-    try:
-        with ctx.telemetry.attempt_span(number, backoff_s) as span:
-            attempt = await stream_attempt(
-                ctx.client,
-                api,
-                body,
-                total_s=ctx.job.timeouts.total_s,
-                clock=ctx.clock,
-                on_chunk=ctx.telemetry.chunk_recorder(),
-            )
-            ctx.telemetry.annotate(span, attempt)
-    finally:
-        ctx.budget.settle(reservation, attempt)
-    ctx.telemetry.attempt_metrics(attempt)
-    return attempt
+def _budget(job: Job, client: ApiClient, clock: Clock, sleep: Sleep) -> RateBudget:
+    """The run's budget; shared with other runs on this host that use the same key and URL."""
+    limits = job.limits
+    if job.endpoint.base_url == "sim":
+        limits = limits.model_copy(update={"shared": False})  # a private, throwaway server
+    return make_budget(
+        limits,
+        key_fingerprint=client.fingerprint,
+        max_concurrency=limits.concurrency,
+        clock=clock.monotonic,
+        sleep=sleep,
+        max_wait_s=job.retry.max_backoff_s,
+        count_tokens=_token_counter(client),
+    )
+
+
+def _token_counter(client: ApiClient) -> CountTokens:
+    """``/v1/messages/count_tokens``, for exact input-token budgets."""
+
+    async def count(body: dict[str, Any]) -> int:
+        response = await client.post("/v1/messages/count_tokens", json=body)
+        response.raise_for_status()
+        return int(response.json()["input_tokens"])
+
+    return count

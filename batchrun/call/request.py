@@ -1,0 +1,187 @@
+"""Stage 3, stream mode: one request through all its attempts, into one result row.
+
+For each attempt: wait for the budget, stream it (:mod:`batchrun.call.attempt`), record an
+attempt row; the retry policy decides whether to go again. The outcome, success or failure,
+becomes a result row and a span (:mod:`batchrun.telemetry.genai`); a per-request failure is
+data, never an exception. Only a fatal API error leaves this module, as a call to ``on_fatal``,
+and cancellation (a signal's grace period running out), which records nothing so that the
+request is sent again on resume. It opens no run and decides nothing about one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from batchrun.apis import Api, build_request
+from batchrun.call.attempt import stream_attempt
+from batchrun.call.endpoint import ApiClient
+from batchrun.call.retry import RetryPolicy, Sleep
+from batchrun.clock import Clock
+from batchrun.errors import AttemptError, FatalAPIError, RetryableError
+from batchrun.job.schema import Job
+from batchrun.models import Attempt, RequestItem
+from batchrun.record.parquet import ResultsWriter, attempt_row, result_row
+from batchrun.schedule.limits import Budget, BudgetWaitError
+from batchrun.telemetry.genai import RequestTelemetry
+from batchrun.telemetry.progress import Progress
+
+__all__ = ["StreamContext", "process"]
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamContext:
+    """What every request of one stream-mode run shares."""
+
+    job: Job
+    run_id: str
+    client: ApiClient
+    writer: ResultsWriter
+    clock: Clock
+    sleep: Sleep
+    budget: Budget
+    progress: Progress
+    telemetry: RequestTelemetry
+    on_fatal: Callable[[FatalAPIError], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What a request's attempts have done so far."""
+
+    attempts: tuple[Attempt, ...] = ()
+    rows: tuple[dict[str, Any], ...] = ()  # their attempts.parquet rows
+    retry_wait_s: float = 0.0
+
+    @property
+    def final(self) -> Attempt:
+        return self.attempts[-1]
+
+    @property
+    def first_sent(self) -> float:
+        return self.attempts[0].sent_at
+
+
+async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> None:
+    """Send ``item`` until it succeeds, fails for good or runs out of attempts; record it."""
+    job, tel = ctx.job, ctx.telemetry
+    api = job.request.api_spec
+    body, request_hash = build_request(api, item, job.request.params)
+    sent = _Sent()
+    span = tel.start(item, queued_at)
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    with (
+        trace.use_span(span, end_on_exit=False),
+        structlog.contextvars.bound_contextvars(id=item.id, sample=item.sample, trace_id=trace_id),
+    ):
+
+        async def attempt_once(number: int, backoff_s: float) -> Attempt:
+            nonlocal sent
+            structlog.contextvars.bind_contextvars(attempt=number)
+            attempt = await _attempt(ctx, api, body, number, backoff_s)
+            row = attempt_row(ctx.run_id, item, number, backoff_s, attempt, ctx.clock)
+            sent = _Sent(
+                (*sent.attempts, attempt), (*sent.rows, row), sent.retry_wait_s + backoff_s
+            )
+            if attempt.error is not None:
+                raise attempt.error
+            return attempt
+
+        def on_retry(exc: RetryableError, wait_s: float, next_attempt: int) -> None:
+            ctx.progress.retry()
+            tel.retried(exc)
+            log.info(
+                "batchrun.request.retry_scheduled",
+                error_type=exc.error_type,
+                error=exc.message,
+                http_status=exc.http_status,
+                wait_s=round(wait_s, 3),
+                next_attempt=next_attempt,
+            )
+
+        policy = RetryPolicy(
+            max_attempts=job.retry.max_attempts,
+            initial_backoff_s=job.retry.initial_backoff_s,
+            max_backoff_s=job.retry.max_backoff_s,
+            sleep=ctx.sleep,
+            on_retry=on_retry,
+        )
+        error: AttemptError | None = None
+        try:
+            await policy.call(attempt_once)
+        except FatalAPIError as exc:
+            # No request can succeed: no result row, so a run after the fix sends it again.
+            ctx.writer.add_attempts(sent.rows)
+            tel.end(span, exc, None)
+            ctx.on_fatal(exc)
+            return
+        except AttemptError as exc:
+            error = exc
+            tel.failed(exc)
+            log.warning(
+                "batchrun.request.failed",
+                error_type=exc.error_type,
+                error=exc.message,
+                http_status=exc.http_status,
+                attempts=len(sent.attempts),
+            )
+        except BaseException:
+            span.set_attribute("batchrun.cancelled", True)
+            span.end()
+            raise
+        finally:
+            structlog.contextvars.unbind_contextvars("attempt")
+        row = result_row(
+            run_id=ctx.run_id,
+            item=item,
+            model=job.request.model,
+            api=api.name,
+            final=sent.final,
+            error=error,
+            attempts=len(sent.attempts),
+            first_sent=sent.first_sent,
+            queue_s=sent.first_sent - queued_at,
+            retry_wait_s=sent.retry_wait_s,
+            trace_id=trace_id,
+            request_hash=request_hash,
+            clock=ctx.clock,
+        )
+        tel.end(span, error, sent.final)
+    ctx.writer.add(row, sent.rows)
+    ctx.progress.update(ok=error is None, output_tokens=row["output_tokens"])
+
+
+async def _attempt(
+    ctx: StreamContext, api: Api, body: dict[str, Any], number: int, backoff_s: float
+) -> Attempt:
+    """One attempt, after the budget allows it, inside its own span; the budget is settled
+    with what it used."""
+    try:
+        reservation = await ctx.budget.acquire(body)
+    except BudgetWaitError as exc:
+        # The pool is paused longer than this request may wait: an attempt that never went
+        # out, recorded so the row says why it ended.
+        now = ctx.clock.now()
+        return Attempt(sent_at=now, ended_at=now, error=exc)
+    attempt = Attempt()  # what settle sees if the attempt is cancelled
+    try:
+        with ctx.telemetry.attempt_span(number, backoff_s) as span:
+            attempt = await stream_attempt(
+                ctx.client,
+                api,
+                body,
+                total_s=ctx.job.timeouts.total_s,
+                clock=ctx.clock,
+                on_chunk=ctx.telemetry.chunk_recorder(),
+            )
+            ctx.telemetry.annotate(span, attempt)
+    finally:
+        ctx.budget.settle(reservation, attempt)
+    ctx.telemetry.attempt_metrics(attempt)
+    return attempt
