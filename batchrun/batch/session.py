@@ -36,8 +36,7 @@ from batchrun.batch.state import (
     save_state,
     write_batch_files,
 )
-from batchrun.call.retry import Sleep
-from batchrun.clock import Clock
+from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem

@@ -23,12 +23,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from batchrun.clock import Sleep
 from batchrun.errors import RetryableError
 
+# Sleep lives in batchrun.clock; re-exported only for the modules that still import it here.
 __all__ = ["RetryPolicy", "Sleep"]
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[RetryableError, float, int], None]
 
 
