@@ -1,13 +1,22 @@
-"""Time, injectable: a monotonic clock for durations and wall timestamps derived from it."""
+"""Time, injectable: a monotonic clock for durations and wall timestamps derived from it, and
+the async sleep every wait goes through.
+
+Every stage takes its clock and its sleep as parameters from the composition root, so tests of
+backoff and rate limits run in milliseconds. This module must not wait or read time itself
+beyond its defaults.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Clock"]
+__all__ = ["Clock", "Sleep"]
+
+Sleep = Callable[[float], Awaitable[None]]
+"""An async sleep: ``asyncio.sleep`` in a run, a recorder (that may move a fake clock) in tests."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from structlog.testing import capture_logs
 
 from batchrun.apis import APIS
 from batchrun.apis.sse import SSEDecoder
@@ -264,6 +265,50 @@ async def test_expired_errored_and_retried_requests(
     assert _sizes(await _batches(server)) == [1, 2, 6]
     r4 = results.filter(pl.col("id") == "r4").row(0, named=True)
     assert r4["started_at"] < r4["finished_at"]  # first submitted → last batch ended
+
+
+class RefuseCreates(httpx.AsyncBaseTransport):
+    """A real transport that answers the first ``times`` batch creates with a 429 that names
+    no retry-after, so that the client's own backoff decides the wait."""
+
+    def __init__(self, times: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.left = times
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.left and request.method == "POST" and request.url.path == "/v1/messages/batches":
+            self.left -= 1
+            error = {"type": "rate_limit_error", "message": "Number of requests exceeded"}
+            return httpx.Response(429, json={"type": "error", "error": error})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_refused_creates_and_polling_wait_by_the_retry_backoff(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """Without a retry-after, the n-th refused create and each poll wait between
+    initial_backoff_s and min(max_backoff_s, initial * 2**(n-1)), jittered as requests' retries."""
+    server = sim_server(batch_processing_s=0.5)
+    job = _job(write_job, server, 4, retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.4})
+    polls: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        await asyncio.sleep(seconds)
+
+    with capture_logs() as logs:
+        outcome = await run_job(job, transport=RefuseCreates(2), sleep=sleep)
+    assert (outcome.exit_code, len(await _batches(server))) == (0, 1)
+    refused = [e["wait_s"] for e in logs if e["event"] == "batchrun.batch.create_refused"]
+    assert len(refused) == 2
+    assert refused[0] == 0.05  # the first wait is exactly initial_backoff_s
+    assert 0.05 <= refused[1] <= 0.1
+    assert polls
+    assert all(0.05 <= wait <= 0.4 for wait in polls)
+    assert set(polls) - {0.05, 0.1, 0.2, 0.4}  # jittered, not the bare doubling
 
 
 # --- crashes -----------------------------------------------------------------------------

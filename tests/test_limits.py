@@ -7,6 +7,7 @@ the tests of two processes sharing a SQLite file and the one against the simulat
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -537,6 +538,26 @@ async def test_make_budget_keys_the_shared_file_by_fingerprint(tmp_path: Path) -
     budget.settle(await budget.acquire(BODY), _ok())
     await budget.aclose()
     assert not (tmp_path / "x").exists()
+
+
+async def test_make_budget_waits_through_the_injected_sleep_only() -> None:
+    """Given a fake clock and sleep, a budget paces 60 a minute and sits out a 429's pause
+    in fake time: 37 s of waits, all recorded, and no real waiting."""
+    t = FakeTime()
+    limits = LimitsConfig(requests_per_minute=60, shared=False)
+    budget = make_budget(
+        limits, key_fingerprint="f" * 64, max_concurrency=4, clock=t, sleep=t.sleep, max_wait_s=60
+    )
+    real_start, start = time.perf_counter(), t.now
+    for _ in range(5):
+        budget.settle(await budget.acquire(BODY), _ok())
+    budget.settle(await budget.acquire(BODY), _failed(429, "rate_limit_error", retry_after=30))
+    await budget.acquire(BODY)
+    await budget.aclose()
+    # Six paced seconds, the 30 s pause, then one more: the bucket resumes empty.
+    assert t.now - start == pytest.approx(37.0)
+    assert sum(t.slept) == pytest.approx(37.0)
+    assert time.perf_counter() - real_start < 1.0
 
 
 # -- against the simulator -----------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gc
+import random
 
 import pytest
+from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
-from batchrun.call.retry import RetryPolicy
+from batchrun.call.retry import Backoff, RetryPolicy
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
 
 
@@ -57,6 +59,56 @@ async def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
     assert sleep.waits[0] == 1.0
     for n, wait in enumerate(sleep.waits, start=1):
         assert 1.0 <= wait <= min(8.0, 2 ** (n - 1))
+
+
+def test_backoff_widens_from_initial_up_to_max() -> None:
+    """The n-th wait lies in [initial, min(max, initial * 2**(n-1))]; the first is initial;
+    a count far past the cap neither overflows nor leaves the bounds."""
+    backoff = Backoff(0.5, 10.0)
+    assert backoff.wait_s(1) == 0.5
+    for n in range(1, 12):
+        for _ in range(50):
+            assert 0.5 <= backoff.wait_s(n) <= min(10.0, 0.5 * 2 ** (n - 1))
+    assert 0.5 <= backoff.wait_s(10_000) <= 10.0
+    assert len({backoff.wait_s(8) for _ in range(20)}) > 1  # jittered
+
+
+def test_backoff_draws_what_tenacitys_random_exponential_draws() -> None:
+    """The same policy as before it was a function of its own: for one seed, the waits equal
+    tenacity's wait_random_exponential(multiplier=initial, min=initial, max=max)."""
+    ours, theirs = Backoff(0.25, 6.0), wait_random_exponential(multiplier=0.25, min=0.25, max=6.0)
+    state = RetryCallState(AsyncRetrying(), None, (), {})
+    saved = random.getstate()
+    try:
+        random.seed(13)
+        got = [ours.wait_s(n) for n in range(1, 40)]
+        random.seed(13)
+        expected = []
+        for n in range(1, 40):
+            state.attempt_number = n
+            expected.append(theirs(state))
+    finally:
+        random.setstate(saved)
+    assert got == expected
+
+
+async def test_the_policy_waits_as_backoff_does() -> None:
+    """RetryPolicy's waits are Backoff's (what batch polling uses): one seed, the same waits."""
+    sleep = Recorder()
+
+    async def fn(number: int, backoff: float) -> None:
+        raise RetryableError("api_error", "x", http_status=500)
+
+    saved = random.getstate()
+    try:
+        random.seed(7)
+        with pytest.raises(RetryableError):
+            await _policy(sleep, max_attempts=6, initial=1.0, maximum=8.0).call(fn)
+        random.seed(7)
+        expected = [Backoff(1.0, 8.0).wait_s(n) for n in range(1, 6)]
+    finally:
+        random.setstate(saved)
+    assert sleep.waits == expected
 
 
 async def test_retry_after_is_honoured() -> None:

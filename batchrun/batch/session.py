@@ -36,8 +36,8 @@ from batchrun.batch.state import (
     save_state,
     write_batch_files,
 )
-from batchrun.call.retry import Sleep
-from batchrun.clock import Clock
+from batchrun.call.retry import Backoff
+from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop
@@ -70,8 +70,10 @@ class Session:
     _refusals: dict[int, int] = field(default_factory=dict)
     _cancel_sent: set[str] = field(default_factory=set)
     recorder: Recorder = field(init=False)
+    backoff: Backoff = field(init=False)  # between polls and after a refused create
 
     def __post_init__(self) -> None:
+        self.backoff = Backoff(self.job.retry.initial_backoff_s, self.job.retry.max_backoff_s)
         self.recorder = Recorder(
             self.writer,
             self.run_id,
@@ -155,7 +157,7 @@ class Session:
             self._unsent.add(record.seq)
             if isinstance(exc, RetryableError):
                 n = self._refusals[record.seq] = self._refusals.get(record.seq, 0) + 1
-                wait = exc.retry_after if exc.retry_after is not None else self._backoff(n - 1)
+                wait = exc.retry_after if exc.retry_after is not None else self.backoff.wait_s(n)
                 self._not_before[record.seq] = self.clock.now() + wait
                 log.warning("batchrun.batch.create_refused", **context, wait_s=round(wait, 3))
                 return False
@@ -215,11 +217,7 @@ class Session:
                     )
             if self.state.unfinished():
                 quiet = 0 if progressed else quiet + 1
-                await self._wait(self._backoff(quiet))
-
-    def _backoff(self, n: int) -> float:
-        retry = self.job.retry
-        return float(min(retry.max_backoff_s, retry.initial_backoff_s * 2 ** min(n, 30)))
+                await self._wait(self.backoff.wait_s(quiet + 1))
 
     async def _wait(self, seconds: float) -> None:
         """The injectable sleep, cut short by a stop."""

@@ -3,16 +3,19 @@
 The retried unit is a whole attempt, "open the stream and read it to the end"; a half-read
 stream is never resumed. Only :class:`~batchrun.errors.RetryableError` is retried; a server's
 ``retry-after`` is honoured (one longer than ``max_backoff_s`` ends the request instead of
-hanging it), otherwise the wait is exponential with jitter between ``initial_backoff_s`` and
-``max_backoff_s``. After the last attempt the original
-error surfaces, not a wrapper. This is the only module that imports tenacity; it knows nothing of
-HTTP, and its sleep is injectable so tests never wait.
+hanging it), otherwise the wait is :class:`Backoff`'s, exponential with jitter between
+``initial_backoff_s`` and ``max_backoff_s``. After the last attempt the original error surfaces,
+not a wrapper. This is the only module that imports tenacity, and :class:`Backoff` is the only
+backoff (batch mode's polling and create retries use it too); it knows nothing of HTTP, and its
+sleep is injectable so tests never wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from tenacity import (
@@ -20,16 +23,38 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_random_exponential,
 )
 
+from batchrun.clock import Sleep
 from batchrun.errors import RetryableError
 
-__all__ = ["RetryPolicy", "Sleep"]
+# Sleep lives in batchrun.clock; re-exported only for the modules that still import it here.
+__all__ = ["Backoff", "RetryPolicy", "Sleep"]
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[RetryableError, float, int], None]
+
+_MAX_DOUBLINGS = 64  # past this the ceiling is max_s for any sane setting, and 2.0**n stays finite
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter, the one batchrun uses.
+
+    The wait after ``failures`` failures in a row (1-based) is uniform between ``initial_s``
+    and ``min(max_s, initial_s * 2 ** (failures - 1))``: the first is exactly ``initial_s``.
+    This is tenacity's ``wait_random_exponential(multiplier=initial_s, min=initial_s,
+    max=max_s)``, computed from a count rather than from tenacity's call state so that code
+    outside a tenacity loop (batch polling) can ask for it.
+    """
+
+    initial_s: float
+    max_s: float
+
+    def wait_s(self, failures: int) -> float:
+        doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
+        ceiling = max(self.initial_s, min(self.max_s, self.initial_s * 2.0**doublings))
+        return random.uniform(self.initial_s, ceiling)
 
 
 class RetryPolicy:
@@ -50,9 +75,7 @@ class RetryPolicy:
     ) -> None:
         self.max_attempts = max_attempts
         self.max_backoff_s = max_backoff_s
-        self._jittered = wait_random_exponential(
-            multiplier=initial_backoff_s, min=initial_backoff_s, max=max_backoff_s
-        )
+        self._backoff = Backoff(initial_backoff_s, max_backoff_s)
         self._sleep = sleep
         self._on_retry = on_retry
 
@@ -68,7 +91,7 @@ class RetryPolicy:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
             return exc.retry_after
-        return float(self._jittered(state))
+        return self._backoff.wait_s(state.attempt_number)
 
     async def call(self, fn: Callable[[int, float], Awaitable[T]]) -> T:
         slept = 0.0

@@ -4,7 +4,8 @@ It speaks the Messages and legacy Complete APIs (streaming and not), validates r
 API does, writes deterministic text on a configurable schedule and injects the faults that
 :class:`SimConfig` asks for. Modules, in request order: ``server`` (routes) → ``validate`` →
 ``faults`` → ``text`` (the model) → ``events`` (wire bytes) → ``stream`` (timing); ``responses``
-holds the API's error shapes, ``stats`` what happened, ``background`` the thread runner.
+holds the API's error shapes, ``stats`` what happened, ``background`` the thread runner;
+``batches`` serves the Message Batches API, and ``state`` is what it and ``server`` share.
 It must not import batchrun's client side: the simulator is an independent party.
 """
 

@@ -19,18 +19,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from batchrun.sim.events import message_json
 from batchrun.sim.faults import select_fault
 from batchrun.sim.responses import HTTP_FAULTS, error_body, error_response, make_id
-from batchrun.sim.text import generate
+from batchrun.sim.state import SimState, model_reply
 from batchrun.sim.validate import Rejected, check_headers, parse_body, validate
-
-if TYPE_CHECKING:
-    from batchrun.sim.server import SimState
 
 __all__ = ["add_batch_routes"]
 
@@ -220,16 +217,7 @@ def _answer(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
             _, error_type, message = HTTP_FAULTS[fault.kind.removesuffix("_midstream")]
             return _errored(error_type, message.format(model=req.model))
         return _errored("api_error", "Internal server error")
-    # The same reply as the Messages route gives this request (server._model_reply).
-    reply = generate(
-        config.seed,
-        req.key,
-        min_tokens=config.min_output_tokens,
-        max_tokens=config.max_output_tokens,
-        cap=req.max_tokens,
-        stop_sequences=req.stop_sequences,
-        natural_stop="end_turn",
-    )
+    reply = model_reply(config, req)  # the Messages route's reply to this request
     answer = message_json(req, reply, make_id("msg_", config.seed, req.key))
     return {"type": "succeeded", "message": answer}
 

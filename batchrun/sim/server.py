@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -25,21 +24,20 @@ from batchrun.sim.events import (
     message_json,
     messages_script,
 )
-from batchrun.sim.faults import AttemptCounter, select_fault
+from batchrun.sim.faults import select_fault
 from batchrun.sim.ratelimit import Admission
 from batchrun.sim.responses import (
     HTTP_FAULTS,
-    RateLimits,
-    StaticLimits,
     error_response,
     fault_response,
     make_id,
     make_limits,
     rate_limit_response,
 )
+from batchrun.sim.state import STATE, SimState, model_reply
 from batchrun.sim.stats import SimStats
 from batchrun.sim.stream import plan, play
-from batchrun.sim.text import Reply, generate
+from batchrun.sim.text import Reply
 from batchrun.sim.validate import (
     Api,
     GenRequest,
@@ -49,7 +47,7 @@ from batchrun.sim.validate import (
     validate,
 )
 
-__all__ = ["STATE", "SimState", "create_app", "serve"]
+__all__ = ["create_app", "serve"]
 
 _ROUTES: dict[str, Api] = {
     "/v1/messages": "messages",
@@ -58,20 +56,6 @@ _ROUTES: dict[str, Api] = {
 }
 _BEFORE_STREAM = frozenset(HTTP_FAULTS) | {"bad_gateway", "spend_limit"}
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-
-
-@dataclass
-class SimState:
-    """Everything the handler shares across requests. Owned by the server's event loop."""
-
-    config: SimConfig
-    stats: SimStats = field(default_factory=SimStats)
-    limits: RateLimits = field(default_factory=StaticLimits)
-    attempts: AttemptCounter = field(default_factory=AttemptCounter)
-    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
-
-
-STATE = web.AppKey("batchrun_sim_state", SimState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,20 +150,6 @@ async def _route(
         state.limits.finish(admission)
 
 
-def _model_reply(config: SimConfig, req: GenRequest) -> Reply:
-    legacy = req.api == "complete"
-    return generate(
-        config.seed,
-        req.key,
-        min_tokens=config.min_output_tokens,
-        max_tokens=config.max_output_tokens,
-        cap=req.max_tokens,
-        stop_sequences=req.stop_sequences,
-        natural_stop="stop_sequence" if legacy else "end_turn",
-        leading_space=legacy,
-    )
-
-
 class _Dropped(web.Response):
     """Returned after the connection was cut; never sent, never counted as a status."""
 
@@ -220,7 +190,7 @@ async def _reply(
             limits=call.state.limits,
             retry_after_s=fault.retry_after_s,
         )
-    reply = _model_reply(config, req)
+    reply = model_reply(config, req)
     admission.output_tokens = len(reply.tokens)  # what the rate limit is charged in the end
     object_id = make_id("msg_" if req.api == "messages" else "compl_", config.seed, req.key)
     if not req.stream:

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from batchrun.clock import Sleep
 from batchrun.job.schema import LimitsConfig
 from batchrun.schedule.limits.bucket import BURST_S, Adjust, BucketSpec, Want
 from batchrun.schedule.limits.budget import (
@@ -32,7 +33,7 @@ from batchrun.schedule.limits.budget import (
     Snapshot,
     Unlimited,
 )
-from batchrun.schedule.limits.rate import CountTokens, RateBudget, Sleep
+from batchrun.schedule.limits.rate import CountTokens, RateBudget
 from batchrun.schedule.limits.sqlite import SqliteStore, default_state_dir, state_path
 from batchrun.schedule.limits.store import BudgetStore, MemoryStore, StoreUnavailable
 
@@ -75,7 +76,8 @@ def make_budget(
     ``count_tokens`` posts a body to ``/v1/messages/count_tokens`` and returns its
     ``input_tokens``; it is used only with ``limits.exact_input_tokens`` and an input limit in
     force. With no limit set, nothing waits until a response teaches one. ``clock`` must be the
-    same in every process sharing the state: keep ``time.monotonic`` outside tests.
+    same in every process sharing the state: keep ``time.monotonic`` outside tests. Every wait
+    the budget does goes through ``sleep`` (pass the run's).
     """
     store: BudgetStore
     if limits.shared and limits.redis_url:

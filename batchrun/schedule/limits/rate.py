@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from batchrun.clock import Sleep
 from batchrun.models import Attempt
 from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
 from batchrun.schedule.limits.bucket import Adjust, BucketSpec, Want
@@ -42,7 +43,6 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 CountTokens = Callable[[dict[str, Any]], Awaitable[int]]
-Sleep = Callable[[float], Awaitable[None]]
 
 DEFAULT_PAUSE_S = 1.0  # a 429 without retry-after still pauses the pool this long
 _NAP_S = 0.5  # longest nap while a bucket is short: other processes' give-backs wake no one
