@@ -22,9 +22,8 @@ import structlog
 from opentelemetry.trace import Span
 
 from batchrun.call.endpoint import ApiClient, api_key, base_url, http_client
-from batchrun.call.retry import Sleep
 from batchrun.call.stream import StreamMode
-from batchrun.clock import Clock
+from batchrun.clock import Clock, Sleep
 from batchrun.errors import EXIT_FATAL, SIGNAL_EXIT, FatalAPIError, JobError, RunLockedError
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input

@@ -29,8 +29,7 @@ from batchrun.batch.state import (
     load_state,
 )
 from batchrun.call.endpoint import ApiClient
-from batchrun.call.retry import Sleep
-from batchrun.clock import Clock
+from batchrun.clock import Clock, Sleep
 from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop

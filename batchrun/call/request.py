@@ -20,8 +20,8 @@ from opentelemetry import trace
 from batchrun.apis import Api, build_request
 from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
-from batchrun.call.retry import RetryPolicy, Sleep
-from batchrun.clock import Clock
+from batchrun.call.retry import RetryPolicy
+from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import Attempt, RequestItem

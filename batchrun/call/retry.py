@@ -28,8 +28,7 @@ from tenacity import (
 from batchrun.clock import Sleep
 from batchrun.errors import RetryableError
 
-# Sleep lives in batchrun.clock; re-exported only for the modules that still import it here.
-__all__ = ["Backoff", "RetryPolicy", "Sleep"]
+__all__ = ["Backoff", "RetryPolicy"]
 
 T = TypeVar("T")
 OnRetry = Callable[[RetryableError, float, int], None]

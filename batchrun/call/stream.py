@@ -24,8 +24,7 @@ from opentelemetry.trace import Span
 
 from batchrun.call.endpoint import ApiClient
 from batchrun.call.request import StreamContext, process
-from batchrun.call.retry import Sleep
-from batchrun.clock import Clock
+from batchrun.clock import Clock, Sleep
 from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, FatalAPIError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop

@@ -15,8 +15,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import batchrun.report.series as series
+import batchrun.report.svg as svg
 from batchrun import __version__
-from batchrun.report import series, svg
 from batchrun.report.load import RunData
 from batchrun.report.page import CSS, cards, facts, row_table
 
