@@ -118,7 +118,11 @@ async def drive(spec: dict[str, Any]) -> list[list[float]]:
     limits = LimitsConfig(state_dir=spec["state_dir"], **spec["client"])
     fingerprint = hashlib.sha256(f"bench-key\n{spec['base_url']}".encode()).hexdigest()
     budget = make_budget(
-        limits, key_fingerprint=fingerprint, max_concurrency=spec["concurrency"], max_wait_s=60
+        limits,
+        key_fingerprint=fingerprint,
+        cost=APIS["messages"],
+        max_concurrency=spec["concurrency"],
+        max_wait_s=60,
     )
     deadline = spec["start"] + spec["seconds"]
     records: list[list[float]] = []

@@ -36,12 +36,7 @@ from batchrun.schedule.limits import (
 )
 from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
 from batchrun.schedule.limits.bucket import Level, adjust_level, refill, take
-from batchrun.schedule.limits.estimate import (
-    count_tokens_body,
-    estimate_input_tokens,
-    output_reservation,
-    read_ratelimit_headers,
-)
+from batchrun.schedule.limits.headers import read_ratelimit_headers
 from tests.conftest import race_two_processes
 
 BODY: dict[str, Any] = {
@@ -74,6 +69,7 @@ def _budget(
     return RateBudget(
         configured,
         MemoryStore(t),
+        cost=APIS["messages"],
         max_concurrency=concurrency,
         clock=t,
         sleep=t.sleep,
@@ -180,22 +176,23 @@ def test_a_clock_that_goes_backwards_refills_nothing() -> None:
 
 def test_input_estimate_counts_text_messages_images_and_legacy_prompts() -> None:
     """Four ASCII characters a token, one a non-ASCII character, 3 a message, 1,600 an image."""
-    assert estimate_input_tokens(BODY) == 13
+    messages, complete = APIS["messages"], APIS["complete"]
+    assert messages.estimate_input_tokens(BODY) == 13
     body = {
         "system": "abcd",
         "messages": [
             {"role": "user", "content": [{"type": "text", "text": "日本語"}, {"type": "image"}]}
         ],
     }
-    assert estimate_input_tokens(body) == 1 + 3 + 3 + 1600
-    assert estimate_input_tokens({"prompt": "\n\nHuman: hi\n\nAssistant:"}) == 6
-    assert output_reservation(BODY) == 100
-    assert output_reservation({"max_tokens_to_sample": 7}) == 7
-    assert count_tokens_body({**BODY, "stream": True}) == {
+    assert messages.estimate_input_tokens(body) == 1 + 3 + 3 + 1600
+    assert complete.estimate_input_tokens({"prompt": "\n\nHuman: hi\n\nAssistant:"}) == 6
+    assert messages.output_reservation(BODY) == 100
+    assert complete.output_reservation({"max_tokens_to_sample": 7}) == 7
+    assert messages.count_tokens_body({**BODY, "stream": True}) == {
         "model": BODY["model"],
         "messages": BODY["messages"],
     }
-    assert count_tokens_body({"prompt": "x"}) is None
+    assert complete.count_tokens_body({"prompt": "x"}) is None
 
 
 def test_ratelimit_headers_are_read_per_bucket_and_garbage_is_ignored() -> None:
@@ -349,7 +346,12 @@ async def test_a_cancelled_acquire_gives_its_slot_back() -> None:
     """Cancelled while waiting for the bucket: the slot is free for the next request."""
     t = FakeTime()
     budget = RateBudget(
-        {"requests": 60}, MemoryStore(t), max_concurrency=1, clock=t, sleep=asyncio.sleep
+        {"requests": 60},
+        MemoryStore(t),
+        cost=APIS["messages"],
+        max_concurrency=1,
+        clock=t,
+        sleep=asyncio.sleep,
     )
     task = asyncio.create_task(budget.acquire(BODY))
     await asyncio.sleep(0.01)
@@ -373,6 +375,7 @@ async def test_exact_counts_come_from_the_injected_counter_once_per_body() -> No
     budget = RateBudget(
         {"input_tokens": 600_000},
         MemoryStore(t),
+        cost=APIS["messages"],
         max_concurrency=4,
         clock=t,
         sleep=t.sleep,
@@ -385,7 +388,7 @@ async def test_exact_counts_come_from_the_injected_counter_once_per_body() -> No
     failing = {**BODY, "messages": [{"role": "user", "content": "fail"}]}
     with capture_logs() as logs:
         reservation = await budget.acquire(failing)
-    assert reservation.wants[0].amount == estimate_input_tokens(failing)
+    assert reservation.wants[0].amount == APIS["messages"].estimate_input_tokens(failing)
     assert logs[0]["event"] == "batchrun.limits.count_tokens_failed"
 
 
@@ -516,7 +519,9 @@ async def test_an_unusable_state_dir_falls_back_to_an_unshared_budget(tmp_path: 
     """The state dir is a file: the budget logs it once and goes on in memory."""
     (tmp_path / "state").write_text("not a folder")
     limits = LimitsConfig(requests_per_minute=6000, state_dir=str(tmp_path / "state"))
-    budget = make_budget(limits, key_fingerprint="ab" * 32, max_concurrency=2)
+    budget = make_budget(
+        limits, key_fingerprint="ab" * 32, cost=APIS["messages"], max_concurrency=2
+    )
     with capture_logs() as logs:
         budget.settle(await budget.acquire(BODY), _ok())
         await budget.acquire(BODY)
@@ -528,13 +533,17 @@ async def test_make_budget_keys_the_shared_file_by_fingerprint(tmp_path: Path) -
     """Shared: a SQLite file named by the fingerprint in state_dir; unshared: no file at all."""
     fingerprint = "0123456789abcdef" * 4
     limits = LimitsConfig(requests_per_minute=60_000, state_dir=str(tmp_path))
-    budget = make_budget(limits, key_fingerprint=fingerprint, max_concurrency=2)
+    budget = make_budget(
+        limits, key_fingerprint=fingerprint, cost=APIS["messages"], max_concurrency=2
+    )
     budget.settle(await budget.acquire(BODY), _ok())
     await budget.aclose()
     assert state_path(str(tmp_path), fingerprint).exists()
     assert state_path(str(tmp_path), fingerprint).name == f"budget-{fingerprint[:32]}.sqlite3"
     unshared = LimitsConfig(requests_per_minute=60_000, shared=False, state_dir=str(tmp_path / "x"))
-    budget = make_budget(unshared, key_fingerprint=fingerprint, max_concurrency=2)
+    budget = make_budget(
+        unshared, key_fingerprint=fingerprint, cost=APIS["messages"], max_concurrency=2
+    )
     budget.settle(await budget.acquire(BODY), _ok())
     await budget.aclose()
     assert not (tmp_path / "x").exists()
@@ -546,7 +555,13 @@ async def test_make_budget_waits_through_the_injected_sleep_only() -> None:
     t = FakeTime()
     limits = LimitsConfig(requests_per_minute=60, shared=False)
     budget = make_budget(
-        limits, key_fingerprint="f" * 64, max_concurrency=4, clock=t, sleep=t.sleep, max_wait_s=60
+        limits,
+        key_fingerprint="f" * 64,
+        cost=APIS["messages"],
+        max_concurrency=4,
+        clock=t,
+        sleep=t.sleep,
+        max_wait_s=60,
     )
     real_start, start = time.perf_counter(), t.now
     for _ in range(5):
@@ -618,4 +633,6 @@ async def test_an_unlimited_client_learns_the_limit_after_its_first_429s(sim_ser
 
 def _real_budget(**limits: int) -> RateBudget:
     config = LimitsConfig(shared=False, **limits)  # type: ignore[arg-type]
-    return make_budget(config, key_fingerprint="f" * 64, max_concurrency=8, max_wait_s=10)
+    return make_budget(
+        config, key_fingerprint="f" * 64, cost=APIS["messages"], max_concurrency=8, max_wait_s=10
+    )

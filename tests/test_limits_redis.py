@@ -20,6 +20,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+from batchrun.apis import APIS
 from batchrun.errors import JobError
 from batchrun.job.schema import Job, LimitsConfig, load_job
 from batchrun.models import Attempt, Completion
@@ -187,7 +188,9 @@ def test_two_processes_sharing_a_fingerprint_take_no_more_than_the_rate(redis_ur
 async def test_make_budget_with_redis_url_keeps_the_buckets_in_redis(redis_url: str) -> None:
     """Shared with a redis_url: the budget's buckets are the fingerprint's keys in Redis."""
     limits = LimitsConfig(requests_per_minute=60_000, redis_url=redis_url)
-    budget = make_budget(limits, key_fingerprint=FINGERPRINT, max_concurrency=2)
+    budget = make_budget(
+        limits, key_fingerprint=FINGERPRINT, cost=APIS["messages"], max_concurrency=2
+    )
     with capture_logs() as logs:
         budget.settle(await budget.acquire(BODY), _ok())
         await budget.aclose()
@@ -202,7 +205,9 @@ async def test_an_unreachable_server_falls_back_to_an_unshared_budget(tmp_path: 
     url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
     state = tmp_path / "state"
     limits = LimitsConfig(requests_per_minute=6000, redis_url=url, state_dir=str(state))
-    budget = make_budget(limits, key_fingerprint=FINGERPRINT, max_concurrency=2)
+    budget = make_budget(
+        limits, key_fingerprint=FINGERPRINT, cost=APIS["messages"], max_concurrency=2
+    )
     with capture_logs() as logs:
         budget.settle(await budget.acquire(BODY), _ok())
         await budget.acquire(BODY)

@@ -1,10 +1,10 @@
 """The APIs batchrun speaks, behind one protocol: everything that differs between them is here.
 
 An :class:`Api` owns its path and headers, the request body an item becomes, the fold of its
-stream and of a batch result, its error classification, its GenAI operation name, and which
-request keys it accepts. The job schema takes its ``request.api`` choices from :data:`APIS`;
-nothing outside this package branches on which API a job uses. Pure code: no I/O, no retries,
-no clocks.
+stream and of a batch result, its error classification, its GenAI operation name, which request
+keys it accepts, and what a body will cost (the input-token estimate the rate budget uses). The
+job schema takes its ``request.api`` choices from :data:`APIS`; nothing outside this package
+branches on which API a job uses. Pure code: no I/O, no retries, no clocks.
 
 Adding an API: a module here with a class that implements :class:`Api`, its instance in
 :data:`APIS`, and its tests.
@@ -38,6 +38,7 @@ class Api(Protocol):
     text_only: bool  # conversations may hold text blocks only
     batchable: bool  # has a batch form (request.mode: batch)
     accepts: frozenset[str]  # the request.* keys it can send
+    count_tokens_path: str | None  # where exact input counts come from, if anywhere
 
     def headers(self, api_key: str, version: str) -> dict[str, str]:
         """Authentication and versioning headers of every request."""
@@ -45,6 +46,18 @@ class Api(Protocol):
 
     def body(self, item: RequestItem, params: Mapping[str, Any]) -> dict[str, Any]:
         """The streaming request body for ``item``; ``params`` are the request keys to send."""
+        ...
+
+    def estimate_input_tokens(self, body: Mapping[str, Any]) -> int:
+        """A cheap estimate of a body's input tokens, for the rate budget."""
+        ...
+
+    def output_reservation(self, body: Mapping[str, Any]) -> int:
+        """The most output tokens a body may use (its max_tokens)."""
+        ...
+
+    def count_tokens_body(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What ``count_tokens_path`` takes for a body; ``None`` when it cannot count it."""
         ...
 
     def new_fold(self) -> Fold:

@@ -12,6 +12,7 @@ from typing import Any
 
 from batchrun.apis.anthropic import AnthropicApi
 from batchrun.apis.fold import Classify, FoldBase, payload_str, stream_error
+from batchrun.apis.tokens import text_tokens
 from batchrun.models import Completion, RequestItem
 
 __all__ = [
@@ -51,6 +52,23 @@ class Complete(AnthropicApi):
                 body[key] = value
         body["stream"] = True
         return body
+
+    count_tokens_path: str | None = None  # the legacy API has no token counting
+
+    @staticmethod
+    def estimate_input_tokens(body: Mapping[str, Any]) -> int:
+        """The prompt's text: see :mod:`batchrun.apis.tokens`."""
+        return text_tokens(str(body.get("prompt", "")))
+
+    @staticmethod
+    def output_reservation(body: Mapping[str, Any]) -> int:
+        """What a request may write at most: its ``max_tokens_to_sample``."""
+        value = body.get("max_tokens_to_sample", 0)
+        return value if isinstance(value, int) and value > 0 else 0
+
+    @staticmethod
+    def count_tokens_body(body: Mapping[str, Any]) -> dict[str, Any] | None:
+        return None
 
     def new_fold(self) -> CompleteFold:
         return CompleteFold(self.classify)

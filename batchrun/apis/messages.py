@@ -12,10 +12,14 @@ from typing import Any
 from batchrun.apis.anthropic import AnthropicApi
 from batchrun.apis.fold import payload_int, payload_str
 from batchrun.apis.messages_fold import MessagesFold, blocks_text
+from batchrun.apis.tokens import MESSAGE_OVERHEAD, content_tokens, json_tokens
 from batchrun.errors import RetryableError
 from batchrun.models import Completion, RequestItem
 
 __all__ = ["MESSAGES", "Messages"]
+
+# What /v1/messages/count_tokens counts of a body.
+_COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 
 
 class Messages(AnthropicApi):
@@ -44,6 +48,31 @@ class Messages(AnthropicApi):
                 body[key] = value
         body["stream"] = True
         return body
+
+    count_tokens_path: str | None = "/v1/messages/count_tokens"
+
+    @staticmethod
+    def estimate_input_tokens(body: Mapping[str, Any]) -> int:
+        """System, messages (plus a few tokens each), tools: see :mod:`batchrun.apis.tokens`."""
+        total = content_tokens(body.get("system"))
+        for message in body.get("messages") or []:
+            if isinstance(message, dict):
+                total += MESSAGE_OVERHEAD + content_tokens(message.get("content"))
+        for name in ("tools", "tool_choice"):
+            if name in body:
+                total += json_tokens(body[name])
+        return max(1, total)
+
+    @staticmethod
+    def output_reservation(body: Mapping[str, Any]) -> int:
+        """What a request may write at most: its ``max_tokens``."""
+        value = body.get("max_tokens", 0)
+        return value if isinstance(value, int) and value > 0 else 0
+
+    @staticmethod
+    def count_tokens_body(body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The ``count_tokens`` body for a request body."""
+        return {k: body[k] for k in _COUNTED_FIELDS if k in body}
 
     def new_fold(self) -> MessagesFold:
         return MessagesFold(self.classify)

@@ -188,19 +188,22 @@ def _budget(job: Job, client: ApiClient, clock: Clock, sleep: Sleep) -> RateBudg
     return make_budget(
         limits,
         key_fingerprint=client.fingerprint,
+        cost=job.request.api_spec,
         max_concurrency=limits.concurrency,
         clock=clock.monotonic,
         sleep=sleep,
         max_wait_s=job.retry.max_backoff_s,
-        count_tokens=_token_counter(client),
+        count_tokens=_token_counter(client, job.request.api_spec.count_tokens_path),
     )
 
 
-def _token_counter(client: ApiClient) -> CountTokens:
-    """``/v1/messages/count_tokens``, for exact input-token budgets."""
+def _token_counter(client: ApiClient, path: str | None) -> CountTokens | None:
+    """The API's token counting endpoint, for exact input-token budgets; ``None`` without one."""
+    if path is None:
+        return None
 
     async def count(body: dict[str, Any]) -> int:
-        response = await client.post("/v1/messages/count_tokens", json=body)
+        response = await client.post(path, json=body)
         response.raise_for_status()
         return int(response.json()["input_tokens"])
 

@@ -33,7 +33,7 @@ from batchrun.schedule.limits.budget import (
     Snapshot,
     Unlimited,
 )
-from batchrun.schedule.limits.rate import CountTokens, RateBudget
+from batchrun.schedule.limits.rate import CountTokens, RateBudget, RequestCost
 from batchrun.schedule.limits.sqlite import SqliteStore, default_state_dir, state_path
 from batchrun.schedule.limits.store import BudgetStore, MemoryStore, StoreUnavailable
 
@@ -47,6 +47,7 @@ __all__ = [
     "CountTokens",
     "MemoryStore",
     "RateBudget",
+    "RequestCost",
     "Reservation",
     "Snapshot",
     "SqliteStore",
@@ -63,6 +64,7 @@ def make_budget(
     limits: LimitsConfig,
     *,
     key_fingerprint: str,
+    cost: RequestCost,
     max_concurrency: int,
     clock: Callable[[], float] = time.monotonic,
     sleep: Sleep = asyncio.sleep,
@@ -72,12 +74,13 @@ def make_budget(
     """The budget of a run.
 
     ``key_fingerprint`` names the shared state (``sha256(api_key + "\\n" + base_url)``, never the
-    key). ``max_wait_s`` bounds a wait for a 429's pause (pass ``retry.max_backoff_s``).
-    ``count_tokens`` posts a body to ``/v1/messages/count_tokens`` and returns its
-    ``input_tokens``; it is used only with ``limits.exact_input_tokens`` and an input limit in
-    force. With no limit set, nothing waits until a response teaches one. ``clock`` must be the
-    same in every process sharing the state: keep ``time.monotonic`` outside tests. Every wait
-    the budget does goes through ``sleep`` (pass the run's).
+    key). ``cost`` estimates a body's tokens (the job's API). ``max_wait_s`` bounds a wait for a
+    429's pause (pass ``retry.max_backoff_s``). ``count_tokens`` posts a body to the API's token
+    counting endpoint and returns its ``input_tokens``; it is used only with
+    ``limits.exact_input_tokens`` and an input limit in force. With no limit set, nothing waits
+    until a response teaches one. ``clock`` must be the same in every process sharing the state:
+    keep ``time.monotonic`` outside tests. Every wait the budget does goes through ``sleep``
+    (pass the run's).
     """
     store: BudgetStore
     if limits.shared and limits.redis_url:
@@ -97,6 +100,7 @@ def make_budget(
             "output_tokens": limits.output_tokens_per_minute,
         },
         store,
+        cost=cost,
         max_concurrency=max_concurrency,
         clock=clock,
         sleep=sleep,

@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -28,21 +28,26 @@ from batchrun.models import Attempt
 from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
 from batchrun.schedule.limits.bucket import Adjust, BucketSpec, Want
 from batchrun.schedule.limits.budget import BudgetWaitError, Reservation, Snapshot
-from batchrun.schedule.limits.estimate import (
-    count_tokens_body,
-    estimate_input_tokens,
-    output_reservation,
-    read_ratelimit_headers,
-    read_retry_after,
-)
+from batchrun.schedule.limits.headers import read_ratelimit_headers, read_retry_after
 from batchrun.schedule.limits.store import PAUSED, BudgetStore, MemoryStore, StoreUnavailable
 
-__all__ = ["DEFAULT_PAUSE_S", "CountTokens", "RateBudget"]
+__all__ = ["DEFAULT_PAUSE_S", "CountTokens", "RateBudget", "RequestCost"]
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 CountTokens = Callable[[dict[str, Any]], Awaitable[int]]
+
+
+class RequestCost(Protocol):
+    """What a request body will cost: the API's own estimate (an :class:`~batchrun.apis.Api`)."""
+
+    def estimate_input_tokens(self, body: Mapping[str, Any]) -> int: ...
+
+    def output_reservation(self, body: Mapping[str, Any]) -> int: ...
+
+    def count_tokens_body(self, body: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
 
 DEFAULT_PAUSE_S = 1.0  # a 429 without retry-after still pauses the pool this long
 _NAP_S = 0.5  # longest nap while a bucket is short: other processes' give-backs wake no one
@@ -62,6 +67,7 @@ class RateBudget:
         configured: Mapping[str, int | None],
         store: BudgetStore,
         *,
+        cost: RequestCost,
         max_concurrency: int,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
@@ -75,6 +81,7 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
         self._max_wait_s = max_wait_s
+        self._cost = cost
         self._count_tokens = count_tokens
         self._counts: dict[str, int] = {}
         self._slots = AdaptiveConcurrency(max_concurrency)
@@ -111,7 +118,7 @@ class RateBudget:
             elif name == "input_tokens":
                 wants.append(Want(spec, await self._input_tokens(body)))
             else:
-                wants.append(Want(spec, output_reservation(body)))
+                wants.append(Want(spec, self._cost.output_reservation(body)))
         return tuple(wants)
 
     async def _wait(self, wants: Sequence[Want], deadline: float | None) -> None:
@@ -160,9 +167,9 @@ class RateBudget:
             await asyncio.gather(sleeper, waker, return_exceptions=True)
 
     async def _input_tokens(self, body: dict[str, Any]) -> int:
-        counted = count_tokens_body(body) if self._count_tokens is not None else None
+        counted = self._cost.count_tokens_body(body) if self._count_tokens is not None else None
         if counted is None or self._count_tokens is None:
-            return estimate_input_tokens(body)
+            return self._cost.estimate_input_tokens(body)
         canonical = json.dumps(counted, sort_keys=True, ensure_ascii=False).encode()
         key = hashlib.sha256(canonical).hexdigest()
         if key not in self._counts:
@@ -170,7 +177,7 @@ class RateBudget:
                 self._counts[key] = await self._count_tokens(counted)
             except Exception as exc:  # a failed count must never fail the request
                 log.warning("batchrun.limits.count_tokens_failed", error=str(exc)[:200])
-                return estimate_input_tokens(body)
+                return self._cost.estimate_input_tokens(body)
             if len(self._counts) > _COUNT_CACHE:
                 del self._counts[next(iter(self._counts))]
         return self._counts[key]
