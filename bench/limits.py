@@ -35,7 +35,7 @@ from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
 from batchrun.call.transport import AiohttpTransport
 from batchrun.clock import Clock
-from batchrun.job.schema import LimitsConfig
+from batchrun.job.sections import LimitsConfig
 from batchrun.models import Attempt, RequestItem
 from batchrun.schedule.limits import BucketSpec, SqliteStore, Want, make_budget
 from batchrun.sim import SimConfig, SimServer

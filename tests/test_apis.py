@@ -16,7 +16,7 @@ from batchrun.apis.complete import CompleteFold, complete_prompt, validate_compl
 from batchrun.apis.messages_fold import MessagesFold
 from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
-from batchrun.job.schema import RequestConfig
+from batchrun.job.sections import RequestConfig
 from batchrun.models import Completion, RequestItem
 
 # shared/ sits beside the repository, on developers' machines and in CI alike.

@@ -11,7 +11,9 @@ import pydantic
 import pytest
 
 from batchrun.errors import JobError
-from batchrun.job.schema import InputConfig, Job, load_job, parse_template
+from batchrun.job.schema import Job, load_job
+from batchrun.job.sections import InputConfig
+from batchrun.job.templates import parse_template
 
 CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
 

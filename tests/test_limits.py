@@ -21,7 +21,7 @@ from batchrun.call.endpoint import ApiClient
 from batchrun.call.transport import AiohttpTransport
 from batchrun.clock import Clock
 from batchrun.errors import PermanentError
-from batchrun.job.schema import LimitsConfig
+from batchrun.job.sections import LimitsConfig
 from batchrun.models import Attempt, Completion, RequestItem
 from batchrun.schedule.limits import (
     Adjust,

@@ -22,7 +22,8 @@ from structlog.testing import capture_logs
 
 from batchrun.apis import APIS
 from batchrun.errors import JobError
-from batchrun.job.schema import Job, LimitsConfig, load_job
+from batchrun.job.schema import Job, load_job
+from batchrun.job.sections import LimitsConfig
 from batchrun.models import Attempt, Completion
 from batchrun.schedule.limits import (
     Adjust,

@@ -1,7 +1,7 @@
 """Server-sent events: bytes in, events out, following the WHATWG parsing rules.
 
 Part of stage 3 (call): the client feeds each network chunk to :class:`SSEDecoder` and hands the
-events it returns to a fold in :mod:`batchrun.folds`. This module does no I/O, knows nothing of
+events it returns to a fold in :mod:`batchrun.apis`. This module does no I/O, knows nothing of
 HTTP or of the Anthropic payloads, and never raises on odd input: whatever the bytes, they
 decode to some (possibly empty) list of events.
 

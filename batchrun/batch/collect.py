@@ -1,9 +1,9 @@
 """Batch mode's record step for whole batches: results (or their absence) into Parquet parts.
 
 :class:`Recorder` reads an ended batch's JSON-lines results as they stream in, settles each
-against the batch's index (``rows.settle``), and hands the rows to the
-:class:`~batchrun.results.ResultsWriter`, flushing checkpoint parts as it goes and once more at
-the end, so the rows are on disk before the caller marks the batch collected. A request the
+against the batch's index (``rows.settle``), and hands the rows to the run's
+:class:`~batchrun.record.parquet.ResultsWriter`, flushing checkpoint parts as it goes and once
+more at the end, so the rows are on disk before the caller marks the batch collected. A request the
 results leave out is a retryable ``missing_result``; lines for unknown or repeated custom ids
 are ignored. It must not change the batch state or send anything.
 """

@@ -3,7 +3,7 @@
 Generic over the schema (a pydantic model class, defined in :mod:`batchrun.job`): reads one
 YAML document, applies ``KEY=VALUE`` overrides, validates, and places every problem at its
 line: ``FILE:LINE:COL: dotted.key: what is wrong; how to fix it`` (``--set ITEM: ...`` for an
-override), all in one :class:`~batchrun.errors.JobError`; :mod:`batchrun.jobmessages` words
+override), all in one :class:`~batchrun.errors.JobError`; :mod:`batchrun.job.messages` words
 them. The only YAML reader. It must not read the input data, touch the network or read the API
 key.
 """

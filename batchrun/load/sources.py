@@ -1,6 +1,6 @@
 """The input files: found, opened lazily, checked for the columns the job uses, or explained.
 
-Part of stage 1 (load), under :mod:`batchrun.inputs`: which files ``input.path`` names, their
+Part of stage 1 (load), under :mod:`batchrun.load.inputs`: which files ``input.path`` names, their
 schemas, one lazy frame per file with only the columns the job uses (ids and template columns as
 strings), and the rendered id, prompt and system. When a file cannot be read, :func:`unreadable`
 says why in words a user can act on (the line of the first byte that is not UTF-8, the line with

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrun.job.schema import DEFAULT_PRICES
+from batchrun.job.prices import DEFAULT_PRICES
 from batchrun.record.cost import estimate_cost
 from batchrun.report.load import RunData
 

@@ -1,6 +1,6 @@
 """Progress of a run: a live line on a terminal, periodic log lines elsewhere (cron).
 
-Counts only; it never decides anything. The runner calls ``update`` as requests finish and
+Counts only; it never decides anything. The stream driver calls ``update`` as requests finish and
 ``retry`` as attempts fail; ``start``/``stop`` bracket the run.
 """
 

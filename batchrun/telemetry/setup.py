@@ -1,6 +1,6 @@
 """Observability, configured once: structlog for logs, OpenTelemetry for traces and metrics.
 
-Other modules call ``structlog.get_logger()`` and use the :class:`Telemetry` the runner hands
+Other modules call ``structlog.get_logger()`` and use the :class:`Telemetry` the run hands
 them; this is the only place that chooses renderers, processors and exporters. Logs go to
 stderr (stdout carries only what a command is asked to print): JSON lines when stderr is not a
 terminal, a readable console format when it is; every line inside a request carries its

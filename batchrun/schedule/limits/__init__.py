@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from batchrun.clock import Sleep
-from batchrun.job.schema import LimitsConfig
+from batchrun.job.sections import LimitsConfig
 from batchrun.schedule.limits.bucket import BURST_S, Adjust, BucketSpec, Want
 from batchrun.schedule.limits.budget import (
     Budget,

@@ -1,7 +1,7 @@
-"""Limits: the seam the runner sees. What a budget promises, what it hands out, how it refuses.
+"""Limits: the seam the stream driver sees. What a budget promises, hands out and refuses.
 
-The runner awaits :meth:`Budget.acquire` before every attempt (retries included) and calls
-:meth:`Budget.settle` after it, in a ``finally``, with the :class:`~batchrun.records.Attempt` as
+The stream driver awaits :meth:`Budget.acquire` before every attempt (retries included) and calls
+:meth:`Budget.settle` after it, in a ``finally``, with the :class:`~batchrun.models.Attempt` as
 it stands. A wait that would exceed its bound raises :class:`BudgetWaitError` from ``acquire``:
 no reservation is held then, and there is nothing to settle. This module holds no policy.
 """
@@ -31,7 +31,7 @@ class BudgetWaitError(PermanentError):
 
 @dataclass(slots=True, eq=False)
 class Reservation:
-    """What ``acquire`` took for one attempt. Opaque to the runner but for ``waited_s``, the
+    """What ``acquire`` took for one attempt. Opaque to the driver but for ``waited_s``, the
     seconds ``acquire`` spent waiting (for a slot, the buckets or a pause)."""
 
     wants: tuple[Want, ...] = ()

@@ -60,7 +60,7 @@ _LIMIT_KEYS = {
 
 
 class RateBudget:
-    """A :class:`~batchrun.limits.budget.Budget` over a :class:`BudgetStore`."""
+    """A :class:`~batchrun.schedule.limits.budget.Budget` over a :class:`BudgetStore`."""
 
     def __init__(
         self,

@@ -1,12 +1,12 @@
 """Limits: buckets shared by batchrun processes on many hosts, in Redis.
 
-The same semantics as :class:`~batchrun.limits.sqlite.SqliteStore`, but each operation is one Lua
-script run atomically by the server (EVALSHA), and time is the server's ``TIME`` read inside the
-script, so the hosts' clocks never meet. Two keys per API key and base URL, named by their
+The same semantics as :class:`~batchrun.schedule.limits.sqlite.SqliteStore`, but each operation is
+one Lua script run atomically by the server (EVALSHA), and time is the server's ``TIME`` read inside
+the script, so the hosts' clocks never meet. Two keys per API key and base URL, named by their
 fingerprint (never the key): ``batchrun:budget:{<fingerprint>}:buckets`` (a hash: ``level:<name>``
 and ``updated:<name>``) and ``...:paused_until``. The braces make them one Redis Cluster hash slot,
-as a script's keys must be. Every write renews a TTL, so the state of a key no one uses expires;
-a bucket that expired starts empty, like a new one. The connection opens on first use.
+as a script's keys must be. Every write renews a TTL, so the state of a key no one uses expires; a
+bucket that expired starts empty, like a new one. The connection opens on first use.
 
 The Lua below mirrors ``bucket.refill``, ``bucket.take`` and ``bucket.adjust_level`` (the server
 cannot run Python); the tests hold both to the same numbers. This module must not know about
@@ -128,7 +128,7 @@ def redacted_url(url: str) -> str:
 
 
 class RedisStore:
-    """A :class:`~batchrun.limits.store.BudgetStore` in Redis, safe across hosts.
+    """A :class:`~batchrun.schedule.limits.store.BudgetStore` in Redis, safe across hosts.
 
     ``url`` is ``redis://`` or ``rediss://`` (TLS), with an optional ``user:password@`` and
     ``/db``. ``ttl_s`` is how long an unused fingerprint's state lives; ``timeout_s`` bounds a

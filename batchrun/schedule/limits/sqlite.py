@@ -46,7 +46,8 @@ def state_path(state_dir: str | Path | None, key_fingerprint: str) -> Path:
 
 
 class SqliteStore:
-    """A :class:`~batchrun.limits.store.BudgetStore` in a SQLite file, safe across processes.
+    """A :class:`~batchrun.schedule.limits.store.BudgetStore` in a SQLite file, safe across
+    processes.
 
     ``clock`` must read the same in every process sharing the file (``time.monotonic`` does on
     Linux and macOS); ``boot`` identifies the clock's origin (default: wall minus monotonic).

@@ -4,7 +4,7 @@ Builds plain dicts of the ``common.v1`` and ``resource.v1`` messages as proto3 J
 field for field what ``MessageToDict`` makes of the official encoders' output: fields left at
 their default omitted, 64-bit integers as strings, NaN and the infinities spelled out, trace and
 span ids in hex as OTLP JSON wants. Pure: it must not write files, choose exporters or import the
-protobuf modules (slow to load, and what :mod:`batchrun.otlpfile` exists to avoid).
+protobuf modules (slow to load, and what :mod:`batchrun.telemetry.otlp.file` exists to avoid).
 """
 
 from __future__ import annotations

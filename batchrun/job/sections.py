@@ -1,0 +1,314 @@
+"""The job file's sections: every key of ``input``, ``request``, ``endpoint``, ``limits``,
+``retry``, ``timeouts``, ``output`` and ``telemetry``, its default and its limits, as frozen
+pydantic models (the whole job is :class:`batchrun.job.schema.Job`).
+
+Validates at the boundary, then freezes. ``request.api``'s choices come from the API registry
+(:data:`batchrun.apis.APIS`), and whether a request fits its API is the API's to say. It must
+not read the input data, touch the network or read the API key (it only holds the name of the
+variable that holds it).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from batchrun.apis import APIS, Api, get_api
+from batchrun.job.messages import looks_like_key
+from batchrun.job.templates import TemplatePart, columns_of, parse_template
+
+__all__ = [
+    "EndpointConfig",
+    "InputConfig",
+    "LimitsConfig",
+    "OutputConfig",
+    "RequestConfig",
+    "RetryConfig",
+    "Section",
+    "TelemetryConfig",
+    "TimeoutsConfig",
+]
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Section(BaseModel):
+    """A section of the job file: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class InputConfig(Section):
+    """Where the rows come from and how a row becomes a conversation."""
+
+    path: str = Field(
+        min_length=1,
+        description="the .csv or .parquet file (or a glob), relative to the job file, "
+        "e.g. path: data/eval.csv",
+    )
+    id_column: str | None = Field(default=None, min_length=1)  # None: the 0-based row number
+    prompt: str | None = Field(default=None, min_length=1)
+    system: str | None = None
+    messages_column: str | None = Field(default=None, min_length=1)
+
+    @field_validator("prompt", "system")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_template(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputConfig:
+        if (self.prompt is None) == (self.messages_column is None):
+            got = "both" if self.prompt is not None else "neither"
+            raise ValueError(f"give exactly one of prompt or messages_column (got {got})")
+        return self
+
+    @property
+    def prompt_parts(self) -> tuple[TemplatePart, ...]:
+        """The prompt template, parsed (empty when ``messages_column`` is used)."""
+        return parse_template(self.prompt) if self.prompt is not None else ()
+
+    @property
+    def system_parts(self) -> tuple[TemplatePart, ...] | None:
+        """The system template, parsed; ``None`` when there is none."""
+        return parse_template(self.system) if self.system is not None else None
+
+    @property
+    def prompt_columns(self) -> list[str]:
+        """Input columns the prompt template uses, in order of first use."""
+        return columns_of(self.prompt_parts)
+
+    @property
+    def system_columns(self) -> list[str]:
+        """Input columns the system template uses, in order of first use."""
+        return columns_of(self.system_parts or ())
+
+    @property
+    def template_columns(self) -> list[str]:
+        """Input columns the prompt and system templates use, in order of first use."""
+        return list(dict.fromkeys(self.prompt_columns + self.system_columns))
+
+
+if TYPE_CHECKING:
+    ApiName = str
+else:
+    ApiName = Literal[tuple(APIS)]  # the registry's names: a new API is a new choice
+
+# The request keys that go on the wire, in the order a body holds them.
+_WIRE_KEYS = ("model", "max_tokens", "stop_sequences", "temperature", "top_p", "top_k")
+
+
+class RequestConfig(Section):
+    """What each request asks the model for."""
+
+    api: ApiName = "messages"
+    model: str = Field(default="claude-sonnet-4-5", min_length=1)
+    max_tokens: int = Field(default=256, ge=1, le=128_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1)
+    stop_sequences: tuple[str, ...] = Field(default=(), strict=False)
+    samples: int = Field(default=1, ge=1)
+    # stream: one streamed request per row, with timing; batch: the Message Batches API (half
+    # the price, results within 24 hours, no timing columns).
+    mode: Literal["stream", "batch"] = "stream"
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("stop sequences must not be empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_api(self) -> RequestConfig:
+        api = get_api(self.api)
+        if self.mode == "batch" and not api.batchable:
+            batchable = " or ".join(f"api: {a.name}" for a in APIS.values() if a.batchable)
+            raise ValueError(
+                f"mode: batch needs {batchable}; {api.title} (api: {api.name}) has no batch "
+                f"form: use mode: stream, or {batchable}"
+            )
+        refused = [key for key in self.params if key not in api.accepts]
+        if refused:
+            raise ValueError(f"api: {api.name} does not take {', '.join(refused)}")
+        return self
+
+    @property
+    def api_spec(self) -> Api:
+        """The API this job speaks (its path, body, folds and error table)."""
+        return get_api(self.api)
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        """The request keys sent with every request, as the API takes them: unset ones (null,
+        an empty list) left out. Made once per job, not per request."""
+        values = ((key, getattr(self, key)) for key in _WIRE_KEYS)
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in values
+            if value is not None and value != ()
+        }
+
+
+def _split_url(value: str) -> SplitResult:
+    """A URL's parts; a port that is not a number in 0-65535 is a validation error."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the port is not a number in 0-65535") from None
+    return parts
+
+
+class EndpointConfig(Section):
+    """Where requests go and how they authenticate."""
+
+    base_url: str = "sim"
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    anthropic_version: str = Field(default="2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value == "sim":
+            return value
+        parts = _split_url(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be 'sim' or an http(s) URL such as http://127.0.0.1:8080")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials; name the key's variable in api_key_env")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if looks_like_key(value):
+            raise ValueError(
+                "this looks like an API key itself; never put the key in the job file or on the "
+                "command line: put it in an environment variable (export ANTHROPIC_API_KEY=...) "
+                "and give the variable's name here, e.g. api_key_env: ANTHROPIC_API_KEY"
+            )
+        if not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, "
+                "not starting with a digit), e.g. ANTHROPIC_API_KEY"
+            )
+        return value
+
+    @field_validator("anthropic_version", mode="before")
+    @classmethod
+    def _unquoted_date(cls, value: object) -> object:
+        # YAML reads an unquoted 2023-06-01 as a date; accept it as the string it was meant to be.
+        return value.isoformat() if isinstance(value, date) else value
+
+
+class LimitsConfig(Section):
+    """Concurrency and rate budgets; ``None`` means unlimited."""
+
+    concurrency: int = Field(default=16, ge=1, le=10_000)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    input_tokens_per_minute: int | None = Field(default=None, gt=0)
+    output_tokens_per_minute: int | None = Field(default=None, gt=0)
+    # Share the budgets with other batchrun runs on this host that use the same key and
+    # base URL (state under state_dir, keyed by a hash of both; never the key itself).
+    shared: bool = True
+    state_dir: str | None = None  # null: $XDG_STATE_HOME/batchrun or ~/.local/state/batchrun
+    # With shared: share them with every host using this Redis instead (redis:// or rediss://).
+    redis_url: str | None = None
+    # Count input tokens exactly with /v1/messages/count_tokens instead of estimating them.
+    exact_input_tokens: bool = False
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Messages never repeat the value: it may hold a password (see _SECRET_KEYS).
+        if value is None:
+            return value
+        parts = _split_url(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(
+                "must be a redis:// or rediss:// URL such as redis://redis.internal:6379/0"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment; a password goes in user:pw@")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise ValueError("the path must be a database number, e.g. /0")
+        return value
+
+    @field_serializer("redis_url")
+    def _redis_url_shown(self, value: str | None) -> str | None:
+        # run.json holds the job as run, never a password.
+        parts = urlsplit(value) if value is not None else None
+        if parts is None or parts.password is None:
+            return value
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+class RetryConfig(Section):
+    """Attempts per request and the exponential backoff between them."""
+
+    max_attempts: int = Field(default=6, ge=1)
+    initial_backoff_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.initial_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                f"initial_backoff_s ({self.initial_backoff_s}) is greater than "
+                f"max_backoff_s ({self.max_backoff_s})"
+            )
+        return self
+
+
+class TimeoutsConfig(Section):
+    """Seconds allowed to connect, to stay silent inside a stream, and for one attempt."""
+
+    connect_s: float = Field(default=10.0, gt=0)
+    idle_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=600.0, gt=0)
+
+
+class OutputConfig(Section):
+    """The run folder, relative to the job file's folder; may use ``{name}`` and ``{date}``."""
+
+    dir: str = Field(default="outputs/{name}", min_length=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            parts = parse_template(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("template", "path")) from None
+        unknown = [c for c in columns_of(parts) if c not in ("name", "date")]
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{unknown[0]}}}; use only {{name}} and {{date}}"
+            )
+        return value
+
+
+class TelemetryConfig(Section):
+    """Where spans go, and whether they may hold prompt and completion text."""
+
+    traces: Literal["file", "otlp", "console", "none"] = "file"
+    capture_content: bool = False
