@@ -28,7 +28,35 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="batchrun-state-")
 
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_path(*parts: str) -> Path:
+    """A file or folder under tests/fixtures; missing, it is an error when the tests are
+    collected, never a skip or an empty parametrisation."""
+    path = FIXTURE_DIR.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"test fixture missing: {path}")
+    return path
+
+
+FIXTURES = fixture_path("anthropic-streams")
+# Every captured stream (see its README.md): a file missing or not listed here is an error.
+STREAM_NAMES = (
+    "basic_response",
+    "compaction_response",
+    "fallback_credit_response",
+    "fallback_response",
+    "incomplete_partial_json_response",
+    "refusal_response",
+    "stream-a-refusal",
+    "stream-a-toolrefusal",
+    "stream-b-fallback",
+    "tool_use_response",
+)
+STREAM_FILES = [fixture_path("anthropic-streams", f"{name}.sse") for name in STREAM_NAMES]
+if sorted(FIXTURES.glob("*.sse")) != sorted(STREAM_FILES):
+    raise FileNotFoundError(f"{FIXTURES}: the .sse files differ from conftest.STREAM_NAMES")
 
 QUESTIONS = [
     "What is the capital of France?",

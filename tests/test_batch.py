@@ -29,7 +29,7 @@ from batchrun.job.schema import Job, load_job
 from batchrun.report import load_run, render_summary, summarize
 from batchrun.run import RunOutcome, run_job
 from batchrun.sim import SimServer
-from tests.conftest import FIXTURES, JobWriter
+from tests.conftest import STREAM_FILES, JobWriter
 
 StartSim = Callable[..., SimServer]
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
@@ -452,9 +452,7 @@ async def test_the_cost_line_in_run_json_and_the_report(
 # --- a non-streaming message as a completion ---------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", sorted(FIXTURES.glob("*.sse")) if FIXTURES.exists() else [], ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 def test_a_message_folds_like_its_stream(path: Path) -> None:
     """For every captured stream: the message it streams, read whole, is the same Completion."""
     fold = MessagesFold()
