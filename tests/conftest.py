@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,60 @@ def sim_server() -> Iterator[Callable[..., SimServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    *,
+    proc: subprocess.Popen[Any] | None = None,
+    timeout_s: float = 60.0,
+) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` if ``proc`` exits first or the
+    deadline passes. Tests wait for an event this way, never for a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            _, stderr = proc.communicate()
+            tail = stderr[-3000:] if stderr else ""
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{tail!s}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s:.0f} s")
+        time.sleep(0.01)
+
+
+async def await_until(
+    ready: Callable[[], bool | Awaitable[bool]], what: str, *, timeout_s: float = 60.0
+) -> None:
+    """:func:`wait_until` for a coroutine: ``ready`` may be async; the loop keeps running."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = ready()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s:.0f} s")
+        await asyncio.sleep(0.01)
+
+
+def checkpoint_parts(run_dir: Path) -> int:
+    """How many results checkpoint parts the run folder holds now."""
+    return len(list(run_dir.glob("parts/results-*.parquet")))
+
+
+def wait_for_checkpoint(
+    run_dir: Path, proc: subprocess.Popen[str], *, after: int = 0, timeout_s: float = 60.0
+) -> None:
+    """Wait until the run in ``proc`` has written a results part beyond the first ``after``:
+    it is running, its signal handlers are set, and it has rows on disk."""
+    wait_until(
+        lambda: checkpoint_parts(run_dir) > after,
+        f"checkpoint part under {run_dir / 'parts'}",
+        proc=proc,
+        timeout_s=timeout_s,
+    )
 
 
 async def no_sleep(seconds: float) -> None:

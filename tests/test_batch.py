@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +28,12 @@ from batchrun.job.schema import Job, load_job
 from batchrun.report import load_run, render_summary, summarize
 from batchrun.run import RunOutcome, run_job
 from batchrun.sim import SimServer
-from tests.conftest import STREAM_FILES, JobWriter
+from tests.conftest import STREAM_FILES, JobWriter, await_until, wait_until
 
 StartSim = Callable[..., SimServer]
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
+POLL_PATH = "/v1/messages/batches/{batch_id}"  # how the simulator counts a retrieve
 # What batch mode must fill exactly as stream mode does.
 SAME = [
     "id",
@@ -269,14 +269,6 @@ async def test_expired_errored_and_retried_requests(
 # --- crashes -----------------------------------------------------------------------------
 
 
-def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + 30
-    while not predicate():
-        assert proc is None or proc.poll() is None, proc.communicate() if proc else ""
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_kill_during_polling_resumes_without_sending_twice(
     write_job: JobWriter, sim_server: StartSim, tmp_path: Path
 ) -> None:
@@ -293,8 +285,17 @@ def test_a_kill_during_polling_resumes_without_sending_twice(
         text=True,
     )
     run_dir = tmp_path / "killed"
-    _wait_for(lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]), proc)
-    time.sleep(0.2)  # a few polls
+    wait_until(
+        lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]),
+        "open batch in the run's state",
+        proc=proc,
+    )
+    polled = server.stats.requests_by_path.get(POLL_PATH, 0)
+    wait_until(
+        lambda: server.stats.requests_by_path.get(POLL_PATH, 0) >= polled + 2,
+        "two more polls of the batch",
+        proc=proc,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (run_dir / "results.parquet").exists()
@@ -352,10 +353,7 @@ async def test_cancel_while_a_run_polls(write_job: JobWriter, sim_server: StartS
         records = _state(run_dir)["records"]
         return bool(records) and records[0]["request_counts"].get("succeeded", 0) >= 1
 
-    for _ in range(1500):  # polling a file: no event to wait on
-        if some_done():
-            break
-        await asyncio.sleep(0.02)
+    await await_until(some_done, "finished request in the run's batch state")
     asked = await cancel_job(job)
     assert (asked.status, asked.exit_code) == ("cancel_requested", 0)
     outcome = await running
@@ -401,7 +399,11 @@ def test_the_cancel_command_after_a_kill(
         stderr=subprocess.DEVNULL,
     )
     run_dir = tmp_path / "abandoned"
-    _wait_for(lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]))
+    wait_until(
+        lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]),
+        "open batch in the run's state",
+        proc=proc,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = subprocess.run(

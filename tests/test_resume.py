@@ -25,7 +25,14 @@ from batchrun.record.parquet import ResultsWriter
 from batchrun.record.rundir import Done, pending_items, resume_plan
 from batchrun.run import run_job
 from batchrun.sim import SimServer
-from tests.conftest import JobWriter, no_sleep, stored_result
+from tests.conftest import (
+    JobWriter,
+    checkpoint_parts,
+    no_sleep,
+    stored_result,
+    wait_for_checkpoint,
+    wait_until,
+)
 
 StartSim = Callable[..., SimServer]
 ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
@@ -67,14 +74,9 @@ def test_kill_9_at_random_points_loses_nothing_and_duplicates_nothing(
     on_disk: dict[tuple[str, int], str] = {}  # (id, sample) -> run_id, as seen after each kill
     for _ in range(3):
         proc = _spawn(job)
-        # Kill at a random moment once this run has written something (start-up time varies
-        # with the machine's load; the point is to land mid-run).
-        before = len(list(run_dir.glob("parts/results-*.parquet")))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(run_dir.glob("parts/results-*.parquet"))) > before:
-                break
-            time.sleep(0.02)
+        # Kill at a seeded random moment after this run has written something (start-up time
+        # varies with the machine's load; the point is to land mid-run).
+        wait_for_checkpoint(run_dir, proc, after=checkpoint_parts(run_dir))
         time.sleep(rng.uniform(0.0, 1.0))
         proc.kill()
         proc.communicate(timeout=30)
@@ -115,7 +117,7 @@ def test_a_signal_stops_cleanly_and_the_rerun_completes(
         extra={"limits": {"concurrency": 2}, "sim": {"ttft_s": 0.05, "token_interval_s": 0.002}},
     )
     proc = _spawn(job)
-    time.sleep(2.0)
+    wait_for_checkpoint(tmp_path / "out", proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == code, stderr
@@ -133,15 +135,21 @@ def test_a_signal_stops_cleanly_and_the_rerun_completes(
 
 
 def test_the_grace_period_abandons_slow_streams_for_the_next_run(
-    write_job: JobWriter, tmp_path: Path
+    write_job: JobWriter, sim_server: StartSim, tmp_path: Path
 ) -> None:
     """Streams still running when the grace period ends are not recorded, so resume sends them."""
+    # A simulator in this process, so that the test sees the streams arrive.
+    server = sim_server(ttft_s=30, token_interval_s=0)
     job = write_job(
         rows=4,
-        extra={"limits": {"concurrency": 4}, "sim": {"ttft_s": 30, "token_interval_s": 0}},
+        extra={"endpoint": {"base_url": server.base_url}, "limits": {"concurrency": 4}},
     )
     proc = _spawn(job, "--grace-s", "0.2")
-    time.sleep(2.0)
+    wait_until(
+        lambda: server.stats.requests_by_path.get("/v1/messages", 0) == 4,
+        "four streams open at the simulator",
+        proc=proc,
+    )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
@@ -173,9 +181,10 @@ def test_a_second_run_on_the_same_folder_is_refused(write_job: JobWriter, tmp_pa
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(write_job: JobWriter, tmp_path: Path) -> None:
     """A run killed with SIGKILL leaves no lock that blocks the next one."""
-    job = write_job(rows=30, extra={"sim": {"ttft_s": 0.05}})
+    # One stream at a time, so that the run is still going when its first part appears.
+    job = write_job(rows=30, extra={"limits": {"concurrency": 1}, "sim": {"ttft_s": 0.05}})
     proc = _spawn(job)
-    time.sleep(1.5)
+    wait_for_checkpoint(tmp_path / "out", proc)
     proc.kill()
     proc.communicate(timeout=30)
     assert (tmp_path / "out" / ".batchrun.lock").exists()
