@@ -29,6 +29,7 @@ from batchrun.clock import Clock
 from batchrun.errors import FatalAPIError
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
+from batchrun.load.resume import pending_items, resume_plan
 from batchrun.models import RequestItem
 from batchrun.outcome import (
     EXIT_FATAL,
@@ -41,15 +42,9 @@ from batchrun.outcome import (
     fatal_hint,
 )
 from batchrun.record.lock import RunLock
+from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
-from batchrun.record.rundir import (
-    clear,
-    make_run_dir,
-    manifest,
-    new_run_id,
-    pending_items,
-    resume_plan,
-)
+from batchrun.record.rundir import clear, make_run_dir, new_run_id
 from batchrun.schedule.limits import Budget, CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
 from batchrun.telemetry.progress import Progress

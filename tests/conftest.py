@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from batchrun.record.parquet import RESULT_SCHEMA
+from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
 
@@ -194,7 +194,7 @@ def stored_result(
     id_: str, sample: int = 0, status: str = "ok", *, at: datetime, **extra: Any
 ) -> dict[str, Any]:
     """A results.parquet row as a run stores it (``extra`` sets or overrides columns), for
-    tests that prepare a run folder with :class:`~batchrun.results.ResultsWriter`."""
+    tests that prepare a run folder with :class:`~batchrun.record.parquet.ResultsWriter`."""
     row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
     row.update(
         run_id="r1",

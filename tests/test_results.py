@@ -10,8 +10,6 @@ import polars as pl
 import pytest
 
 from batchrun.record.parquet import (
-    ATTEMPT_SCHEMA,
-    RESULT_SCHEMA,
     ResultsWriter,
     read_table,
     request_keys,
@@ -19,6 +17,7 @@ from batchrun.record.parquet import (
     resume_keys,
     write_json_atomic,
 )
+from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 from tests.conftest import stored_result
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -203,7 +202,7 @@ def test_lone_surrogates_from_the_stream_are_replaced(tmp_path: Path) -> None:
     """A completion holding a lone surrogate (valid JSON, not UTF-8) is written as U+FFFD."""
     from batchrun.clock import Clock
     from batchrun.models import Attempt, Completion, RequestItem
-    from batchrun.record.parquet import result_row
+    from batchrun.record.schema import result_row
 
     clock = Clock()
     final = Attempt(

@@ -20,9 +20,9 @@ from batchrun.call.stream import build_request
 from batchrun.errors import JobError, RunLockedError
 from batchrun.job.schema import Job, load_job
 from batchrun.load.inputs import iter_batches
+from batchrun.load.resume import Done, pending_items, resume_plan
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import ResultsWriter
-from batchrun.record.rundir import Done, pending_items, resume_plan
 from batchrun.run import run_job
 from batchrun.sim import SimServer
 from tests.conftest import (
@@ -418,7 +418,7 @@ async def test_the_plan_does_not_depend_on_how_the_input_is_read(
 ) -> None:
     """Requests are planned and checked in blocks of a fixed count, whatever batches the input
     comes in: a plan made from batches of one size applies to batches of another."""
-    monkeypatch.setattr("batchrun.record.rundir._BLOCK", 3)
+    monkeypatch.setattr("batchrun.load.resume._BLOCK", 3)
     job = load_job(write_job(rows=5, extra={"request": {"samples": 2}}))
     folder = {("r0", 1): "ok", ("r1", 0): "ok", ("r1", 1): "ok", ("r3", 0): "ok", ("r4", 1): "ok"}
     _write_folder(job, tmp_path / "out", folder)

@@ -37,6 +37,7 @@ from batchrun.call.retry import Sleep
 from batchrun.clock import Clock
 from batchrun.errors import FatalAPIError, JobError
 from batchrun.job.schema import Job
+from batchrun.load import resume
 from batchrun.load.inputs import InputSummary, check_input
 from batchrun.outcome import (
     EXIT_FATAL,
@@ -48,7 +49,7 @@ from batchrun.outcome import (
     catch_signals,
     fatal_hint,
 )
-from batchrun.record import rundir
+from batchrun.record import manifest, rundir
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
@@ -94,7 +95,7 @@ async def run_batch_job(
             state = BatchState()
         if not cancel:
             clear_cancel(run_dir)
-        done = await asyncio.to_thread(rundir.resume_plan, job, run_dir, limit, retry_errors)
+        done = await asyncio.to_thread(resume.resume_plan, job, run_dir, limit, retry_errors)
         busy = await asyncio.to_thread(_in_flight, run_dir, state)
         nothing_to_cancel = cancel and not state.unfinished()
         run_id = rundir.new_run_id(clock.wall(started))
@@ -137,7 +138,7 @@ async def run_batch_job(
                 with _signals(stop):
                     try:
                         if not cancel:
-                            await session.submit(rundir.pending_items(job, limit, done.also(busy)))
+                            await session.submit(resume.pending_items(job, limit, done.also(busy)))
                         await session.drive()
                     except FatalAPIError as exc:
                         stop.fatal = exc
@@ -154,11 +155,11 @@ async def run_batch_job(
                 {"batchrun.status": status, "batchrun.batches": session.created}
             )
             run_span.end(end_time=clock.epoch_ns(finished))
-        manifest = rundir.manifest(
+        run_json = manifest.manifest(
             job, run_dir, run_id, clock, started, finished, status, counts, summary, message
         )
-        manifest["batches"] = [_describe(record) for record in state.records]
-        write_json_atomic(run_dir / "run.json", manifest)
+        run_json["batches"] = [_describe(record) for record in state.records]
+        write_json_atomic(run_dir / "run.json", run_json)
     log.info(
         "batchrun.run.finished",
         status=status,

@@ -28,7 +28,8 @@ from batchrun.clock import Clock
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import Attempt, RequestItem
-from batchrun.record.parquet import ResultsWriter, attempt_row, result_row
+from batchrun.record.parquet import ResultsWriter
+from batchrun.record.schema import attempt_row, result_row
 from batchrun.schedule.limits import Budget, BudgetWaitError
 from batchrun.telemetry.progress import Progress
 from batchrun.telemetry.setup import Telemetry
