@@ -18,7 +18,7 @@ from batchrun.job.schema import Job
 from batchrun.load.inputs import iter_batches
 from batchrun.models import RequestItem
 from batchrun.record.keyhash import seen_twice
-from batchrun.record.parquet import request_keys, resume_index, resume_keys
+from batchrun.record.parquet import KeyHash, hash_keys, request_keys, resume_index, resume_keys
 
 __all__ = ["Done", "pending_items", "resume_plan"]
 
@@ -36,8 +36,10 @@ class _Keyed:
     took ~800 MB. (Sorting the rows themselves, strings and all, took 90 MB more.)
     """
 
-    def __init__(self, frame: pl.DataFrame) -> None:
-        """``frame``: ``_hash``, ``id``, ``sample`` and value columns, keys unique."""
+    def __init__(self, frame: pl.DataFrame, key_hash: KeyHash) -> None:
+        """``frame``: ``_hash`` (by ``key_hash``), ``id``, ``sample`` and value columns, keys
+        unique."""
+        self._key_hash = key_hash
         order = frame["_hash"].arg_sort()
         hashes = frame["_hash"].gather(order)
         self._table = frame.drop("_hash")
@@ -51,7 +53,8 @@ class _Keyed:
 
     def match(self, items: list[RequestItem]) -> pl.DataFrame:
         """One row per item, in order: its row's values, null where the folder has no row."""
-        keys = resume_keys([item.id for item in items], [item.sample for item in items])
+        ids, samples = [item.id for item in items], [item.sample for item in items]
+        keys = resume_keys(ids, samples, key_hash=self._key_hash)
         values = self._table.columns[2:]
         if self._hashes.len():
             at = self._hashes.search_sorted(keys["_hash"]).clip(upper_bound=self._hashes.len() - 1)
@@ -75,7 +78,7 @@ class Done:
     order :func:`iter_batches` yields them (a bit each: 125 kB for a million, where a set of
     the done keys held ~470 MB all run), with a check that each block of requests is still the
     one planned; and any (id, sample) given to :meth:`also`. ``len``: the requests skipped as
-    done.
+    done. ``block``: the requests planned and checked together (as :func:`resume_plan` had it).
     """
 
     def __init__(
@@ -83,7 +86,10 @@ class Done:
         skip: pl.Series | None = None,
         marks: list[int] | None = None,
         also: frozenset[tuple[str, int]] = frozenset(),
+        *,
+        block: int = _BLOCK,
     ) -> None:
+        self._block = block
         self._skip = skip
         self._marks = marks or []
         self._also = also
@@ -94,12 +100,12 @@ class Done:
 
     def also(self, keys: Iterable[tuple[str, int]]) -> Done:
         """These (id, sample) pairs skipped too (batch mode's requests still in a batch)."""
-        return Done(self._skip, self._marks, self._also | frozenset(keys))
+        return Done(self._skip, self._marks, self._also | frozenset(keys), block=self._block)
 
     def filter(self, job: Job, batches: Iterator[list[RequestItem]]) -> Iterator[list[RequestItem]]:
         """The requests of ``batches`` (the input as planned) not to skip, a block at a time."""
         also = self._also
-        for number, block in enumerate(_blocks(batches)):
+        for number, block in enumerate(_blocks(batches, self._block)):
             skip = [False] * len(block)
             if self._skip is not None:
                 if number >= len(self._marks) or self._marks[number] != _mark(block):
@@ -107,7 +113,7 @@ class Done:
                         f"input.path {job.input.path!r}: the input changed while the run "
                         "started; run the job again"
                     )
-                skip = self._skip.slice(number * _BLOCK, len(block)).to_list()
+                skip = self._skip.slice(number * self._block, len(block)).to_list()
             yield [
                 item
                 for item, done in zip(block, skip, strict=True)
@@ -115,15 +121,15 @@ class Done:
             ]
 
 
-def _blocks(batches: Iterator[list[RequestItem]]) -> Iterator[list[RequestItem]]:
-    """The requests of ``batches`` in lists of :data:`_BLOCK` (the last may be shorter), so a
+def _blocks(batches: Iterator[list[RequestItem]], size: int) -> Iterator[list[RequestItem]]:
+    """The requests of ``batches`` in lists of ``size`` (the last may be shorter), so a
     request's block depends on its place in the input only, not on how the input was read."""
     held: list[RequestItem] = []
     for batch in batches:
         held += batch
-        while len(held) >= _BLOCK:
-            yield held[:_BLOCK]
-            del held[:_BLOCK]
+        while len(held) >= size:
+            yield held[:size]
+            del held[:size]
     if held:
         yield held
 
@@ -133,33 +139,43 @@ def _mark(block: list[RequestItem]) -> int:
     return hash(tuple((item.id, item.sample) for item in block))
 
 
-def resume_plan(job: Job, run_dir: Path, limit: int | None, retry_errors: bool) -> Done:
+def resume_plan(
+    job: Job,
+    run_dir: Path,
+    limit: int | None,
+    retry_errors: bool,
+    *,
+    key_hash: KeyHash = hash_keys,
+    block: int = _BLOCK,
+) -> Done:
     """The requests to skip; refuses to resume when the job now asks otherwise.
 
     A request is compared by the hash of what would be sent. Any difference (model, template,
     max_tokens, input text, ...) means the folder's rows answer another question. The folder's
-    rows are held only while the input is read once, a batch at a time.
+    rows are held only while the input is read once, a batch at a time. ``key_hash`` (how
+    the folder's rows are found) and ``block`` (requests planned together) are for tests.
     """
-    index = resume_index(run_dir)
+    index = resume_index(run_dir, key_hash=key_hash)
     if index.is_empty():
-        return Done()
+        return Done(block=block)
     skip = pl.col("ok") | (not retry_errors)
-    table = _Keyed(index.select("_hash", "id", "sample", "request", skip.alias("skip")))
+    columns = index.select("_hash", "id", "sample", "request", skip.alias("skip"))
+    table = _Keyed(columns, key_hash)
     del index
     flags, marks, count, changed = list[pl.Series](), list[int](), 0, list[str]()
-    for block in _blocks(iter_batches(job, limit=limit)):
-        found = table.match(block)
+    for items in _blocks(iter_batches(job, limit=limit), block):
+        found = table.match(items)
         flags.append(found["skip"].fill_null(False))
-        marks.append(_mark(block))
+        marks.append(_mark(items))
         stored = found["request"]
         rows = stored.is_not_null().arg_true()
         if rows.is_empty():
             continue
-        sent = request_keys([build_request(job, block[n])[1] for n in rows])
+        sent = request_keys([build_request(job, items[n])[1] for n in rows])
         differs = rows.filter(sent != stored.gather(rows))
         count += differs.len()
         for n in differs.head(max(0, 3 - len(changed))):
-            changed.append(f"{block[n].id!r} (sample {block[n].sample})")
+            changed.append(f"{items[n].id!r} (sample {items[n].sample})")
     if count:
         raise JobError(
             f"{job.path}: the run folder {run_dir} holds results of a different job: "
@@ -167,7 +183,7 @@ def resume_plan(job: Job, run_dir: Path, limit: int | None, retry_errors: bool) 
             f"input changed), e.g. {', '.join(changed)}. Run with --fresh to start over, or "
             "set output.dir to a new folder."
         )
-    return Done(pl.concat(flags) if flags else pl.Series(dtype=pl.Boolean), marks)
+    return Done(pl.concat(flags) if flags else pl.Series(dtype=pl.Boolean), marks, block=block)
 
 
 async def pending_items(job: Job, limit: int | None, done: Done) -> AsyncIterator[RequestItem]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from batchrun.record.keyhash import seen_twice
 from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 
 __all__ = [
+    "KeyHash",
     "ResultsWriter",
+    "hash_keys",
     "read_table",
     "request_keys",
     "resume_index",
@@ -47,12 +49,21 @@ _REQUEST_SEED = 0x72657175  # of the request hashes a resume compares, 8 bytes a
 _TABLES = {"results": RESULT_SCHEMA, "attempts": ATTEMPT_SCHEMA}
 _KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "attempt"]}
 
+KeyHash = Callable[[list[str]], pl.Expr]
+"""Rows' key columns to a 64-bit ``_hash`` column; tests pass one under which keys collide."""
+
+
+def hash_keys(keys: list[str]) -> pl.Expr:
+    """The 64-bit hash of each row's ``keys`` columns, as ``_hash``: the default ``key_hash``."""
+    return pl.struct(keys).hash(_SEED).alias("_hash")
+
 
 class ResultsWriter:
     """Buffers rows and writes them as checkpoint parts; compacts everything at the end."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, key_hash: KeyHash = hash_keys) -> None:
         self.run_dir = run_dir
+        self._key_hash = key_hash
         self.parts_dir = run_dir / "parts"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
@@ -119,7 +130,8 @@ class ResultsWriter:
         """
         self.flush()
         for name in _TABLES:
-            _write_parquet_atomic(scan_table(self.run_dir, name), self.run_dir / f"{name}.parquet")
+            table = scan_table(self.run_dir, name, key_hash=self._key_hash)
+            _write_parquet_atomic(table, self.run_dir / f"{name}.parquet")
         for part in self.parts_dir.glob("*.parquet"):
             part.unlink()
         counts = (
@@ -131,12 +143,12 @@ class ResultsWriter:
         return dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
 
 
-def read_table(run_dir: Path, name: str) -> pl.DataFrame:
+def read_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:
     """A table as it stands: the last final file plus every checkpoint part, deduplicated."""
-    return scan_table(run_dir, name).collect()
+    return scan_table(run_dir, name, key_hash=key_hash).collect()
 
 
-def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
+def scan_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl.LazyFrame:
     """:func:`read_table`, lazily. Later parts win over earlier ones and over the final file,
     so a request re-run on resume replaces its earlier row; order is otherwise kept.
 
@@ -151,7 +163,7 @@ def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
     if not frames:
         return pl.LazyFrame(schema=schema)
     combined = pl.concat(frames, how="vertical")
-    dropped = _superseded(frames, combined, _KEYS[name])
+    dropped = _superseded(frames, combined, _KEYS[name], key_hash)
     if dropped.is_empty():
         return combined  # no key twice: the common case, streamed as it is
     return (
@@ -161,20 +173,18 @@ def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
     )
 
 
-def _key_hash(keys: list[str]) -> pl.Expr:
-    return pl.struct(keys).hash(_SEED).alias("_hash")
-
-
-def _superseded(frames: list[pl.LazyFrame], combined: pl.LazyFrame, keys: list[str]) -> pl.Series:
+def _superseded(
+    frames: list[pl.LazyFrame], combined: pl.LazyFrame, keys: list[str], key_hash: KeyHash
+) -> pl.Series:
     """Positions in ``combined`` (``frames`` one after another) of rows a later row replaces."""
-    hashes = pl.concat([f.select(_key_hash(keys)).collect() for f in frames])["_hash"].sort()
+    hashes = pl.concat([f.select(key_hash(keys)).collect() for f in frames])["_hash"].sort()
     twice = seen_twice(hashes)
     del hashes
     if twice.is_empty():
         return pl.Series("_pos", [], dtype=pl.get_index_type())
     suspects = (
         combined.with_row_index("_pos")
-        .filter(_key_hash(keys).is_in(twice.implode()))
+        .filter(key_hash(keys).is_in(twice.implode()))
         .select(*keys, "_pos")
         .collect(engine="streaming")
     )
@@ -198,7 +208,7 @@ def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame | None:
     return pl.scan_parquet(path).with_columns(missing).select(list(schema))
 
 
-def resume_index(run_dir: Path) -> pl.DataFrame:
+def resume_index(run_dir: Path, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:
     """Every (id, sample) with a result in this run folder, keyed as :func:`resume_keys` keys
     it (``_hash``, ``id``, ``sample``), with ``ok`` (its status is ok) and ``request``, its
     ``request_hash`` as :func:`request_keys` hashes it (null where it has none).
@@ -208,9 +218,9 @@ def resume_index(run_dir: Path) -> pl.DataFrame:
     """
     stored = pl.col("request_hash")
     return (
-        scan_table(run_dir, "results")
+        scan_table(run_dir, "results", key_hash=key_hash)
         .select(
-            _key_hash(_KEYS["results"]),
+            key_hash(_KEYS["results"]),
             "id",
             "sample",
             (pl.col("status") == "ok").fill_null(False).alias("ok"),
@@ -220,13 +230,15 @@ def resume_index(run_dir: Path) -> pl.DataFrame:
     )
 
 
-def resume_keys(ids: list[str], samples: list[int]) -> pl.DataFrame:
+def resume_keys(
+    ids: list[str], samples: list[int], *, key_hash: KeyHash = hash_keys
+) -> pl.DataFrame:
     """(id, sample) pairs with the 64-bit hash of each (``_hash``) that :func:`resume_index`
     gives the same pair, for looking requests up in it."""
     keys = pl.DataFrame(
         {"id": ids, "sample": samples}, schema={"id": pl.String, "sample": pl.Int64}
     )
-    return keys.select(_key_hash(_KEYS["results"]), "id", "sample")
+    return keys.select(key_hash(_KEYS["results"]), "id", "sample")
 
 
 def request_keys(digests: list[str]) -> pl.Series:
