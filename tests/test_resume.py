@@ -1,4 +1,4 @@
-"""Crash-safe runs: resume after kill -9, signals, the run-folder lock, a changed job."""
+"""Resuming: after kill -9 and signals, a changed job refused, and the resume plan itself."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ import polars as pl
 import pytest
 
 from batchrun.call.stream import build_request
-from batchrun.errors import JobError, RunLockedError
+from batchrun.errors import JobError
 from batchrun.job.schema import Job, load_job
 from batchrun.load.inputs import iter_batches
 from batchrun.load.resume import Done, pending_items, resume_plan
-from batchrun.record.lock import RunLock
 from batchrun.record.parquet import KeyHash, ResultsWriter, hash_keys
 from batchrun.run import run_job
 from batchrun.sim import SimServer
@@ -155,48 +154,6 @@ def test_the_grace_period_abandons_slow_streams_for_the_next_run(
     assert proc.returncode == 143, stderr
     assert "batchrun.run.grace_expired" in stderr
     assert pl.read_parquet(tmp_path / "out" / "results.parquet").height == 0
-
-
-def test_a_second_run_on_the_same_folder_is_refused(write_job: JobWriter, tmp_path: Path) -> None:
-    """While a run holds the folder, another exits 75 with a message naming the holder."""
-    job = write_job(rows=2)
-    run_dir = tmp_path / "out"
-    run_dir.mkdir()
-    with RunLock(run_dir):
-        done = subprocess.run(
-            [sys.executable, "-m", "batchrun.cli", str(job)],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 75
-        assert "another batchrun run is using this run folder" in done.stderr
-        assert f"pid {os.getpid()}" in done.stderr
-        with pytest.raises(RunLockedError):
-            RunLock(run_dir).__enter__()
-    assert not (run_dir / "results.parquet").exists()
-
-
-def test_a_lock_left_by_a_killed_run_is_taken_over(write_job: JobWriter, tmp_path: Path) -> None:
-    """A run killed with SIGKILL leaves no lock that blocks the next one."""
-    # One stream at a time, so that the run is still going when its first part appears.
-    job = write_job(rows=30, extra={"limits": {"concurrency": 1}, "sim": {"ttft_s": 0.05}})
-    proc = _spawn(job)
-    wait_for_checkpoint(tmp_path / "out", proc)
-    proc.kill()
-    proc.communicate(timeout=30)
-    assert (tmp_path / "out" / ".batchrun.lock").exists()
-    done = subprocess.run(
-        [sys.executable, "-m", "batchrun.cli", str(job)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 async def test_a_changed_job_refuses_to_resume(
