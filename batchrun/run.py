@@ -27,17 +27,12 @@ from batchrun.clock import Clock, Sleep
 from batchrun.errors import EXIT_FATAL, SIGNAL_EXIT, FatalAPIError, JobError, RunLockedError
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
+from batchrun.load.resume import pending_items, resume_plan
 from batchrun.models import RequestItem, RunOutcome, Stop
 from batchrun.record.lock import RunLock
+from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
-from batchrun.record.rundir import (
-    clear,
-    make_run_dir,
-    manifest,
-    new_run_id,
-    pending_items,
-    resume_plan,
-)
+from batchrun.record.rundir import clear, make_run_dir, new_run_id
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from batchrun.record.parquet import RESULT_SCHEMA
+from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
 
@@ -28,7 +29,35 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="batchrun-state-")
 
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_path(*parts: str) -> Path:
+    """A file or folder under tests/fixtures; missing, it is an error when the tests are
+    collected, never a skip or an empty parametrisation."""
+    path = FIXTURE_DIR.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"test fixture missing: {path}")
+    return path
+
+
+FIXTURES = fixture_path("anthropic-streams")
+# Every captured stream (see its README.md): a file missing or not listed here is an error.
+STREAM_NAMES = (
+    "basic_response",
+    "compaction_response",
+    "fallback_credit_response",
+    "fallback_response",
+    "incomplete_partial_json_response",
+    "refusal_response",
+    "stream-a-refusal",
+    "stream-a-toolrefusal",
+    "stream-b-fallback",
+    "tool_use_response",
+)
+STREAM_FILES = [fixture_path("anthropic-streams", f"{name}.sse") for name in STREAM_NAMES]
+if sorted(FIXTURES.glob("*.sse")) != sorted(STREAM_FILES):
+    raise FileNotFoundError(f"{FIXTURES}: the .sse files differ from conftest.STREAM_NAMES")
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -102,6 +131,60 @@ def sim_server() -> Iterator[Callable[..., SimServer]]:
         server.stop()
 
 
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    *,
+    proc: subprocess.Popen[Any] | None = None,
+    timeout_s: float = 60.0,
+) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` if ``proc`` exits first or the
+    deadline passes. Tests wait for an event this way, never for a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            _, stderr = proc.communicate()
+            tail = stderr[-3000:] if stderr else ""
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{tail!s}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s:.0f} s")
+        time.sleep(0.01)
+
+
+async def await_until(
+    ready: Callable[[], bool | Awaitable[bool]], what: str, *, timeout_s: float = 60.0
+) -> None:
+    """:func:`wait_until` for a coroutine: ``ready`` may be async; the loop keeps running."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = ready()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s:.0f} s")
+        await asyncio.sleep(0.01)
+
+
+def checkpoint_parts(run_dir: Path) -> int:
+    """How many results checkpoint parts the run folder holds now."""
+    return len(list(run_dir.glob("parts/results-*.parquet")))
+
+
+def wait_for_checkpoint(
+    run_dir: Path, proc: subprocess.Popen[str], *, after: int = 0, timeout_s: float = 60.0
+) -> None:
+    """Wait until the run in ``proc`` has written a results part beyond the first ``after``:
+    it is running, its signal handlers are set, and it has rows on disk."""
+    wait_until(
+        lambda: checkpoint_parts(run_dir) > after,
+        f"checkpoint part under {run_dir / 'parts'}",
+        proc=proc,
+        timeout_s=timeout_s,
+    )
+
+
 async def no_sleep(seconds: float) -> None:
     """An injected sleep for backoffs: yields to the loop but does not wait."""
     await asyncio.sleep(0)
@@ -111,7 +194,7 @@ def stored_result(
     id_: str, sample: int = 0, status: str = "ok", *, at: datetime, **extra: Any
 ) -> dict[str, Any]:
     """A results.parquet row as a run stores it (``extra`` sets or overrides columns), for
-    tests that prepare a run folder with :class:`~batchrun.results.ResultsWriter`."""
+    tests that prepare a run folder with :class:`~batchrun.record.parquet.ResultsWriter`."""
     row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
     row.update(
         run_id="r1",

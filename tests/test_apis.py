@@ -18,10 +18,10 @@ from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
 from batchrun.job.sections import RequestConfig
 from batchrun.models import Completion, RequestItem
+from tests.conftest import FIXTURES, STREAM_FILES, fixture_path
 
-# shared/ sits beside the repository, on developers' machines and in CI alike.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "anthropic-streams"
+# The legacy streaming page of the API documentation, with its two SSE examples.
+LEGACY_PAGE = fixture_path("legacy-complete-streaming.txt")
 
 
 def user(text: Any) -> dict[str, Any]:
@@ -414,7 +414,7 @@ def test_stream_b_fallback_long_text() -> None:
     assert sum(fed) == 15
 
 
-@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.sse")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 @given(data=st.data())
 def test_fixture_folds_the_same_whatever_the_split(path: Path, data: st.DataObject) -> None:
     """Decoding a captured stream cut at arbitrary bytes and folding it gives the same result."""
@@ -428,7 +428,7 @@ def test_fixture_folds_the_same_whatever_the_split(path: Path, data: st.DataObje
     assert folder.result() == fold("messages", decode_file(path))[0].result()
 
 
-@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.sse")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 def test_fixture_cut_before_message_stop_is_not_a_result(path: Path) -> None:
     """Without message_stop every fixture raises a retryable stream_error, text never leaks."""
     events = [e for e in decode_file(path) if e.event != "message_stop"]
@@ -760,9 +760,8 @@ def test_structurally_wrong_payloads_are_stream_errors(event: ServerSentEvent) -
 
 
 def seed_stream(after: str) -> bytes:
-    """The SSE example that follows the line ``after`` in the legacy streaming seed page."""
-    (seed,) = SHARED.glob("seeds/000_*.txt")
-    lines = seed.read_text(encoding="utf-8").splitlines()
+    """The SSE example that follows the line ``after`` in the legacy streaming page."""
+    lines = LEGACY_PAGE.read_text(encoding="utf-8").splitlines()
     start = lines.index(after) + 1
     body = itertools.takewhile(
         lambda line: line == "" or line.startswith(("event:", "data:")), lines[start:]

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +29,12 @@ from batchrun.job.schema import Job, load_job
 from batchrun.report import load_run, render_summary, summarize
 from batchrun.run import RunOutcome, cancel_job, run_job
 from batchrun.sim import SimServer
-from tests.conftest import FIXTURES, JobWriter
+from tests.conftest import STREAM_FILES, JobWriter, await_until, wait_until
 
 StartSim = Callable[..., SimServer]
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
+POLL_PATH = "/v1/messages/batches/{batch_id}"  # how the simulator counts a retrieve
 # What batch mode must fill exactly as stream mode does.
 SAME = [
     "id",
@@ -314,14 +314,6 @@ async def test_refused_creates_and_polling_wait_by_the_retry_backoff(
 # --- crashes -----------------------------------------------------------------------------
 
 
-def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + 30
-    while not predicate():
-        assert proc is None or proc.poll() is None, proc.communicate() if proc else ""
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_kill_during_polling_resumes_without_sending_twice(
     write_job: JobWriter, sim_server: StartSim, tmp_path: Path
 ) -> None:
@@ -338,8 +330,17 @@ def test_a_kill_during_polling_resumes_without_sending_twice(
         text=True,
     )
     run_dir = tmp_path / "killed"
-    _wait_for(lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]), proc)
-    time.sleep(0.2)  # a few polls
+    wait_until(
+        lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]),
+        "open batch in the run's state",
+        proc=proc,
+    )
+    polled = server.stats.requests_by_path.get(POLL_PATH, 0)
+    wait_until(
+        lambda: server.stats.requests_by_path.get(POLL_PATH, 0) >= polled + 2,
+        "two more polls of the batch",
+        proc=proc,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (run_dir / "results.parquet").exists()
@@ -397,10 +398,7 @@ async def test_cancel_while_a_run_polls(write_job: JobWriter, sim_server: StartS
         records = _state(run_dir)["records"]
         return bool(records) and records[0]["request_counts"].get("succeeded", 0) >= 1
 
-    for _ in range(1500):  # polling a file: no event to wait on
-        if some_done():
-            break
-        await asyncio.sleep(0.02)
+    await await_until(some_done, "finished request in the run's batch state")
     asked = await cancel_job(job)
     assert (asked.status, asked.exit_code) == ("cancel_requested", 0)
     outcome = await running
@@ -446,7 +444,11 @@ def test_the_cancel_command_after_a_kill(
         stderr=subprocess.DEVNULL,
     )
     run_dir = tmp_path / "abandoned"
-    _wait_for(lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]))
+    wait_until(
+        lambda: any(r["status"] == "open" for r in _state(run_dir)["records"]),
+        "open batch in the run's state",
+        proc=proc,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = subprocess.run(
@@ -497,9 +499,7 @@ async def test_the_cost_line_in_run_json_and_the_report(
 # --- a non-streaming message as a completion ---------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", sorted(FIXTURES.glob("*.sse")) if FIXTURES.exists() else [], ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 def test_a_message_folds_like_its_stream(path: Path) -> None:
     """For every captured stream: the message it streams, read whole, is the same Completion."""
     fold = APIS["messages"].new_fold()

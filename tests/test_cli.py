@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 
-from tests.conftest import JobWriter
+from tests.conftest import JobWriter, wait_for_checkpoint
 
 ENV = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
 
@@ -105,7 +104,7 @@ def test_sigterm_stops_cleanly_and_a_rerun_resumes(write_job: JobWriter, tmp_pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
+    wait_for_checkpoint(tmp_path / "out", proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr

@@ -13,7 +13,6 @@ import itertools
 import json
 import string
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +30,8 @@ from batchrun.models import Completion
 from batchrun.sim import SimServer
 from batchrun.sim.config import SimConfig
 from batchrun.sim.validate import Rejected, check_headers, parse_body, validate
+from tests.conftest import STREAM_FILES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
 KEY = "sk-fuzz"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
 PATHS = ["/v1/messages", "/v1/complete", "/v1/messages/count_tokens"]
@@ -352,15 +351,11 @@ def test_random_event_sequences_never_crash_the_folds(pairs: list[tuple[str, str
     _fold_all([ServerSentEvent(name, data) for name, data in pairs])
 
 
-FIXTURE_FILES = sorted(FIXTURES.glob("*.sse"))
-
-
-@pytest.mark.skipif(not FIXTURE_FILES, reason="shared/fixtures is not beside the repo")
 @FUZZ
 @given(data=st.data())
 def test_a_cut_or_damaged_real_stream_is_never_a_false_success(data: st.DataObject) -> None:
     """A captured stream cut before message_stop is an AttemptError; damage never crashes."""
-    raw = data.draw(st.sampled_from(FIXTURE_FILES)).read_bytes()
+    raw = data.draw(st.sampled_from(STREAM_FILES)).read_bytes()
     cut = data.draw(st.integers(0, len(raw)))
     head = raw[:cut]
     fold = APIS["messages"].new_fold()

@@ -158,21 +158,17 @@ def test_batches_are_bounded_and_ordered(tmp_path: Path) -> None:
     assert prompts(flat)[-1] == "q2499"
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Files are read 4 rows at a time, so a few rows cross chunk boundaries."""
-    monkeypatch.setattr(inputs, "CHUNK_ROWS", 4)
-    return 4
+SMALL_CHUNKS = 4  # files read 4 rows at a time, so a few rows cross chunk boundaries
 
 
-def test_chunks_join_across_files_and_limit(tmp_path: Path, small_chunks: int) -> None:
+def test_chunks_join_across_files_and_limit(tmp_path: Path) -> None:
     """Reading in chunks keeps order, row numbers across files, batch bounds and the limit."""
     pl.DataFrame({"q": [f"a{i}" for i in range(7)]}).write_parquet(tmp_path / "p1.parquet")
     pl.DataFrame({"q": [f"b{i}" for i in range(6)]}).write_parquet(tmp_path / "p2.parquet")
     job = make_job(tmp_path, {"path": "p*.parquet", "prompt": "{q}"}, request={"samples": 2})
     expected = [f"a{i}" for i in range(7)] + [f"b{i}" for i in range(6)]
     for batch_rows in (1, 3, 4, 100):
-        batches = list(iter_batches(job, batch_rows=batch_rows))
+        batches = list(iter_batches(job, batch_rows=batch_rows, chunk_rows=SMALL_CHUNKS))
         assert all(0 < len(b) <= 2 * batch_rows for b in batches)
         flat = [i for b in batches for i in b]
         assert [(i.id, i.row, i.sample) for i in flat] == [
@@ -180,11 +176,12 @@ def test_chunks_join_across_files_and_limit(tmp_path: Path, small_chunks: int) -
         ]
         assert prompts(flat)[::2] == expected
     for limit in (3, 4, 7, 9, 13, 50):
-        assert prompts(items(job, limit=limit))[::2] == expected[:limit]
-        assert check_input(job, limit=limit).rows == min(limit, 13)
+        found = items(job, limit=limit, chunk_rows=SMALL_CHUNKS)
+        assert prompts(found)[::2] == expected[:limit]
+        assert check_input(job, limit=limit, chunk_rows=SMALL_CHUNKS).rows == min(limit, 13)
 
 
-def test_problems_past_the_first_chunk_name_their_rows(tmp_path: Path, small_chunks: int) -> None:
+def test_problems_past_the_first_chunk_name_their_rows(tmp_path: Path) -> None:
     """Null ids, null cells and bad conversations are counted and listed across chunks."""
     good = '[{"role": "user", "content": "fine"}]'
     ids = ["a", None, "c", "", "e", None, "g", None, "i", None, "k"]
@@ -192,7 +189,7 @@ def test_problems_past_the_first_chunk_name_their_rows(tmp_path: Path, small_chu
     pl.DataFrame({"id": ids, "m": cells}).write_csv(tmp_path / "c.csv")
     job = make_job(tmp_path, {"path": "c.csv", "id_column": "id", "messages_column": "m"})
     null_id = "input.id_column 'id' is null or empty; every row needs an id"
-    assert error_of(job).splitlines() == [
+    assert error_of(job, chunk_rows=SMALL_CHUNKS).splitlines() == [
         *[f"c.csv: data row {n} (1-based): {null_id}" for n in (2, 4, 6, 8, 10)],
         "c.csv: data row 6 (1-based): input.messages_column 'm': the cell must be a non-empty "
         'list of {role, content} messages, e.g. [{"role": "user", "content": "Hi"}]',
@@ -203,24 +200,22 @@ def test_problems_past_the_first_chunk_name_their_rows(tmp_path: Path, small_chu
     ]
     pl.DataFrame({"q": ["x"] * 5 + [None, "x", "  ", None, "x"]}).write_csv(tmp_path / "q.csv")
     job = make_job(tmp_path, {"path": "q.csv", "prompt": "{q}"})
-    assert error_of(job).splitlines() == [
+    assert error_of(job, chunk_rows=SMALL_CHUNKS).splitlines() == [
         "q.csv: data row 6 (1-based): column 'q' is null (input.prompt uses it)",
         "q.csv: data row 8 (1-based): the rendered prompt is empty (input.prompt: '{q}')",
         "q.csv: data row 9 (1-based): column 'q' is null (input.prompt uses it)",
     ]
 
 
-def test_duplicate_ids_are_found_past_a_hash_collision(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_duplicate_ids_are_found_past_a_hash_collision(tmp_path: Path) -> None:
     """Ids are compared by hash first; equal hashes are checked on the ids themselves, so a
     collision is no duplicate and a real duplicate is still reported with its count."""
-    monkeypatch.setattr(inputs, "_id_hash", lambda: pl.col(ID).str.len_bytes().cast(pl.UInt64))
+    by_length = pl.col(ID).str.len_bytes().cast(pl.UInt64)
     pl.DataFrame({"id": ["ab", "cd", "ef"], "q": ["x"] * 3}).write_csv(tmp_path / "a.csv")
     job = make_job(tmp_path, {"path": "a.csv", "id_column": "id", "prompt": "{q}"})
-    assert check_input(job).rows == 3
+    assert check_input(job, id_hash=by_length).rows == 3
     pl.DataFrame({"id": ["ab", "cd", "ab", "e"], "q": ["x"] * 4}).write_csv(tmp_path / "a.csv")
-    assert error_of(job).startswith(
+    assert error_of(job, id_hash=by_length).startswith(
         "a.csv: input.id_column 'id' has duplicate ids: 'ab' (2 rows); ids must be unique"
     )
 

@@ -23,7 +23,7 @@ import polars as pl
 import pytest
 
 from batchrun.job.schema import load_job
-from batchrun.record.parquet import ATTEMPT_SCHEMA, RESULT_SCHEMA
+from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 from batchrun.report import compare_runs, load_run, render_html, summarize
 from batchrun.report.series import Timeline, histogram, step_average
 from batchrun.report.svg import nice_ticks

@@ -1,4 +1,4 @@
-"""Crash-safe runs: resume after kill -9, signals, the run-folder lock, a changed job."""
+"""Resuming: after kill -9 and signals, a changed job refused, and the resume plan itself."""
 
 from __future__ import annotations
 
@@ -17,15 +17,21 @@ import polars as pl
 import pytest
 
 from batchrun.apis import build_request
-from batchrun.errors import JobError, RunLockedError
+from batchrun.errors import JobError
 from batchrun.job.schema import Job, load_job
 from batchrun.load.inputs import iter_batches
-from batchrun.record.lock import RunLock
-from batchrun.record.parquet import ResultsWriter
-from batchrun.record.rundir import Done, pending_items, resume_plan
+from batchrun.load.resume import Done, pending_items, resume_plan
+from batchrun.record.parquet import KeyHash, ResultsWriter, hash_keys
 from batchrun.run import run_job
 from batchrun.sim import SimServer
-from tests.conftest import JobWriter, no_sleep, stored_result
+from tests.conftest import (
+    JobWriter,
+    checkpoint_parts,
+    no_sleep,
+    stored_result,
+    wait_for_checkpoint,
+    wait_until,
+)
 
 StartSim = Callable[..., SimServer]
 ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
@@ -67,14 +73,9 @@ def test_kill_9_at_random_points_loses_nothing_and_duplicates_nothing(
     on_disk: dict[tuple[str, int], str] = {}  # (id, sample) -> run_id, as seen after each kill
     for _ in range(3):
         proc = _spawn(job)
-        # Kill at a random moment once this run has written something (start-up time varies
-        # with the machine's load; the point is to land mid-run).
-        before = len(list(run_dir.glob("parts/results-*.parquet")))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(run_dir.glob("parts/results-*.parquet"))) > before:
-                break
-            time.sleep(0.02)
+        # Kill at a seeded random moment after this run has written something (start-up time
+        # varies with the machine's load; the point is to land mid-run).
+        wait_for_checkpoint(run_dir, proc, after=checkpoint_parts(run_dir))
         time.sleep(rng.uniform(0.0, 1.0))
         proc.kill()
         proc.communicate(timeout=30)
@@ -115,7 +116,7 @@ def test_a_signal_stops_cleanly_and_the_rerun_completes(
         extra={"limits": {"concurrency": 2}, "sim": {"ttft_s": 0.05, "token_interval_s": 0.002}},
     )
     proc = _spawn(job)
-    time.sleep(2.0)
+    wait_for_checkpoint(tmp_path / "out", proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == code, stderr
@@ -133,61 +134,26 @@ def test_a_signal_stops_cleanly_and_the_rerun_completes(
 
 
 def test_the_grace_period_abandons_slow_streams_for_the_next_run(
-    write_job: JobWriter, tmp_path: Path
+    write_job: JobWriter, sim_server: StartSim, tmp_path: Path
 ) -> None:
     """Streams still running when the grace period ends are not recorded, so resume sends them."""
+    # A simulator in this process, so that the test sees the streams arrive.
+    server = sim_server(ttft_s=30, token_interval_s=0)
     job = write_job(
         rows=4,
-        extra={"limits": {"concurrency": 4}, "sim": {"ttft_s": 30, "token_interval_s": 0}},
+        extra={"endpoint": {"base_url": server.base_url}, "limits": {"concurrency": 4}},
     )
     proc = _spawn(job, "--grace-s", "0.2")
-    time.sleep(2.0)
+    wait_until(
+        lambda: server.stats.requests_by_path.get("/v1/messages", 0) == 4,
+        "four streams open at the simulator",
+        proc=proc,
+    )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
     assert "batchrun.run.grace_expired" in stderr
     assert pl.read_parquet(tmp_path / "out" / "results.parquet").height == 0
-
-
-def test_a_second_run_on_the_same_folder_is_refused(write_job: JobWriter, tmp_path: Path) -> None:
-    """While a run holds the folder, another exits 75 with a message naming the holder."""
-    job = write_job(rows=2)
-    run_dir = tmp_path / "out"
-    run_dir.mkdir()
-    with RunLock(run_dir):
-        done = subprocess.run(
-            [sys.executable, "-m", "batchrun.cli", str(job)],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 75
-        assert "another batchrun run is using this run folder" in done.stderr
-        assert f"pid {os.getpid()}" in done.stderr
-        with pytest.raises(RunLockedError):
-            RunLock(run_dir).__enter__()
-    assert not (run_dir / "results.parquet").exists()
-
-
-def test_a_lock_left_by_a_killed_run_is_taken_over(write_job: JobWriter, tmp_path: Path) -> None:
-    """A run killed with SIGKILL leaves no lock that blocks the next one."""
-    job = write_job(rows=30, extra={"sim": {"ttft_s": 0.05}})
-    proc = _spawn(job)
-    time.sleep(1.5)
-    proc.kill()
-    proc.communicate(timeout=30)
-    assert (tmp_path / "out" / ".batchrun.lock").exists()
-    done = subprocess.run(
-        [sys.executable, "-m", "batchrun.cli", str(job)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 async def test_a_changed_job_refuses_to_resume(
@@ -231,23 +197,21 @@ Key = tuple[str, int]
 T0 = datetime(2026, 1, 2, tzinfo=UTC)
 
 
+def collide(keys: list[str]) -> pl.Expr:
+    return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
+
+
+def by_sample(keys: list[str]) -> pl.Expr:
+    return pl.col(keys[-1]).cast(pl.UInt64).alias("_hash")  # the sample (attempt) only
+
+
 @pytest.fixture(params=["hash", "one hash for all", "hash by sample"])
-def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def key_hash(request: pytest.FixtureRequest) -> KeyHash:
     """The folder's rows are found by a hash of (id, sample) first; under a hash that every key
     shares, or one that only tells samples apart, the keys must still decide."""
-    if request.param == "one hash for all":
-
-        def collide(keys: list[str]) -> pl.Expr:
-            return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
-
-        monkeypatch.setattr("batchrun.record.parquet._key_hash", collide)
-    elif request.param == "hash by sample":
-
-        def by_sample(keys: list[str]) -> pl.Expr:
-            return pl.col(keys[-1]).cast(pl.UInt64).alias("_hash")  # the sample (attempt) only
-
-        monkeypatch.setattr("batchrun.record.parquet._key_hash", by_sample)
-    return str(request.param)
+    return {"hash": hash_keys, "one hash for all": collide, "hash by sample": by_sample}[
+        request.param
+    ]
 
 
 def _write_folder(
@@ -295,7 +259,7 @@ ONE = {("r1", 0): "ok"}
 async def test_the_plan_skips_exactly_the_requests_done(
     write_job: JobWriter,
     tmp_path: Path,
-    key_hash: str,
+    key_hash: KeyHash,
     folder: dict[Key, str],
     hashed: bool,
     retry_errors: bool,
@@ -307,7 +271,7 @@ async def test_the_plan_skips_exactly_the_requests_done(
     job = load_job(write_job(rows=4, extra={"request": {"samples": 2}}))
     run_dir = tmp_path / "out"
     _write_folder(job, run_dir, folder, hashes=None if hashed else dict.fromkeys(folder))
-    done = resume_plan(job, run_dir, None, retry_errors)
+    done = resume_plan(job, run_dir, None, retry_errors, key_hash=key_hash)
     skipped = {k for k, status in folder.items() if status == "ok" or not retry_errors}
     every = [(f"r{row}", sample) for row in range(4) for sample in range(2)]
     assert await _pending(job, done) == [k for k in every if k not in skipped]
@@ -333,19 +297,19 @@ async def test_an_empty_folder_plans_nothing_to_skip(write_job: JobWriter, tmp_p
 
 
 async def test_requests_in_flight_in_batches_are_skipped_too(
-    write_job: JobWriter, tmp_path: Path, key_hash: str
+    write_job: JobWriter, tmp_path: Path, key_hash: KeyHash
 ) -> None:
     """Batch mode adds the requests of batches not collected yet to what the folder has done."""
     job = load_job(write_job(rows=4))
     _write_folder(job, tmp_path / "out", {("r0", 0): "ok", ("r2", 0): "error"})
-    done = resume_plan(job, tmp_path / "out", None, True).also({("r1", 0)})
+    done = resume_plan(job, tmp_path / "out", None, True, key_hash=key_hash).also({("r1", 0)})
     assert await _pending(job, done) == [("r2", 0), ("r3", 0)]
     assert len(done) == 1
 
 
 @pytest.mark.parametrize("retry_errors", [False, True])
 def test_a_changed_job_is_named_whatever_keys_share_a_hash(
-    write_job: JobWriter, tmp_path: Path, key_hash: str, retry_errors: bool
+    write_job: JobWriter, tmp_path: Path, key_hash: KeyHash, retry_errors: bool
 ) -> None:
     """Every input request with a stored hash is compared, ok or error, with or without
     --retry-errors; the count and the first three in input order are named. Rows without a
@@ -357,7 +321,7 @@ def test_a_changed_job_is_named_whatever_keys_share_a_hash(
     _write_folder(before, tmp_path / "out", rows, hashes=no_hash)
     changed = load_job(write_job(rows=6, extra={"request": {"samples": 2, "max_tokens": 99}}))
     with pytest.raises(JobError) as info:
-        resume_plan(changed, tmp_path / "out", None, retry_errors)
+        resume_plan(changed, tmp_path / "out", None, retry_errors, key_hash=key_hash)
     message = str(info.value)
     assert "holds results of a different job: 10 request(s) would now be sent differently" in (
         message
@@ -366,20 +330,20 @@ def test_a_changed_job_is_named_whatever_keys_share_a_hash(
 
 
 def test_one_changed_request_among_many_is_found(
-    write_job: JobWriter, tmp_path: Path, key_hash: str
+    write_job: JobWriter, tmp_path: Path, key_hash: KeyHash
 ) -> None:
     """A single stored hash that differs from what would be sent refuses the resume."""
     job = load_job(write_job(rows=5))
     rows = {(f"r{row}", 0): "ok" for row in range(5)}
     _write_folder(job, tmp_path / "out", rows, hashes={("r3", 0): "0" * 64})
     with pytest.raises(JobError, match=r"1 request\(s\) .* e\.g\. 'r3' \(sample 0\)\. Run"):
-        resume_plan(job, tmp_path / "out", None, False)
+        resume_plan(job, tmp_path / "out", None, False, key_hash=key_hash)
     _write_folder(job, tmp_path / "out", {("r3", 0): "ok"})  # the later row wins
-    assert len(resume_plan(job, tmp_path / "out", None, False)) == 5
+    assert len(resume_plan(job, tmp_path / "out", None, False, key_hash=key_hash)) == 5
 
 
 async def test_inputs_of_several_files_resume_by_key(
-    write_job: JobWriter, tmp_path: Path, key_hash: str
+    write_job: JobWriter, tmp_path: Path, key_hash: KeyHash
 ) -> None:
     """A glob of input files: requests are planned across the files, in file order."""
     path = write_job(rows=1, extra={"input": {"path": "data-*.csv"}, "request": {"samples": 2}})
@@ -389,7 +353,7 @@ async def test_inputs_of_several_files_resume_by_key(
     job = load_job(path)
     folder = {("a0", 0): "ok", ("a0", 1): "ok", ("a2", 1): "ok", ("b0", 0): "ok", ("b1", 1): "ok"}
     _write_folder(job, tmp_path / "out", folder)
-    done = resume_plan(job, tmp_path / "out", None, False)
+    done = resume_plan(job, tmp_path / "out", None, False, key_hash=key_hash)
     assert len(done) == 5
     assert await _pending(job, done) == [("a1", 0), ("a1", 1), ("a2", 0), ("b0", 1), ("b1", 0)]
 
@@ -409,15 +373,14 @@ async def test_an_input_that_changes_after_the_plan_stops_the_run(
 
 
 async def test_the_plan_does_not_depend_on_how_the_input_is_read(
-    write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    write_job: JobWriter, tmp_path: Path
 ) -> None:
     """Requests are planned and checked in blocks of a fixed count, whatever batches the input
     comes in: a plan made from batches of one size applies to batches of another."""
-    monkeypatch.setattr("batchrun.record.rundir._BLOCK", 3)
     job = load_job(write_job(rows=5, extra={"request": {"samples": 2}}))
     folder = {("r0", 1): "ok", ("r1", 0): "ok", ("r1", 1): "ok", ("r3", 0): "ok", ("r4", 1): "ok"}
     _write_folder(job, tmp_path / "out", folder)
-    done = resume_plan(job, tmp_path / "out", None, False)
+    done = resume_plan(job, tmp_path / "out", None, False, block=3)
     every = [(f"r{row}", sample) for row in range(5) for sample in range(2)]
     for rows in (1, 2, 1000):
         blocks = list(done.filter(job, iter_batches(job, batch_rows=rows)))

@@ -27,6 +27,7 @@ from batchrun.sim.faults import select_fault
 from batchrun.sim.stream import plan
 from batchrun.sim.text import generate
 from batchrun.sim.validate import GenRequest
+from tests.conftest import wait_until
 
 KEY = "sk-sim-test"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
@@ -865,7 +866,7 @@ def test_restart_and_fast_stop_during_a_stall() -> None:
 
     client = threading.Thread(target=stalled)
     client.start()
-    time.sleep(0.2)
+    wait_until(lambda: sim.stats.faults_by_kind == {"stall": 1}, "stalled request at the server")
     began = time.perf_counter()
     sim.stop()
     client.join(timeout=5)

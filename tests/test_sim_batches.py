@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from batchrun.sim import SimServer
+from tests.conftest import await_until
 
 StartSim = Callable[..., SimServer]
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
@@ -129,7 +130,12 @@ async def test_cancel_leaves_finished_requests_and_cancels_the_rest(
         "/v1/messages/batches", json={"requests": _requests("a", "b", "c", "d")}
     )
     batch_id = created.json()["id"]
-    await asyncio.sleep(0.3)  # the first request finishes at 0.25 s
+
+    async def first_succeeded() -> bool:  # the first request finishes at 0.25 s, the next at 0.5
+        batch = (await client.get(f"/v1/messages/batches/{batch_id}")).json()
+        return bool(batch["request_counts"]["succeeded"] >= 1)
+
+    await await_until(first_succeeded, "first request of the batch succeeded")
     canceled = (await client.post(f"/v1/messages/batches/{batch_id}/cancel")).json()
     assert canceled["processing_status"] == "canceling"
     assert canceled["cancel_initiated_at"] is not None

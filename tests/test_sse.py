@@ -12,10 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchrun.apis.sse import ServerSentEvent, SSEDecoder
-
-# shared/ sits beside the repository, on developers' machines and in CI alike.
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-streams"
-FIXTURE_FILES = sorted(FIXTURES.glob("*.sse"))
+from tests.conftest import STREAM_FILES
 
 
 def decode(*chunks: bytes | str) -> list[ServerSentEvent]:
@@ -342,7 +339,7 @@ _MESSAGES_EVENTS = {
 }
 
 
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 def test_fixture_decodes_to_json_events(path: Path) -> None:
     """Every captured stream decodes to one event per 'event:' line, each a JSON object of
     that type, when the body ends with a blank line as a live connection does."""
@@ -355,7 +352,7 @@ def test_fixture_decodes_to_json_events(path: Path) -> None:
         assert json.loads(event.data)["type"] == event.event
 
 
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 def test_fixture_without_final_blank_line_loses_its_last_event(path: Path) -> None:
     """Replayed as stored, a file missing the final blank line loses message_stop at flush."""
     raw = path.read_bytes()
@@ -366,7 +363,7 @@ def test_fixture_without_final_blank_line_loses_its_last_event(path: Path) -> No
         assert decode(raw) == complete[:-1]
 
 
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAM_FILES, ids=lambda p: p.stem)
 @given(data=st.data())
 def test_fixture_decodes_the_same_whatever_the_split(path: Path, data: st.DataObject) -> None:
     """A captured stream cut at arbitrary byte offsets gives the same events as in one piece."""
@@ -377,4 +374,4 @@ def test_fixture_decodes_the_same_whatever_the_split(path: Path, data: st.DataOb
 
 def test_fixtures_are_present() -> None:
     """The captured streams this suite relies on exist."""
-    assert len(FIXTURE_FILES) >= 10
+    assert len(STREAM_FILES) >= 10

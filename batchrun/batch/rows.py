@@ -21,7 +21,7 @@ from batchrun.batch.entries import Entry
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, PermanentError, RetryableError
 from batchrun.models import Attempt, Completion, RequestItem
-from batchrun.record.parquet import attempt_row, result_row
+from batchrun.record.schema import attempt_row, result_row
 
 __all__ = ["BatchTimes", "Settled", "settle"]
 

@@ -25,7 +25,8 @@ from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import Attempt, RequestItem
-from batchrun.record.parquet import ResultsWriter, attempt_row, result_row
+from batchrun.record.parquet import ResultsWriter
+from batchrun.record.schema import attempt_row, result_row
 from batchrun.schedule.limits import Budget, BudgetWaitError
 from batchrun.telemetry.genai import RequestTelemetry
 from batchrun.telemetry.progress import Progress

@@ -63,11 +63,9 @@ def _more(found: int) -> list[str]:
     return [f"... and {found - _SHOWN} more like this"] if found > _SHOWN else []
 
 
-def _chunks(
-    src: Source, lf: pl.LazyFrame, head: int | None, rows: int | None = None
-) -> Iterator[pl.DataFrame]:
+def _chunks(src: Source, lf: pl.LazyFrame, head: int | None, rows: int) -> Iterator[pl.DataFrame]:
     """The first ``head`` rows (all when None) of ``lf``, a frame over ``src``, about ``rows``
-    (:data:`CHUNK_ROWS`) at a time, each read when asked for.
+    (:data:`CHUNK_ROWS` unless a caller says otherwise) at a time, each read when asked for.
 
     A Parquet chunk is a slice of its own query, which reads only the pages it needs: polars'
     streaming batches read a file's row groups ahead of a slow reader, up to the whole file (a
@@ -75,7 +73,6 @@ def _chunks(
     batches instead: polars holds a CSV file's bytes in memory whichever way it is read, and a
     slice would parse the file again up to it, each time.
     """
-    rows = rows or CHUNK_ROWS
     if src.path.suffix.lower() == ".csv":
         lf = lf if head is None else lf.head(head)
         yield from lf.collect_batches(chunk_size=rows, lazy=True, engine="streaming")
@@ -92,11 +89,17 @@ def _chunks(
 
 
 def _file_problems(
-    job: Job, src: Source, lf: pl.LazyFrame, head: int | None, hashes: list[pl.Series]
+    job: Job,
+    src: Source,
+    lf: pl.LazyFrame,
+    head: int | None,
+    hashes: list[pl.Series],
+    chunk_rows: int,
+    id_hash: pl.Expr,
 ) -> tuple[int, list[str]]:
-    """One file's row count and the problems in its rows, in one pass of bounded chunks: null
-    ids, null template cells, empty prompts, bad ``messages_column`` cells. Appends the hashes
-    of its ids to ``hashes`` for the duplicate check."""
+    """One file's row count and the problems in its rows, in one pass of chunks of
+    ``chunk_rows``: null ids, null template cells, empty prompts, bad ``messages_column``
+    cells. Appends the hashes of its ids (``id_hash``) to ``hashes`` for the duplicate check."""
     cfg = job.input
     uses = {c: "input.prompt" for c in cfg.prompt_columns}
     for c in cfg.system_columns:
@@ -114,10 +117,10 @@ def _file_problems(
     null_ids: list[int] = []
     bad_rows: list[dict[str, Any]] = []
     message_problems: list[str] = []
-    for df in _chunks(src, lf.select(wanted), head):
+    for df in _chunks(src, lf.select(wanted), head, chunk_rows):
         rows += df.height
         if cfg.id_column is not None:
-            hashes.append(df.select(_id_hash().drop_nulls()).to_series())
+            hashes.append(df.select(id_hash.drop_nulls()).to_series())
         flagged = df.filter(null_id)
         found_ids += flagged.height
         null_ids += flagged[LOCAL].head(_SHOWN - len(null_ids)).to_list()
@@ -160,22 +163,24 @@ def _repeated(hashes: list[pl.Series]) -> pl.Series:
     return seen_twice(every)
 
 
-def _id_hash() -> pl.Expr:
-    """A 64-bit hash of the id, null for a null id."""
-    return pl.when(pl.col(ID).is_not_null()).then(pl.col(ID).hash(_SEED))
+# A 64-bit hash of the id, null for a null id.
+_ID_HASH = pl.when(pl.col(ID).is_not_null()).then(pl.col(ID).hash(_SEED))
 
 
-def _duplicates(job: Job, hashes: list[pl.Series], ids: list[pl.LazyFrame]) -> list[str]:
-    """The duplicate-ids problem, if any. ``hashes`` holds a 64-bit hash of every non-null id
-    (8 bytes a row, where grouping the ids themselves took ~115 MB for a million); only when
-    two hashes are equal are the ids of those hashes read again (``ids``) and compared."""
+def _duplicates(
+    job: Job, hashes: list[pl.Series], ids: list[pl.LazyFrame], id_hash: pl.Expr
+) -> list[str]:
+    """The duplicate-ids problem, if any. ``hashes`` holds a 64-bit hash (``id_hash``) of every
+    non-null id (8 bytes a row, where grouping the ids themselves took ~115 MB for a million);
+    only when two hashes are equal are the ids of those hashes read again (``ids``) and
+    compared."""
     if job.input.id_column is None:
         return []
     twice = _repeated(hashes)
     if twice.is_empty():
         return []
     dups = (
-        pl.concat([lf.filter(_id_hash().is_in(twice.implode())) for lf in ids])
+        pl.concat([lf.filter(id_hash.is_in(twice.implode())) for lf in ids])
         .group_by(ID)
         .agg(pl.len().alias("n"))
         .filter(pl.col("n") > 1)
@@ -195,12 +200,20 @@ def _duplicates(job: Job, hashes: list[pl.Series], ids: list[pl.LazyFrame]) -> l
     ]
 
 
-def check_input(job: Job, *, limit: int | None = None) -> InputSummary:
+def check_input(
+    job: Job,
+    *,
+    limit: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    id_hash: pl.Expr = _ID_HASH,
+) -> InputSummary:
     """Validate the input the job names, reading it in chunks of bounded size; raise one JobError.
 
     Checks that every file is readable and has the columns the job uses, that ids are present and
     unique, that no template cell is null and no rendered prompt is empty, and that every
     ``messages_column`` cell is a valid conversation. ``limit`` checks only the first N rows.
+    ``chunk_rows`` (rows read at once) and ``id_hash`` (how ids are compared before the ids
+    themselves) are for tests: small chunks, or a hash under which ids collide.
     """
     if limit is not None and limit < 1:
         raise JobError(f"--limit must be at least 1 (got {limit})")
@@ -214,7 +227,7 @@ def check_input(job: Job, *, limit: int | None = None) -> InputSummary:
         lf = derive(job, frame(job, src, index).with_columns(pl.col(LOCAL).alias(ROW)))
         try:
             parse_all_fields(src, head)
-            count, found = _file_problems(job, src, lf, head, hashes)
+            count, found = _file_problems(job, src, lf, head, hashes, chunk_rows, id_hash)
         except pl.exceptions.PolarsError as exc:
             problems.append(unreadable(job, src.path, exc))
             broken = True
@@ -222,7 +235,7 @@ def check_input(job: Job, *, limit: int | None = None) -> InputSummary:
         rows, problems = rows + count, problems + found
         ids.append(lf.select(ID) if head is None else lf.head(head).select(ID))
     if not broken:
-        problems += _duplicates(job, hashes, ids)
+        problems += _duplicates(job, hashes, ids, id_hash)
     if not problems and rows == 0:
         problems.append(
             f"input.path {job.input.path!r}: the input has a header but no data rows; "
@@ -235,15 +248,15 @@ def check_input(job: Job, *, limit: int | None = None) -> InputSummary:
 
 
 def iter_batches(
-    job: Job, *, limit: int | None = None, batch_rows: int = 1000
+    job: Job, *, limit: int | None = None, batch_rows: int = 1000, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[list[RequestItem]]:
     """Stream the input as lists of RequestItems, each from at most ``batch_rows`` input rows.
 
     Rows come in file order (files sorted by name); each row yields ``samples`` items, sample
     0..n-1 in order. Without ``id_column`` an item's id is its 0-based row number across all files.
     The files are read a chunk at a time, when the batches before are taken: memory does not
-    grow with the input. Run :func:`check_input` first: a bad row met here raises JobError and
-    stops the stream.
+    grow with the input (``chunk_rows`` rows are read at once, rounded to whole batches). Run
+    :func:`check_input` first: a bad row met here raises JobError and stops the stream.
     """
     if limit is not None and limit < 1:
         raise JobError(f"--limit must be at least 1 (got {limit})")
@@ -254,7 +267,7 @@ def iter_batches(
     kind = messages_kind(files[0].schema[column]) if column is not None else None
     content = column if column is not None else PROMPT
     wanted = [ROW, FILE, LOCAL, ID, content, *([SYSTEM] if cfg.system is not None else [])]
-    chunk = batch_rows * max(1, CHUNK_ROWS // batch_rows)
+    chunk = batch_rows * max(1, chunk_rows // batch_rows)
     rows = 0
     try:
         for index, src in enumerate(files):

@@ -1,2 +1,2 @@
-"""Stage 4, record: the run folder, its lock, Parquet checkpoints and compaction, the manifest
-and the cost line. Sends nothing."""
+"""Stage 4, record: the columns (``schema``), Parquet checkpoints and compaction (``parquet``),
+the run folder and its lock, the manifest and the cost line. Sends nothing."""

@@ -1,10 +1,12 @@
-"""Stage 4: the run folder. Parquet checkpoints while the run goes on, final files at the end.
+"""Stage 4, record: Parquet checkpoints while the run goes on, final files at the end, and
+reading a run folder's tables back (for resume and reports).
 
 Finished requests are buffered and written as numbered part files under ``parts/`` (each written
 to a temporary name, fsynced and renamed, so a crash never leaves a half-written part under a
 real name). ``finalize`` compacts the earlier final files and the parts into ``results.parquet``
 and ``attempts.parquet``, one row per (id, sample), atomically. This is the only module that
-writes Parquet; it knows nothing of HTTP or of the job file's shape.
+writes Parquet; it defines no column (``record.schema`` does) and knows nothing of HTTP or of
+the job file's shape.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,76 +22,20 @@ from typing import Any
 import polars as pl
 import structlog
 
-from batchrun.clock import Clock
-from batchrun.errors import AttemptError
-from batchrun.models import Attempt, RequestItem
 from batchrun.record.keyhash import seen_twice
+from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 
 __all__ = [
-    "ATTEMPT_SCHEMA",
-    "RESULT_SCHEMA",
+    "KeyHash",
     "ResultsWriter",
-    "attempt_row",
+    "hash_keys",
     "read_table",
     "request_keys",
-    "result_row",
     "resume_index",
     "resume_keys",
     "scan_table",
     "write_json_atomic",
 ]
-
-_TS = pl.Datetime("us", "UTC")
-
-RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
-    "run_id": pl.String,
-    "id": pl.String,
-    "sample": pl.Int64,
-    "model": pl.String,
-    "api": pl.String,
-    "status": pl.String,
-    "completion": pl.String,
-    "content_json": pl.String,
-    "stop_reason": pl.String,
-    "stop_sequence": pl.String,
-    "input_tokens": pl.Int64,
-    "output_tokens": pl.Int64,
-    "error_type": pl.String,
-    "error_message": pl.String,
-    "http_status": pl.Int64,
-    "attempts": pl.Int64,
-    "request_id": pl.String,
-    "started_at": _TS,
-    "finished_at": _TS,
-    "queue_s": pl.Float64,
-    "retry_wait_s": pl.Float64,
-    "ttft_s": pl.Float64,
-    "e2e_s": pl.Float64,
-    "tpot_s": pl.Float64,
-    "output_tokens_per_s": pl.Float64,
-    "chunk_offsets_s": pl.List(pl.Float64),
-    "trace_id": pl.String,
-    # An addition to the contract: sha256 of the request as sent (API path and JSON body), so a
-    # resumed run can tell that the job still asks for the same thing.
-    "request_hash": pl.String,
-}
-
-ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
-    "run_id": pl.String,
-    "id": pl.String,
-    "sample": pl.Int64,
-    "attempt": pl.Int64,
-    "outcome": pl.String,
-    "http_status": pl.Int64,
-    "request_id": pl.String,
-    "started_at": _TS,
-    "finished_at": _TS,
-    "backoff_s": pl.Float64,
-    "ttft_s": pl.Float64,
-    "output_tokens_seen": pl.Int64,
-    "retry_after_s": pl.Float64,
-    "error_message": pl.String,
-}
 
 log = structlog.get_logger()
 
@@ -103,12 +49,21 @@ _REQUEST_SEED = 0x72657175  # of the request hashes a resume compares, 8 bytes a
 _TABLES = {"results": RESULT_SCHEMA, "attempts": ATTEMPT_SCHEMA}
 _KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "attempt"]}
 
+KeyHash = Callable[[list[str]], pl.Expr]
+"""Rows' key columns to a 64-bit ``_hash`` column; tests pass one under which keys collide."""
+
+
+def hash_keys(keys: list[str]) -> pl.Expr:
+    """The 64-bit hash of each row's ``keys`` columns, as ``_hash``: the default ``key_hash``."""
+    return pl.struct(keys).hash(_SEED).alias("_hash")
+
 
 class ResultsWriter:
     """Buffers rows and writes them as checkpoint parts; compacts everything at the end."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, key_hash: KeyHash = hash_keys) -> None:
         self.run_dir = run_dir
+        self._key_hash = key_hash
         self.parts_dir = run_dir / "parts"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
@@ -175,7 +130,8 @@ class ResultsWriter:
         """
         self.flush()
         for name in _TABLES:
-            _write_parquet_atomic(scan_table(self.run_dir, name), self.run_dir / f"{name}.parquet")
+            table = scan_table(self.run_dir, name, key_hash=self._key_hash)
+            _write_parquet_atomic(table, self.run_dir / f"{name}.parquet")
         for part in self.parts_dir.glob("*.parquet"):
             part.unlink()
         counts = (
@@ -187,12 +143,12 @@ class ResultsWriter:
         return dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
 
 
-def read_table(run_dir: Path, name: str) -> pl.DataFrame:
+def read_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:
     """A table as it stands: the last final file plus every checkpoint part, deduplicated."""
-    return scan_table(run_dir, name).collect()
+    return scan_table(run_dir, name, key_hash=key_hash).collect()
 
 
-def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
+def scan_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl.LazyFrame:
     """:func:`read_table`, lazily. Later parts win over earlier ones and over the final file,
     so a request re-run on resume replaces its earlier row; order is otherwise kept.
 
@@ -207,7 +163,7 @@ def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
     if not frames:
         return pl.LazyFrame(schema=schema)
     combined = pl.concat(frames, how="vertical")
-    dropped = _superseded(frames, combined, _KEYS[name])
+    dropped = _superseded(frames, combined, _KEYS[name], key_hash)
     if dropped.is_empty():
         return combined  # no key twice: the common case, streamed as it is
     return (
@@ -217,20 +173,18 @@ def scan_table(run_dir: Path, name: str) -> pl.LazyFrame:
     )
 
 
-def _key_hash(keys: list[str]) -> pl.Expr:
-    return pl.struct(keys).hash(_SEED).alias("_hash")
-
-
-def _superseded(frames: list[pl.LazyFrame], combined: pl.LazyFrame, keys: list[str]) -> pl.Series:
+def _superseded(
+    frames: list[pl.LazyFrame], combined: pl.LazyFrame, keys: list[str], key_hash: KeyHash
+) -> pl.Series:
     """Positions in ``combined`` (``frames`` one after another) of rows a later row replaces."""
-    hashes = pl.concat([f.select(_key_hash(keys)).collect() for f in frames])["_hash"].sort()
+    hashes = pl.concat([f.select(key_hash(keys)).collect() for f in frames])["_hash"].sort()
     twice = seen_twice(hashes)
     del hashes
     if twice.is_empty():
         return pl.Series("_pos", [], dtype=pl.get_index_type())
     suspects = (
         combined.with_row_index("_pos")
-        .filter(_key_hash(keys).is_in(twice.implode()))
+        .filter(key_hash(keys).is_in(twice.implode()))
         .select(*keys, "_pos")
         .collect(engine="streaming")
     )
@@ -254,7 +208,7 @@ def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame | None:
     return pl.scan_parquet(path).with_columns(missing).select(list(schema))
 
 
-def resume_index(run_dir: Path) -> pl.DataFrame:
+def resume_index(run_dir: Path, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:
     """Every (id, sample) with a result in this run folder, keyed as :func:`resume_keys` keys
     it (``_hash``, ``id``, ``sample``), with ``ok`` (its status is ok) and ``request``, its
     ``request_hash`` as :func:`request_keys` hashes it (null where it has none).
@@ -264,9 +218,9 @@ def resume_index(run_dir: Path) -> pl.DataFrame:
     """
     stored = pl.col("request_hash")
     return (
-        scan_table(run_dir, "results")
+        scan_table(run_dir, "results", key_hash=key_hash)
         .select(
-            _key_hash(_KEYS["results"]),
+            key_hash(_KEYS["results"]),
             "id",
             "sample",
             (pl.col("status") == "ok").fill_null(False).alias("ok"),
@@ -276,13 +230,15 @@ def resume_index(run_dir: Path) -> pl.DataFrame:
     )
 
 
-def resume_keys(ids: list[str], samples: list[int]) -> pl.DataFrame:
+def resume_keys(
+    ids: list[str], samples: list[int], *, key_hash: KeyHash = hash_keys
+) -> pl.DataFrame:
     """(id, sample) pairs with the 64-bit hash of each (``_hash``) that :func:`resume_index`
     gives the same pair, for looking requests up in it."""
     keys = pl.DataFrame(
         {"id": ids, "sample": samples}, schema={"id": pl.String, "sample": pl.Int64}
     )
-    return keys.select(_key_hash(_KEYS["results"]), "id", "sample")
+    return keys.select(key_hash(_KEYS["results"]), "id", "sample")
 
 
 def request_keys(digests: list[str]) -> pl.Series:
@@ -334,95 +290,3 @@ def _commit(tmp: Path, path: Path) -> None:
 def _part_seq(path: Path) -> int:
     match = re.search(r"-(\d+)", path.name)
     return int(match.group(1)) if match else 0
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _utf8(text: str | None) -> str | None:
-    """Text Parquet can hold: a lone UTF-16 surrogate (valid JSON, invalid UTF-8) becomes U+FFFD."""
-    return _SURROGATE.sub("\ufffd", text) if text is not None else None
-
-
-def attempt_row(
-    run_id: str, item: RequestItem, number: int, backoff_s: float, a: Attempt, clock: Clock
-) -> dict[str, Any]:
-    """The attempts.parquet row of one attempt."""
-    err = a.error
-    return {
-        "run_id": run_id,
-        "id": item.id,
-        "sample": item.sample,
-        "attempt": number,
-        "outcome": "ok" if err is None else err.error_type,
-        "http_status": a.http_status,
-        "request_id": a.request_id,
-        "started_at": clock.wall(a.sent_at),
-        "finished_at": clock.wall(a.ended_at),
-        "backoff_s": backoff_s,
-        "ttft_s": a.ttft_s,
-        "output_tokens_seen": a.output_tokens_seen,
-        "retry_after_s": err.retry_after if err is not None else None,
-        "error_message": _utf8(err.message) if err is not None else None,
-    }
-
-
-def result_row(
-    *,
-    run_id: str,
-    item: RequestItem,
-    model: str,
-    api: str,
-    final: Attempt,
-    error: AttemptError | None,
-    attempts: int,
-    first_sent: float,
-    queue_s: float,
-    retry_wait_s: float,
-    trace_id: str | None,
-    request_hash: str,
-    clock: Clock,
-) -> dict[str, Any]:
-    """The results.parquet row of one request, from its last attempt; timing from the
-    successful attempt only, so a failed attempt's text or timing never leaks in."""
-    row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
-    row.update(
-        run_id=run_id,
-        id=item.id,
-        sample=item.sample,
-        model=model,
-        api=api,
-        status="ok" if error is None else "error",
-        error_type=None if error is None else error.error_type,
-        error_message=None if error is None else _utf8(error.message),
-        http_status=final.http_status,
-        attempts=attempts,
-        request_id=final.request_id,
-        started_at=clock.wall(first_sent),
-        finished_at=clock.wall(final.ended_at),
-        queue_s=max(0.0, queue_s),
-        retry_wait_s=retry_wait_s,
-        trace_id=trace_id,
-        request_hash=request_hash,
-    )
-    done = final.completion
-    if error is None and done is not None:
-        offsets = final.chunk_offsets
-        out = done.output_tokens
-        e2e = final.e2e_s
-        row.update(
-            completion=_utf8(done.text),
-            content_json=_utf8(done.content_json),
-            stop_reason=done.stop_reason,
-            stop_sequence=_utf8(done.stop_sequence),
-            input_tokens=done.input_tokens,
-            output_tokens=out,
-            ttft_s=final.ttft_s,
-            e2e_s=e2e,
-            chunk_offsets_s=offsets,
-            tpot_s=(offsets[-1] - offsets[0]) / (out - 1)
-            if out is not None and out >= 2 and offsets
-            else None,
-            output_tokens_per_s=out / e2e if out is not None and e2e > 0 else None,
-        )
-    return row

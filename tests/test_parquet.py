@@ -10,40 +10,39 @@ import polars as pl
 import pytest
 
 from batchrun.record.parquet import (
-    ATTEMPT_SCHEMA,
-    RESULT_SCHEMA,
+    KeyHash,
     ResultsWriter,
+    hash_keys,
     read_table,
     request_keys,
     resume_index,
     resume_keys,
     write_json_atomic,
 )
+from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 from tests.conftest import stored_result
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
 
+def collide(keys: list[str]) -> pl.Expr:
+    return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
+
+
 @pytest.fixture(params=["hash", "colliding hash"])
-def key_hash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def key_hash(request: pytest.FixtureRequest) -> KeyHash:
     """Rows are matched by a hash of their key first; with a hash under which every key
     collides, the keys themselves must still decide which rows are the same."""
-    if request.param == "colliding hash":
-
-        def collide(keys: list[str]) -> pl.Expr:
-            return pl.col(keys[0]).is_null().cast(pl.UInt64).alias("_hash")  # 0 for every row
-
-        monkeypatch.setattr("batchrun.record.parquet._key_hash", collide)
-    return str(request.param)
+    return collide if request.param == "colliding hash" else hash_keys
 
 
 def _result(id_: str, sample: int = 0, status: str = "ok", **extra: Any) -> dict[str, Any]:
     return stored_result(id_, sample, status, at=T0, **{"chunk_offsets_s": [0.1, 0.2], **extra})
 
 
-def _resumed(run_dir: Path) -> set[tuple[str, int]]:
+def _resumed(run_dir: Path, key_hash: KeyHash = hash_keys) -> set[tuple[str, int]]:
     """The (id, sample) keys ``resume_index`` finds in ``run_dir``."""
-    return set(resume_index(run_dir).select("id", "sample").iter_rows())
+    return set(resume_index(run_dir, key_hash=key_hash).select("id", "sample").iter_rows())
 
 
 def _attempt(id_: str, number: int = 1, run_id: str = "r1") -> dict[str, Any]:
@@ -91,19 +90,19 @@ def test_parts_are_written_and_compacted_with_the_contract_schema(tmp_path: Path
 
 
 def test_a_resumed_run_adds_to_the_final_files_without_duplicates(
-    tmp_path: Path, key_hash: str
+    tmp_path: Path, key_hash: KeyHash
 ) -> None:
     """Compaction merges earlier final files with new parts; a re-run row replaces its old one."""
-    first = ResultsWriter(tmp_path)
+    first = ResultsWriter(tmp_path, key_hash=key_hash)
     first.add(_result("a"), [_attempt("a")])
     first.add(_result("b", status="error"), [_attempt("b")])
     first.finalize()
-    assert _resumed(tmp_path) == {("a", 0), ("b", 0)}
-    second = ResultsWriter(tmp_path)
+    assert _resumed(tmp_path, key_hash) == {("a", 0), ("b", 0)}
+    second = ResultsWriter(tmp_path, key_hash=key_hash)
     second.add(_result("b", run_id="r2"), [_attempt("b", run_id="r2")])
     second.add(_result("c", run_id="r2"), [_attempt("c", run_id="r2")])
     assert second.finalize() == {"ok": 3}
-    table = read_table(tmp_path, "results")
+    table = read_table(tmp_path, "results", key_hash=key_hash)
     assert table["id"].to_list() == ["a", "b", "c"]
     assert table.filter(pl.col("id") == "b")["run_id"].to_list() == ["r2"]
     assert pl.read_parquet(tmp_path / "attempts.parquet").height == 4
@@ -149,7 +148,7 @@ def test_an_empty_run_folder_has_empty_tables(tmp_path: Path) -> None:
 
 
 def test_the_resume_index_holds_keys_status_and_request_hashes(
-    tmp_path: Path, key_hash: str
+    tmp_path: Path, key_hash: KeyHash
 ) -> None:
     """One row per key, the last written: its key hash as ``resume_keys`` computes it, whether
     it is ok, and its request hash as ``request_keys`` hashes it (null where it has none)."""
@@ -160,14 +159,17 @@ def test_the_resume_index_holds_keys_status_and_request_hashes(
     writer.add(_result("a", status="error", request_hash="cd" * 32), [])
     writer.add(_result("a", sample=1, request_hash="ab" * 32), [])
     writer.flush()
-    index = resume_index(tmp_path).sort("id", "sample")
+    index = resume_index(tmp_path, key_hash=key_hash).sort("id", "sample")
     assert index.select("id", "sample", "ok").rows() == [
         ("a", 0, False),
         ("a", 1, True),
         ("b", 0, False),
     ]
     assert index["request"].to_list() == [*request_keys(["cd" * 32, "ab" * 32]), None]
-    assert index["_hash"].to_list() == resume_keys(["a", "a", "b"], [0, 1, 0])["_hash"].to_list()
+    assert (
+        index["_hash"].to_list()
+        == resume_keys(["a", "a", "b"], [0, 1, 0], key_hash=key_hash)["_hash"].to_list()
+    )
 
 
 def test_json_is_written_atomically(tmp_path: Path) -> None:
@@ -178,7 +180,7 @@ def test_json_is_written_atomically(tmp_path: Path) -> None:
 
 
 def test_many_small_parts_are_merged_keeping_later_rows_winning(
-    tmp_path: Path, key_hash: str
+    tmp_path: Path, key_hash: KeyHash
 ) -> None:
     """Past MERGE_AFTER_PARTS flushes the parts are merged; a row written later still wins."""
     from batchrun.record.parquet import MERGE_AFTER_PARTS
@@ -190,20 +192,20 @@ def test_many_small_parts_are_merged_keeping_later_rows_winning(
     parts = list((tmp_path / "parts").glob("results-*.parquet"))
     assert len(parts) < MERGE_AFTER_PARTS
     assert any(".merged" in p.name for p in parts)
-    table = read_table(tmp_path, "results")
+    table = read_table(tmp_path, "results", key_hash=key_hash)
     assert table.height == 10
     last = MERGE_AFTER_PARTS + 4
     assert table.filter(pl.col("id") == f"r{last % 10}")["run_id"].to_list() == [f"run{last}"]
     # the last write of each key, in the order they were written
     assert table["run_id"].to_list() == [f"run{i}" for i in range(last - 9, last + 1)]
-    assert read_table(tmp_path, "attempts").height == MERGE_AFTER_PARTS + 5
+    assert read_table(tmp_path, "attempts", key_hash=key_hash).height == MERGE_AFTER_PARTS + 5
 
 
 def test_lone_surrogates_from_the_stream_are_replaced(tmp_path: Path) -> None:
     """A completion holding a lone surrogate (valid JSON, not UTF-8) is written as U+FFFD."""
     from batchrun.clock import Clock
     from batchrun.models import Attempt, Completion, RequestItem
-    from batchrun.record.parquet import result_row
+    from batchrun.record.schema import result_row
 
     clock = Clock()
     final = Attempt(

@@ -1,0 +1,196 @@
+"""Stage 1, load: the resume plan. Which requests an earlier run in the folder has done, checked
+against what the job would send now, and the input streamed without them. Shared by stream and
+batch mode; it sends nothing and writes nothing (it reads the folder through
+``record.parquet``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+import polars as pl
+
+from batchrun.apis import build_request
+from batchrun.errors import JobError
+from batchrun.job.schema import Job
+from batchrun.load.inputs import iter_batches
+from batchrun.models import RequestItem
+from batchrun.record.keyhash import seen_twice
+from batchrun.record.parquet import KeyHash, hash_keys, request_keys, resume_index, resume_keys
+
+__all__ = ["Done", "pending_items", "resume_plan"]
+
+_BLOCK = 1000  # requests planned, and checked against the plan, together
+
+
+class _Keyed:
+    """Rows of the run folder found by their exact (id, sample), a batch of requests at a time.
+
+    The rows stay in file order; their 64-bit key hashes are sorted, with each one's row number,
+    and looked up by binary search, then the keys themselves are compared, so two keys with one
+    hash are never taken for each other. Rows whose hash another row has too (a 2^-64 chance a
+    pair, or a test's forced collision) are kept aside and joined by their keys. A row costs its
+    key and values and 12 bytes of index: ~40 MB for a million, where a dict of Python tuples
+    took ~800 MB. (Sorting the rows themselves, strings and all, took 90 MB more.)
+    """
+
+    def __init__(self, frame: pl.DataFrame, key_hash: KeyHash) -> None:
+        """``frame``: ``_hash`` (by ``key_hash``), ``id``, ``sample`` and value columns, keys
+        unique."""
+        self._key_hash = key_hash
+        order = frame["_hash"].arg_sort()
+        hashes = frame["_hash"].gather(order)
+        self._table = frame.drop("_hash")
+        self._shared = self._table.clear()
+        twice = seen_twice(hashes)
+        if not twice.is_empty():
+            alone = ~hashes.is_in(twice.implode())
+            self._shared = self._table[order.filter(~alone)]
+            order, hashes = order.filter(alone), hashes.filter(alone)
+        self._order, self._hashes = order, hashes
+
+    def match(self, items: list[RequestItem]) -> pl.DataFrame:
+        """One row per item, in order: its row's values, null where the folder has no row."""
+        ids, samples = [item.id for item in items], [item.sample for item in items]
+        keys = resume_keys(ids, samples, key_hash=self._key_hash)
+        values = self._table.columns[2:]
+        if self._hashes.len():
+            at = self._hashes.search_sorted(keys["_hash"]).clip(upper_bound=self._hashes.len() - 1)
+            hit = self._table[self._order.gather(at)]
+            same = (
+                (self._hashes.gather(at) == keys["_hash"])
+                & (hit["id"] == keys["id"])
+                & (hit["sample"] == keys["sample"])
+            )
+            found = hit.select(pl.when(pl.lit(same)).then(c).alias(c) for c in values)
+        else:
+            found = keys.select(pl.lit(None, self._table.schema[c]).alias(c) for c in values)
+        if not self._shared.height:
+            return found
+        aside = keys.join(self._shared, on=["id", "sample"], how="left", maintain_order="left")
+        return found.select(pl.coalesce(c, aside[c]) for c in values)
+
+
+class Done:
+    """What a resumed run skips, planned by :func:`resume_plan`: a flag for each request in the
+    order :func:`iter_batches` yields them (a bit each: 125 kB for a million, where a set of
+    the done keys held ~470 MB all run), with a check that each block of requests is still the
+    one planned; and any (id, sample) given to :meth:`also`. ``len``: the requests skipped as
+    done. ``block``: the requests planned and checked together (as :func:`resume_plan` had it).
+    """
+
+    def __init__(
+        self,
+        skip: pl.Series | None = None,
+        marks: list[int] | None = None,
+        also: frozenset[tuple[str, int]] = frozenset(),
+        *,
+        block: int = _BLOCK,
+    ) -> None:
+        self._block = block
+        self._skip = skip
+        self._marks = marks or []
+        self._also = also
+        self._count = int(skip.sum()) if skip is not None else 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def also(self, keys: Iterable[tuple[str, int]]) -> Done:
+        """These (id, sample) pairs skipped too (batch mode's requests still in a batch)."""
+        return Done(self._skip, self._marks, self._also | frozenset(keys), block=self._block)
+
+    def filter(self, job: Job, batches: Iterator[list[RequestItem]]) -> Iterator[list[RequestItem]]:
+        """The requests of ``batches`` (the input as planned) not to skip, a block at a time."""
+        also = self._also
+        for number, block in enumerate(_blocks(batches, self._block)):
+            skip = [False] * len(block)
+            if self._skip is not None:
+                if number >= len(self._marks) or self._marks[number] != _mark(block):
+                    raise JobError(
+                        f"input.path {job.input.path!r}: the input changed while the run "
+                        "started; run the job again"
+                    )
+                skip = self._skip.slice(number * self._block, len(block)).to_list()
+            yield [
+                item
+                for item, done in zip(block, skip, strict=True)
+                if not done and (not also or (item.id, item.sample) not in also)
+            ]
+
+
+def _blocks(batches: Iterator[list[RequestItem]], size: int) -> Iterator[list[RequestItem]]:
+    """The requests of ``batches`` in lists of ``size`` (the last may be shorter), so a
+    request's block depends on its place in the input only, not on how the input was read."""
+    held: list[RequestItem] = []
+    for batch in batches:
+        held += batch
+        while len(held) >= size:
+            yield held[:size]
+            del held[:size]
+    if held:
+        yield held
+
+
+def _mark(block: list[RequestItem]) -> int:
+    """A block's requests, as one number (Python's hash: the same within one process)."""
+    return hash(tuple((item.id, item.sample) for item in block))
+
+
+def resume_plan(
+    job: Job,
+    run_dir: Path,
+    limit: int | None,
+    retry_errors: bool,
+    *,
+    key_hash: KeyHash = hash_keys,
+    block: int = _BLOCK,
+) -> Done:
+    """The requests to skip; refuses to resume when the job now asks otherwise.
+
+    A request is compared by the hash of what would be sent. Any difference (model, template,
+    max_tokens, input text, ...) means the folder's rows answer another question. The folder's
+    rows are held only while the input is read once, a batch at a time. ``key_hash`` (how
+    the folder's rows are found) and ``block`` (requests planned together) are for tests.
+    """
+    index = resume_index(run_dir, key_hash=key_hash)
+    if index.is_empty():
+        return Done(block=block)
+    skip = pl.col("ok") | (not retry_errors)
+    columns = index.select("_hash", "id", "sample", "request", skip.alias("skip"))
+    table = _Keyed(columns, key_hash)
+    del index
+    flags, marks, count, changed = list[pl.Series](), list[int](), 0, list[str]()
+    for items in _blocks(iter_batches(job, limit=limit), block):
+        found = table.match(items)
+        flags.append(found["skip"].fill_null(False))
+        marks.append(_mark(items))
+        stored = found["request"]
+        rows = stored.is_not_null().arg_true()
+        if rows.is_empty():
+            continue
+        api, params = job.request.api_spec, job.request.params
+        sent = request_keys([build_request(api, items[n], params)[1] for n in rows])
+        differs = rows.filter(sent != stored.gather(rows))
+        count += differs.len()
+        for n in differs.head(max(0, 3 - len(changed))):
+            changed.append(f"{items[n].id!r} (sample {items[n].sample})")
+    if count:
+        raise JobError(
+            f"{job.path}: the run folder {run_dir} holds results of a different job: "
+            f"{count} request(s) would now be sent differently (model, prompt, max_tokens or "
+            f"input changed), e.g. {', '.join(changed)}. Run with --fresh to start over, or "
+            "set output.dir to a new folder."
+        )
+    return Done(pl.concat(flags) if flags else pl.Series(dtype=pl.Boolean), marks, block=block)
+
+
+async def pending_items(job: Job, limit: int | None, done: Done) -> AsyncIterator[RequestItem]:
+    """Stream the input in batches, read and filtered off the event loop, skipping what is
+    already done."""
+    batches = done.filter(job, iter_batches(job, limit=limit))
+    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        for item in batch:
+            yield item

@@ -1,0 +1,61 @@
+"""Stage 4, record: run.json, the manifest of a run: how it went, the job as resolved (no
+secrets), versions and cost. It builds the mapping only: writing it is
+``record.parquet.write_json_atomic``'s, and it never changes the rows it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from batchrun import __version__
+from batchrun.clock import Clock
+from batchrun.job.schema import Job
+from batchrun.load.inputs import InputSummary
+from batchrun.record.cost import estimate_cost
+
+__all__ = ["manifest"]
+
+
+def manifest(
+    job: Job,
+    run_dir: Path,
+    run_id: str,
+    clock: Clock,
+    started: float,
+    finished: float,
+    status: str,
+    counts: dict[str, int],
+    summary: InputSummary,
+    message: str | None,
+) -> dict[str, Any]:
+    """run.json: how the run went, the job as resolved (no secrets), versions, and the cost of
+    the rows in the folder at the streaming and the batch rate. Called after compaction."""
+    results = pl.scan_parquet(run_dir / "results.parquet").select(
+        "model", "input_tokens", "output_tokens"
+    )
+    return {
+        "run_id": run_id,
+        "status": status,
+        "complete": status == "complete",
+        "message": message,
+        "started_at": clock.wall(started),
+        "finished_at": clock.wall(finished),
+        "duration_s": round(finished - started, 3),
+        "counts": {"ok": counts.get("ok", 0), "error": counts.get("error", 0)},
+        "requests": summary.requests,
+        "input_rows": summary.rows,
+        "job": job.resolved(),
+        "job_sha256": hashlib.sha256(job.path.read_bytes()).hexdigest(),
+        "versions": {
+            "batchrun": __version__,
+            "python": platform.python_version(),
+            **{name: version(name) for name in ("httpx", "polars", "tenacity")},
+        },
+        "cost": estimate_cost(results, job.prices, job.request.mode),
+    }

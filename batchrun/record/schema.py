@@ -1,0 +1,165 @@
+"""Stage 4, record: the columns of results.parquet and attempts.parquet, every one in this
+module, and the rows a request and its attempts become. Pure: it reads and writes no file (the
+Parquet writer is ``record.parquet``) and sends nothing.
+
+Adding a column is one line in a schema here and its value in :func:`result_row` or
+:func:`attempt_row`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from batchrun.clock import Clock
+from batchrun.errors import AttemptError
+from batchrun.models import Attempt, RequestItem
+
+__all__ = ["ATTEMPT_SCHEMA", "RESULT_SCHEMA", "attempt_row", "result_row"]
+
+_TS = pl.Datetime("us", "UTC")
+
+RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
+    "run_id": pl.String,
+    "id": pl.String,
+    "sample": pl.Int64,
+    "model": pl.String,
+    "api": pl.String,
+    "status": pl.String,
+    "completion": pl.String,
+    "content_json": pl.String,
+    "stop_reason": pl.String,
+    "stop_sequence": pl.String,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "error_type": pl.String,
+    "error_message": pl.String,
+    "http_status": pl.Int64,
+    "attempts": pl.Int64,
+    "request_id": pl.String,
+    "started_at": _TS,
+    "finished_at": _TS,
+    "queue_s": pl.Float64,
+    "retry_wait_s": pl.Float64,
+    "ttft_s": pl.Float64,
+    "e2e_s": pl.Float64,
+    "tpot_s": pl.Float64,
+    "output_tokens_per_s": pl.Float64,
+    "chunk_offsets_s": pl.List(pl.Float64),
+    "trace_id": pl.String,
+    # An addition to the contract: sha256 of the request as sent (API path and JSON body), so a
+    # resumed run can tell that the job still asks for the same thing.
+    "request_hash": pl.String,
+}
+
+ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
+    "run_id": pl.String,
+    "id": pl.String,
+    "sample": pl.Int64,
+    "attempt": pl.Int64,
+    "outcome": pl.String,
+    "http_status": pl.Int64,
+    "request_id": pl.String,
+    "started_at": _TS,
+    "finished_at": _TS,
+    "backoff_s": pl.Float64,
+    "ttft_s": pl.Float64,
+    "output_tokens_seen": pl.Int64,
+    "retry_after_s": pl.Float64,
+    "error_message": pl.String,
+}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text Parquet can hold: a lone UTF-16 surrogate (valid JSON, invalid UTF-8) becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text) if text is not None else None
+
+
+def attempt_row(
+    run_id: str, item: RequestItem, number: int, backoff_s: float, a: Attempt, clock: Clock
+) -> dict[str, Any]:
+    """The attempts.parquet row of one attempt."""
+    err = a.error
+    return {
+        "run_id": run_id,
+        "id": item.id,
+        "sample": item.sample,
+        "attempt": number,
+        "outcome": "ok" if err is None else err.error_type,
+        "http_status": a.http_status,
+        "request_id": a.request_id,
+        "started_at": clock.wall(a.sent_at),
+        "finished_at": clock.wall(a.ended_at),
+        "backoff_s": backoff_s,
+        "ttft_s": a.ttft_s,
+        "output_tokens_seen": a.output_tokens_seen,
+        "retry_after_s": err.retry_after if err is not None else None,
+        "error_message": _utf8(err.message) if err is not None else None,
+    }
+
+
+def result_row(
+    *,
+    run_id: str,
+    item: RequestItem,
+    model: str,
+    api: str,
+    final: Attempt,
+    error: AttemptError | None,
+    attempts: int,
+    first_sent: float,
+    queue_s: float,
+    retry_wait_s: float,
+    trace_id: str | None,
+    request_hash: str,
+    clock: Clock,
+) -> dict[str, Any]:
+    """The results.parquet row of one request, from its last attempt; timing from the
+    successful attempt only, so a failed attempt's text or timing never leaks in."""
+    row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
+    row.update(
+        run_id=run_id,
+        id=item.id,
+        sample=item.sample,
+        model=model,
+        api=api,
+        status="ok" if error is None else "error",
+        error_type=None if error is None else error.error_type,
+        error_message=None if error is None else _utf8(error.message),
+        http_status=final.http_status,
+        attempts=attempts,
+        request_id=final.request_id,
+        started_at=clock.wall(first_sent),
+        finished_at=clock.wall(final.ended_at),
+        queue_s=max(0.0, queue_s),
+        retry_wait_s=retry_wait_s,
+        trace_id=trace_id,
+        request_hash=request_hash,
+    )
+    done = final.completion
+    if error is None and done is not None:
+        offsets = final.chunk_offsets
+        out = done.output_tokens
+        e2e = final.e2e_s
+        row.update(
+            completion=_utf8(done.text),
+            content_json=_utf8(done.content_json),
+            stop_reason=done.stop_reason,
+            stop_sequence=_utf8(done.stop_sequence),
+            input_tokens=done.input_tokens,
+            output_tokens=out,
+            ttft_s=final.ttft_s,
+            e2e_s=e2e,
+            chunk_offsets_s=offsets,
+            tpot_s=(offsets[-1] - offsets[0]) / (out - 1)
+            if out is not None and out >= 2 and offsets
+            else None,
+            output_tokens_per_s=out / e2e if out is not None and e2e > 0 else None,
+        )
+    return row
