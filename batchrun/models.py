@@ -11,12 +11,21 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from batchrun.errors import AttemptError, FatalAPIError
 
-__all__ = ["Attempt", "Completion", "RequestItem", "RunOutcome", "Stop"]
+__all__ = [
+    "Attempt",
+    "Completion",
+    "InputSummary",
+    "RequestItem",
+    "RunOutcome",
+    "RunStatus",
+    "Stop",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,15 @@ class RequestItem:
     messages: tuple[dict[str, Any], ...]
     system: str | None = None
     row: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InputSummary:
+    """What a valid input holds: rows (after ``limit``), requests (rows x samples), columns."""
+
+    rows: int
+    requests: int
+    columns: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +116,16 @@ class Stop:
     signal: signal.Signals | None = None
 
 
+class RunStatus(StrEnum):
+    """How a run ended, as run.json, the summary line and the report say it."""
+
+    COMPLETE = "complete"  # every request has a row (ok or error)
+    ABORTED = "aborted"  # an error no retry can fix stopped it (exit 3)
+    INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
+    CANCELED = "canceled"  # batch mode: --cancel
+    CANCEL_REQUESTED = "cancel_requested"  # --cancel asked the run holding the folder
+
+
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
     """How a run ended: where its files are, its counts and the process exit code."""
@@ -106,6 +134,6 @@ class RunOutcome:
     run_id: str
     counts: dict[str, int]
     exit_code: int
-    status: str  # complete | aborted | interrupted | canceled | cancel_requested
+    status: RunStatus
     message: str | None = None
     sent: int = 0  # requests this run took on (the rest were already done)

@@ -28,7 +28,7 @@ from batchrun.errors import EXIT_FATAL, SIGNAL_EXIT, FatalAPIError, JobError, Ru
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
 from batchrun.load.resume import pending_items, resume_plan
-from batchrun.models import RequestItem, RunOutcome, Stop
+from batchrun.models import RequestItem, RunOutcome, RunStatus, Stop
 from batchrun.record.lock import RunLock
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
@@ -83,7 +83,9 @@ class Mode(Protocol):
 
     def interrupted_message(self) -> str | None: ...
 
-    def ending(self, counts: dict[str, int], requests: int) -> tuple[str, int, str | None]: ...
+    def ending(
+        self, counts: dict[str, int], requests: int
+    ) -> tuple[RunStatus, int, str | None]: ...
 
     def span_attributes(self) -> dict[str, Any]: ...
 
@@ -301,15 +303,15 @@ def catch_signals(
 
 def _ending(
     stop: Stop, mode: Mode, counts: dict[str, int], requests: int
-) -> tuple[str, int, str | None]:
+) -> tuple[RunStatus, int, str | None]:
     """The run's status, exit code and closing message."""
     if stop.fatal is not None:
         exc = stop.fatal
-        return "aborted", EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"
+        return RunStatus.ABORTED, EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"
     if stop.signal is not None:
         note = mode.interrupted_message()
         message = f"interrupted by {stop.signal.name}" + (f"; {note}" if note else "")
-        return "interrupted", SIGNAL_EXIT[stop.signal], message
+        return RunStatus.INTERRUPTED, SIGNAL_EXIT[stop.signal], message
     return mode.ending(counts, requests)
 
 

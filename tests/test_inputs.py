@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from batchrun.errors import JobError
 from batchrun.job.schema import Job, load_job
 from batchrun.load import inputs
-from batchrun.load.inputs import InputSummary, check_input, iter_batches
+from batchrun.load.inputs import check_input, iter_batches
 from batchrun.load.sources import ID
-from batchrun.models import RequestItem
+from batchrun.models import InputSummary, RequestItem
 
 
 def make_job(folder: Path, input_: dict[str, Any], **sections: dict[str, Any]) -> Job:

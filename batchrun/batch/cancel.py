@@ -21,7 +21,7 @@ from batchrun.batch.state import load_state, request_cancel
 from batchrun.call.endpoint import api_key, http_client
 from batchrun.errors import EXIT_OK, AttemptError
 from batchrun.job.schema import Job
-from batchrun.models import RunOutcome
+from batchrun.models import RunOutcome, RunStatus
 
 __all__ = ["ask_holder"]
 
@@ -53,4 +53,4 @@ async def ask_holder(job: Job, *, transport: httpx.AsyncBaseTransport | None = N
         "from here; the run holding the folder cancels the rest, stops sending and collects "
         "what they finished"
     )
-    return RunOutcome(run_dir, "", {}, EXIT_OK, "cancel_requested", message)
+    return RunOutcome(run_dir, "", {}, EXIT_OK, RunStatus.CANCEL_REQUESTED, message)

@@ -32,7 +32,7 @@ from batchrun.call.endpoint import ApiClient
 from batchrun.clock import Clock, Sleep
 from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
-from batchrun.models import RequestItem, Stop
+from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
 from batchrun.telemetry.setup import Telemetry
 
@@ -119,17 +119,19 @@ class BatchMode:
             "again to collect them"
         )
 
-    def ending(self, counts: dict[str, int], requests: int) -> tuple[str, int, str | None]:
+    def ending(self, counts: dict[str, int], requests: int) -> tuple[RunStatus, int, str | None]:
         """How a run that was neither aborted nor interrupted ended."""
         rows = counts.get("ok", 0) + counts.get("error", 0)
         failed = bool(counts.get("error")) or rows < requests
         if self._nothing_to_cancel:
             code = EXIT_ROW_ERRORS if failed else EXIT_OK
-            return "complete" if rows >= requests else "canceled", code, "nothing to cancel"
+            status = RunStatus.COMPLETE if rows >= requests else RunStatus.CANCELED
+            return status, code, "nothing to cancel"
         if self.session is not None and self.session.canceling:
             unsent = max(0, requests - rows)
-            return "canceled", EXIT_ROW_ERRORS if failed else EXIT_OK, f"canceled; {unsent} unsent"
-        return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
+            code = EXIT_ROW_ERRORS if failed else EXIT_OK
+            return RunStatus.CANCELED, code, f"canceled; {unsent} unsent"
+        return RunStatus.COMPLETE, EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
 
     def span_attributes(self) -> dict[str, Any]:
         return {"batchrun.batches": self.session.created if self.session is not None else 0}

@@ -27,7 +27,7 @@ from batchrun.call.request import StreamContext, process
 from batchrun.clock import Clock, Sleep
 from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, FatalAPIError
 from batchrun.job.schema import Job
-from batchrun.models import RequestItem, Stop
+from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
 from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
@@ -166,9 +166,9 @@ class StreamMode:
     def interrupted_message(self) -> str | None:
         return None
 
-    def ending(self, counts: dict[str, int], requests: int) -> tuple[str, int, str | None]:
+    def ending(self, counts: dict[str, int], requests: int) -> tuple[RunStatus, int, str | None]:
         """How a run that was neither aborted nor interrupted ended."""
-        return "complete", EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
+        return RunStatus.COMPLETE, EXIT_ROW_ERRORS if counts.get("error") else EXIT_OK, None
 
     def span_attributes(self) -> dict[str, Any]:
         return {}

@@ -12,7 +12,6 @@ This stage must not send anything, know about results, or hold the whole input i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -35,7 +34,7 @@ from batchrun.load.sources import (
     sources,
     unreadable,
 )
-from batchrun.models import RequestItem
+from batchrun.models import InputSummary, RequestItem
 from batchrun.record.keyhash import seen_twice
 
 __all__ = ["InputSummary", "check_input", "iter_batches"]
@@ -43,15 +42,6 @@ __all__ = ["InputSummary", "check_input", "iter_batches"]
 _SHOWN = 5  # problems of one kind listed before "... and N more"
 CHUNK_ROWS = 10_000  # input rows read at once, by the check and by the stream of batches
 _SEED = 0x6261746368  # of the id hashes the duplicate check compares
-
-
-@dataclass(frozen=True, slots=True)
-class InputSummary:
-    """What a valid input holds: rows (after ``limit``), requests (rows x samples), columns."""
-
-    rows: int
-    requests: int
-    columns: list[str]
 
 
 def _where(job: Job, shown: str, local: int, ident: str | None) -> str:

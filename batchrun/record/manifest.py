@@ -16,7 +16,7 @@ import polars as pl
 from batchrun import __version__
 from batchrun.clock import Clock
 from batchrun.job.schema import Job
-from batchrun.load.inputs import InputSummary
+from batchrun.models import InputSummary, RunStatus
 from batchrun.record.cost import estimate_cost
 
 __all__ = ["manifest"]
@@ -29,7 +29,7 @@ def manifest(
     clock: Clock,
     started: float,
     finished: float,
-    status: str,
+    status: RunStatus,
     counts: dict[str, int],
     summary: InputSummary,
     message: str | None,
@@ -42,7 +42,7 @@ def manifest(
     return {
         "run_id": run_id,
         "status": status,
-        "complete": status == "complete",
+        "complete": status == RunStatus.COMPLETE,
         "message": message,
         "started_at": clock.wall(started),
         "finished_at": clock.wall(finished),

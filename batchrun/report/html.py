@@ -18,6 +18,7 @@ from typing import Any
 import batchrun.report.series as series
 import batchrun.report.svg as svg
 from batchrun import __version__
+from batchrun.models import RunStatus
 from batchrun.report.load import RunData
 from batchrun.report.page import CSS, cards, facts, row_table
 
@@ -95,7 +96,7 @@ def _header(run: RunData, summary: Mapping[str, Any]) -> str:
             '<p class="banner">Partial run: these are the rows finished so far, read from its '
             "checkpoints. The numbers will change as it goes on (or when it is resumed).</p>"
         )
-    elif state != "complete":
+    elif state != RunStatus.COMPLETE:
         message = run.manifest.get("message") or ""
         banner = f'<p class="banner">The run was {escape(state)}. {escape(str(message))}</p>'
     return (
