@@ -15,7 +15,7 @@ from typing import Any
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.models import Completion
 
-__all__ = ["AnthropicApi", "classify"]
+__all__ = ["SAMPLING_KEYS", "AnthropicApi", "classify"]
 
 _FATAL_TYPES = {"authentication_error", "permission_error", "billing_error"}
 _RETRYABLE_TYPES = {
@@ -27,6 +27,10 @@ _RETRYABLE_TYPES = {
 }
 _SPEND_LIMIT = re.compile(r"spend|usage limit|credit balance|billing", re.IGNORECASE)
 _RATELIMIT_PREFIX = "anthropic-ratelimit-"
+# The request keys both APIs take (the legacy one sends max_tokens as max_tokens_to_sample).
+SAMPLING_KEYS = frozenset(
+    {"model", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences"}
+)
 _RETRY_AFTER = ("retry-after", "retry-after-ms")
 
 
@@ -87,23 +91,7 @@ class AnthropicApi:
             if name.startswith(_RATELIMIT_PREFIX) or name in _RETRY_AFTER
         }
 
-    @staticmethod
-    def classify(
-        error_type: str,
-        message: str,
-        *,
-        http_status: int | None = None,
-        retry_after: float | None = None,
-        should_retry: bool | None = None,
-    ) -> AttemptError:
-        """See :func:`classify`."""
-        return classify(
-            error_type,
-            message,
-            http_status=http_status,
-            retry_after=retry_after,
-            should_retry=should_retry,
-        )
+    classify = staticmethod(classify)
 
     @staticmethod
     def error_body(raw: bytes, status: int, reason: str) -> tuple[str, str]:

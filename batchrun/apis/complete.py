@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batchrun.apis.anthropic import AnthropicApi
+from batchrun.apis.anthropic import SAMPLING_KEYS, AnthropicApi
 from batchrun.apis.fold import Classify, FoldBase, payload_str, stream_error
 from batchrun.apis.tokens import text_tokens
 from batchrun.models import Completion, RequestItem
@@ -38,7 +38,7 @@ class Complete(AnthropicApi):
     operation = "text_completion"
     text_only = True
     batchable = False
-    accepts = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences"})
+    accepts = SAMPLING_KEYS
 
     def __str__(self) -> str:
         return self.name

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from batchrun.apis.anthropic import AnthropicApi
+from batchrun.apis.anthropic import SAMPLING_KEYS, AnthropicApi
 from batchrun.apis.fold import payload_int, payload_str
 from batchrun.apis.messages_fold import MessagesFold, blocks_text
 from batchrun.apis.tokens import MESSAGE_OVERHEAD, content_tokens, json_tokens
@@ -31,7 +31,7 @@ class Messages(AnthropicApi):
     operation = "chat"
     text_only = False
     batchable = True
-    accepts = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences"})
+    accepts = SAMPLING_KEYS
 
     def __str__(self) -> str:
         return self.name
