@@ -8,14 +8,16 @@ properties.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import AttemptError, FatalAPIError
+
+if TYPE_CHECKING:
+    import asyncio
+    import signal
 
 __all__ = [
     "Attempt",
@@ -110,10 +112,16 @@ class Stop:
     signal only (requests in flight get the grace period).
     """
 
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    event: asyncio.Event = field(default_factory=lambda: _event())
+    interrupted: asyncio.Event = field(default_factory=lambda: _event())
     fatal: FatalAPIError | None = None
     signal: signal.Signals | None = None
+
+
+def _event() -> asyncio.Event:
+    import asyncio  # not at import: `batchrun validate` never needs the event loop's ~40 ms
+
+    return asyncio.Event()
 
 
 class RunStatus(StrEnum):
