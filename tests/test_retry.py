@@ -47,7 +47,7 @@ async def test_retryable_errors_are_retried_until_success() -> None:
 
 
 async def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
-    """Waits lie in [initial, min(max, initial * 2**(n-1))]; the first is exactly initial."""
+    """Waits lie in [0, min(max, initial * 2**(n-1))], the first one too."""
     sleep = Recorder()
 
     async def fn(number: int, backoff: float) -> None:
@@ -56,27 +56,25 @@ async def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
     with pytest.raises(RetryableError):
         await _policy(sleep, max_attempts=6, initial=1.0, maximum=8.0).call(fn)
     assert len(sleep.waits) == 5
-    assert sleep.waits[0] == 1.0
     for n, wait in enumerate(sleep.waits, start=1):
-        assert 1.0 <= wait <= min(8.0, 2 ** (n - 1))
+        assert 0.0 <= wait <= min(8.0, 2 ** (n - 1))
 
 
 def test_backoff_widens_from_initial_up_to_max() -> None:
-    """The n-th wait lies in [initial, min(max, initial * 2**(n-1))]; the first is initial;
-    a count far past the cap neither overflows nor leaves the bounds."""
+    """The n-th wait lies in [0, min(max, initial * 2**(n-1))]; a count far past the cap
+    neither overflows nor leaves the bounds."""
     backoff = Backoff(0.5, 10.0)
-    assert backoff.wait_s(1) == 0.5
     for n in range(1, 12):
         for _ in range(50):
-            assert 0.5 <= backoff.wait_s(n) <= min(10.0, 0.5 * 2 ** (n - 1))
-    assert 0.5 <= backoff.wait_s(10_000) <= 10.0
+            assert 0.0 <= backoff.wait_s(n) <= min(10.0, 0.5 * 2 ** (n - 1))
+    assert 0.0 <= backoff.wait_s(10_000) <= 10.0
     assert len({backoff.wait_s(8) for _ in range(20)}) > 1  # jittered
 
 
 def test_backoff_draws_what_tenacitys_random_exponential_draws() -> None:
     """The same policy as before it was a function of its own: for one seed, the waits equal
-    tenacity's wait_random_exponential(multiplier=initial, min=initial, max=max)."""
-    ours, theirs = Backoff(0.25, 6.0), wait_random_exponential(multiplier=0.25, min=0.25, max=6.0)
+    tenacity's wait_random_exponential(multiplier=initial, max=max), full jitter."""
+    ours, theirs = Backoff(0.25, 6.0), wait_random_exponential(multiplier=0.25, max=6.0)
     state = RetryCallState(AsyncRetrying(), None, (), {})
     saved = random.getstate()
     try:
@@ -90,6 +88,46 @@ def test_backoff_draws_what_tenacitys_random_exponential_draws() -> None:
     finally:
         random.setstate(saved)
     assert got == expected
+
+
+@pytest.mark.parametrize(("failures", "ceiling"), [(1, 1.0), (2, 2.0), (4, 8.0), (9, 10.0)])
+def test_every_wait_is_uniform_from_zero_to_its_ceiling_the_first_included(
+    failures: int, ceiling: float
+) -> None:
+    """Full jitter: 4,000 draws of the n-th wait fill [0, ceiling] evenly (each tenth holds
+    7-13%, the mean is half the ceiling), so clients failed together come back apart."""
+    backoff = Backoff(1.0, 10.0)
+    rng_state = random.getstate()
+    try:
+        random.seed(failures)
+        waits = [backoff.wait_s(failures) for _ in range(4000)]
+    finally:
+        random.setstate(rng_state)
+    assert all(0.0 <= w <= ceiling for w in waits)
+    tenths = [0] * 10
+    for w in waits:
+        tenths[min(9, int(10 * w / ceiling))] += 1
+    assert all(280 <= count <= 520 for count in tenths), tenths
+    assert sum(waits) / len(waits) == pytest.approx(ceiling / 2, rel=0.05)
+
+
+async def test_the_first_retries_of_a_burst_are_spread_not_synchronised() -> None:
+    """64 requests overloaded at once: their first waits spread over [0, initial], none equal."""
+    first_waits = []
+    for _ in range(64):
+        sleep = Recorder()
+
+        async def fn(number: int, backoff: float) -> str:
+            if number == 1:
+                raise RetryableError("overloaded_error", "Overloaded", http_status=529)
+            return "done"
+
+        await _policy(sleep, initial=2.0).call(fn)
+        first_waits.extend(sleep.waits)
+    assert len(set(first_waits)) == 64
+    assert min(first_waits) < 0.5
+    assert max(first_waits) > 1.5
+    assert all(0.0 <= w <= 2.0 for w in first_waits)
 
 
 async def test_the_policy_waits_as_backoff_does() -> None:

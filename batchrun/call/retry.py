@@ -3,11 +3,11 @@
 The retried unit is a whole attempt, "open the stream and read it to the end"; a half-read
 stream is never resumed. Only :class:`~batchrun.errors.RetryableError` is retried; a server's
 ``retry-after`` is honoured (one longer than ``max_backoff_s`` ends the request instead of
-hanging it), otherwise the wait is :class:`Backoff`'s, exponential with jitter between
-``initial_backoff_s`` and ``max_backoff_s``. After the last attempt the original error surfaces,
-not a wrapper. This is the only module that imports tenacity, and :class:`Backoff` is the only
-backoff (batch mode's polling and create retries use it too); it knows nothing of HTTP, and its
-sleep is injectable so tests never wait.
+hanging it), otherwise the wait is :class:`Backoff`'s, exponential with full jitter (between 0
+and a ceiling doubling from ``initial_backoff_s`` up to ``max_backoff_s``). After the last
+attempt the original error surfaces, not a wrapper. This is the only module that imports
+tenacity, and :class:`Backoff` is the only backoff (batch mode's polling and create retries use
+it too); it knows nothing of HTTP, and its sleep is injectable so tests never wait.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ _MAX_DOUBLINGS = 64  # past this the ceiling is max_s for any sane setting, and 
 class Backoff:
     """Exponential backoff with full jitter, the one batchrun uses.
 
-    The wait after ``failures`` failures in a row (1-based) is uniform between ``initial_s``
-    and ``min(max_s, initial_s * 2 ** (failures - 1))``: the first is exactly ``initial_s``.
-    This is tenacity's ``wait_random_exponential(multiplier=initial_s, min=initial_s,
-    max=max_s)``, computed from a count rather than from tenacity's call state so that code
-    outside a tenacity loop (batch polling) can ask for it.
+    The wait after ``failures`` failures in a row (1-based) is uniform between 0 and
+    ``min(max_s, initial_s * 2 ** (failures - 1))``, the first included: clients that failed
+    together (an overload burst) must not come back together, which a fixed first wait makes
+    them do. This is tenacity's ``wait_random_exponential(multiplier=initial_s, max=max_s)``,
+    computed from a count rather than from tenacity's call state so that code outside a
+    tenacity loop (batch polling) can ask for it.
     """
 
     initial_s: float
@@ -52,8 +53,8 @@ class Backoff:
 
     def wait_s(self, failures: int) -> float:
         doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
-        ceiling = max(self.initial_s, min(self.max_s, self.initial_s * 2.0**doublings))
-        return random.uniform(self.initial_s, ceiling)
+        ceiling = min(self.max_s, self.initial_s * 2.0**doublings)
+        return random.uniform(0.0, ceiling)
 
 
 class RetryPolicy:
