@@ -1,11 +1,17 @@
-"""Limits: concurrency that adapts to overload, additive increase / multiplicative decrease.
+"""Limits: concurrency that adapts to the overload rate: additive increase, multiplicative cut.
 
-Slots are handed out in FIFO order up to ``limit``. A run of :data:`OVERLOAD_STREAK` overloaded
-attempts (HTTP 529 or an ``overloaded_error`` event) with no success between them cuts the limit
-by :data:`DECREASE` (never below 1); overloads of attempts that began before the last cut are
-the old load's and do not cut again. Each success adds ``1 / limit`` back, so the limit grows by
-one per round of successful streams, up to the run's ``concurrency``. Scattered overloads under
-a healthy server never line up into a streak; a real overload window does, within a few attempts.
+Slots are handed out in FIFO order up to ``limit``. The limit is cut by :data:`DECREASE` (never
+below 1) when the overload *rate* is high: when at least :data:`OVERLOAD_SHARE` of the last
+``window`` answered attempts (overloads, HTTP 529 or an ``overloaded_error`` event, and
+successes) were overloaded, the window being one round of slots (at least :data:`MIN_WINDOW`
+attempts). A cut starts a new epoch and an empty window: outcomes of attempts that began before
+it are the old load's and are not counted. Each success adds ``1 / limit`` back, so the limit
+grows by one per round of successful streams, up to the run's ``concurrency``.
+
+Why a share, not a streak: at start-up the fast 529s arrive before any stream finishes, so a
+few scattered overloads look like a streak; as a share of a round they are what they are. 5% of
+overloads keep the limit near the maximum (a quarter of a round of 16 or more attempts is
+almost never reached); 50% cut it about once a round, as AIMD should.
 
 Per process: the server's overload is the same for every client, so sharing it buys nothing.
 This module must not know about HTTP, buckets or the clock.
@@ -16,10 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-__all__ = ["DECREASE", "OVERLOAD_STREAK", "AdaptiveConcurrency"]
+__all__ = ["DECREASE", "MIN_WINDOW", "OVERLOAD_SHARE", "AdaptiveConcurrency"]
 
 DECREASE = 0.5
-OVERLOAD_STREAK = 3
+OVERLOAD_SHARE = 0.25  # of the window's attempts overloaded: cut
+MIN_WINDOW = 16  # attempts: fewer cannot tell 5% of overloads from 25%
 
 
 class AdaptiveConcurrency:
@@ -30,12 +37,18 @@ class AdaptiveConcurrency:
         self.limit = float(maximum)
         self.in_use = 0
         self.epoch = 0  # bumped by every cut; a slot remembers the epoch it was taken in
-        self._streak = 0
+        self._recent: deque[bool] = deque()  # this epoch's outcomes, newest last: overloaded?
+        self._overloads = 0  # how many of ``_recent`` were overloaded
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def slots(self) -> int:
         return max(1, int(self.limit))
+
+    @property
+    def window(self) -> int:
+        """How many recent attempts the overload share is taken over: one round of slots."""
+        return max(MIN_WINDOW, self.slots)
 
     async def acquire(self) -> int:
         """Wait for a slot; return the epoch it was taken in."""
@@ -62,22 +75,30 @@ class AdaptiveConcurrency:
         """An attempt taken in ``epoch`` was overloaded; return whether the limit was cut."""
         if epoch != self.epoch:
             return False
-        self._streak += 1
-        if self._streak < OVERLOAD_STREAK:
+        self._observe(True)
+        if self._overloads < OVERLOAD_SHARE * self.window:
             return False
-        self._streak = 0
+        self._recent.clear()
+        self._overloads = 0
         self.epoch += 1
         old = self.slots
         self.limit = max(1.0, self.limit * DECREASE)
         return self.slots != old
 
-    def succeeded(self) -> bool:
-        """An attempt streamed to its end; return whether a slot was added."""
-        self._streak = 0
+    def succeeded(self, epoch: int | None = None) -> bool:
+        """An attempt (taken in ``epoch``) streamed to its end; return whether a slot was added."""
+        if epoch == self.epoch:
+            self._observe(False)
         old = self.slots
         self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
         self._wake()
         return self.slots != old
+
+    def _observe(self, overloaded: bool) -> None:
+        self._recent.append(overloaded)
+        self._overloads += overloaded
+        while len(self._recent) > self.window:
+            self._overloads -= self._recent.popleft()
 
     def _wake(self) -> None:
         while self._waiters and self.in_use < self.slots:

@@ -266,7 +266,7 @@ class RateBudget:
             error is None
             and attempt.completion is not None
             and reservation.slot
-            and self._slots.succeeded()
+            and self._slots.succeeded(reservation.epoch)
         ):
             log.info("batchrun.limits.concurrency_grown", **self.snapshot())
 
