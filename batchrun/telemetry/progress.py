@@ -1,11 +1,15 @@
 """Progress of a run: a live line on a terminal, periodic log lines elsewhere (cron).
 
 Counts only; it never decides anything. The stream driver calls ``update`` as requests finish and
-``retry`` as attempts fail; ``start``/``stop`` bracket the run.
+``retry`` as attempts fail; ``start``/``stop`` bracket the run. Off a terminal, the
+``batchrun.progress`` line is logged every ``log_every_s`` on a timer, so a run whose requests
+all wait (a rate-limit debt, a stalled server) still says so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +20,8 @@ import structlog
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
+
+from batchrun.clock import Sleep
 
 __all__ = ["Progress"]
 
@@ -31,26 +37,35 @@ class Progress:
     log_every_s: float = 10.0
     # The budget's effective limits and concurrency, shown beside the counts.
     limits: Callable[[], Mapping[str, int | float | None]] = dict
+    sleep: Sleep = asyncio.sleep  # the timer's: tests pass one that needs no real time
     ok: int = 0
     error: int = 0
     retries: int = 0
     output_tokens: int = 0
     _started: float = field(default_factory=time.perf_counter)
-    _last_log: float = 0.0
     _live: Live | None = None
+    _timer: asyncio.Task[None] | None = None
 
     @property
     def done(self) -> int:
         return self.ok + self.error
 
     def start(self) -> None:
-        self._started = self._last_log = time.perf_counter()
+        """Start the display: a live line on a terminal, else the log timer (in a running
+        event loop)."""
+        self._started = time.perf_counter()
         if self.stream.isatty():
             console = Console(file=self.stream)
             self._live = Live(self._render(), console=console, refresh_per_second=4)
             self._live.start()
+        else:
+            with contextlib.suppress(RuntimeError):  # no running loop: no timer
+                self._timer = asyncio.get_running_loop().create_task(self._log_periodically())
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._live is not None:
             self._live.update(self._render())
             self._live.stop()
@@ -67,10 +82,10 @@ class Progress:
         self.output_tokens += output_tokens or 0
         if self._live is not None:
             self._live.update(self._render())
-            return
-        now = time.perf_counter()
-        if now - self._last_log >= self.log_every_s:
-            self._last_log = now
+
+    async def _log_periodically(self) -> None:
+        while True:
+            await self.sleep(self.log_every_s)
             log.info("batchrun.progress", **self.snapshot())
 
     def snapshot(self) -> dict[str, float | int | None]:

@@ -2,8 +2,9 @@
 
 Every attempt (retries too) waits in ``Budget.acquire`` and reports back through
 ``Budget.settle``. Modules: ``budget`` (the seam: protocol, reservation, refusal), ``rate`` (the
-rate-limited budget), ``bucket`` (token-bucket arithmetic), ``estimate`` (request costs and
-rate-limit headers), ``adaptive`` (AIMD concurrency), ``store``, ``sqlite`` and ``redis``
+rate-limited budget), ``bucket`` (token-bucket arithmetic), ``fit`` (a request that can never
+fit, an attempt that used nothing), ``headers`` (rate-limit headers), ``adaptive`` (AIMD
+concurrency on the overload rate), ``store``, ``sqlite`` and ``redis``
 (where buckets live). This package must not speak HTTP, retry, or write results.
 
 Sharing: with ``limits.shared: true`` (the default) every batchrun process on the host that uses
@@ -29,6 +30,7 @@ from batchrun.schedule.limits.bucket import BURST_S, Adjust, BucketSpec, Want
 from batchrun.schedule.limits.budget import (
     Budget,
     BudgetWaitError,
+    RequestTooLargeError,
     Reservation,
     Snapshot,
     Unlimited,
@@ -48,6 +50,7 @@ __all__ = [
     "MemoryStore",
     "RateBudget",
     "RequestCost",
+    "RequestTooLargeError",
     "Reservation",
     "Snapshot",
     "SqliteStore",

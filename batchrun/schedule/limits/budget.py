@@ -3,7 +3,9 @@
 The stream driver awaits :meth:`Budget.acquire` before every attempt (retries included) and calls
 :meth:`Budget.settle` after it, in a ``finally``, with the :class:`~batchrun.models.Attempt` as
 it stands. A wait that would exceed its bound raises :class:`BudgetWaitError` from ``acquire``:
-no reservation is held then, and there is nothing to settle. This module holds no policy.
+no reservation is held then, and there is nothing to settle; a request that no wait would ever
+let through (:class:`RequestTooLargeError`) is refused the same way, at once. This module holds
+no policy.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from batchrun.errors import PermanentError
 from batchrun.models import Attempt
 from batchrun.schedule.limits.bucket import Want
 
-__all__ = ["Budget", "BudgetWaitError", "Reservation", "Snapshot", "Unlimited"]
+__all__ = [
+    "Budget",
+    "BudgetWaitError",
+    "RequestTooLargeError",
+    "Reservation",
+    "Snapshot",
+    "Unlimited",
+]
 
 Snapshot = dict[str, int | float | None]
 
@@ -26,6 +35,14 @@ class BudgetWaitError(PermanentError):
     Raised by ``acquire`` when the pool is paused (a 429's ``retry-after``) for longer than
     ``max_wait_s``, or when any wait would pass the caller's ``deadline``. ``error_type`` is
     ``rate_limit_wait``; ``retry_after`` is the wait that was refused.
+    """
+
+
+class RequestTooLargeError(BudgetWaitError):
+    """The request needs more of a bucket than its whole per-minute limit: no wait would ever
+    let it through, and taking it would leave a debt that stalls every other request for
+    minutes. It ends at once, never sent, with the ``error_type`` the API would answer:
+    ``request_too_large`` for a body over the API's size limit, else ``rate_limit_error``.
     """
 
 

@@ -2,11 +2,13 @@
 
 Effective limit of each bucket = the stricter of the job's setting and the ``limit`` header the
 server last sent; a bucket with neither does not exist, so a job without limits waits for
-nothing until a response teaches it one. ``acquire`` takes a concurrency slot, then (one request
-at a time, in arrival order) every bucket at once from the store; it naps while short, waking
-early when a settled attempt gives tokens back. ``settle`` gives back what an attempt did not
-use, lowers a bucket to what the server says is left, pauses the whole pool (every process that
-shares the store) on a 429 until ``retry-after``, and feeds overloads and successes to AIMD.
+nothing until a response teaches it one. ``acquire`` takes a concurrency slot, refuses at once a
+request that needs more than a bucket's whole minute, then (one request at a time, in arrival
+order) takes every bucket at once from the store; it naps while short, waking early when a
+settled attempt gives tokens back. ``settle`` gives back what an attempt did not use (all of it
+when the server refused the request or never answered), lowers a bucket to what the server says
+is left, pauses the whole pool (every process that shares the store) on a 429 until
+``retry-after``, and feeds overloads and successes to AIMD.
 
 This module must not speak HTTP: an exact token count comes through an injected function.
 """
@@ -28,6 +30,7 @@ from batchrun.models import Attempt
 from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
 from batchrun.schedule.limits.bucket import Adjust, BucketSpec, Want
 from batchrun.schedule.limits.budget import BudgetWaitError, Reservation, Snapshot
+from batchrun.schedule.limits.fit import refuse_if_never_fits, unused
 from batchrun.schedule.limits.headers import read_ratelimit_headers, read_retry_after
 from batchrun.schedule.limits.store import PAUSED, BudgetStore, MemoryStore, StoreUnavailable
 
@@ -100,6 +103,7 @@ class RateBudget:
         epoch = await self._slots.acquire()
         try:
             wants = await self._wants(body)
+            refuse_if_never_fits(body, wants)
             if wants:
                 async with self._line:
                     await self._wait(wants, deadline)
@@ -209,6 +213,15 @@ class RateBudget:
                 self._gave_back.set()
 
     def _give_back(self, reservation: Reservation, attempt: Attempt) -> list[Adjust]:
+        if unused(attempt):
+            # Refused or never answered, the request cost the server nothing: keeping what it
+            # took would hold back every request behind it (a 413 of millions of tokens for
+            # half an hour). A 429's own pause empties the buckets after this.
+            return [
+                Adjust(self._specs.get(w.spec.name, w.spec), give=w.amount)
+                for w in reservation.wants
+                if w.amount
+            ]
         done = attempt.completion if attempt.error is None else None
         changes = []
         for want in reservation.wants:
