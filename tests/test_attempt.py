@@ -179,6 +179,16 @@ async def test_a_proxy_page_is_a_retryable_http_error() -> None:
     assert attempt.error.message.startswith("HTTP 502 Bad Gateway")
 
 
+@pytest.mark.parametrize("content_type", ["Text/Event-Stream", "TEXT/EVENT-STREAM;charset=UTF-8"])
+async def test_the_content_type_is_matched_without_regard_to_case(content_type: str) -> None:
+    """Media types are case-insensitive: any spelling of text/event-stream is an event stream."""
+    data = _fixture("basic_response.sse")
+    headers = {**SSE, "content-type": content_type}
+    attempt = await _attempt(lambda r: httpx.Response(200, headers=headers, content=data))
+    assert attempt.error is None
+    assert attempt.completion is not None
+
+
 async def test_overload_inside_the_stream_fails_the_attempt() -> None:
     """An error event after HTTP 200 is a retryable overload, and no completion is kept."""
     data = _fixture("basic_response.sse").split(b"event: content_block_stop")[0]

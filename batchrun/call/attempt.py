@@ -28,6 +28,7 @@ from batchrun.models import Attempt
 __all__ = ["http_error", "parse_retry_after", "stream_attempt"]
 
 _MAX_ERROR_BODY = 64 * 1024
+_EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(slots=True)
@@ -111,7 +112,8 @@ async def _read(
         if response.status_code != 200:
             raise await http_error(api, response)
         content_type = response.headers.get("content-type", "")
-        if not content_type.startswith("text/event-stream"):
+        # Media types are case-insensitive (RFC 9110): Text/Event-Stream is one too.
+        if content_type.partition(";")[0].strip().lower() != _EVENT_STREAM:
             raise RetryableError(
                 "stream_error", f"expected an event stream, got content-type {content_type!r}"
             )
