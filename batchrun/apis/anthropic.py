@@ -109,14 +109,15 @@ class AnthropicApi:
     @staticmethod
     def error_body(raw: bytes, status: int, reason: str) -> tuple[str, str]:
         """The API's ``error.type`` and ``error.message``, or a stand-in for a body from a
-        proxy (``http_error``, with the start of the body)."""
+        proxy (``http_error``, with the body). Not cut here: the caller scrubs secrets out of
+        the text first, then caps it."""
         try:
             payload = json.loads(raw)
             error = payload["error"]
-            return str(error["type"]), str(error.get("message", ""))[:500]
+            return str(error["type"]), str(error.get("message", ""))
         except (ValueError, KeyError, TypeError, RecursionError):
             text = raw.decode("utf-8", "replace").strip()
-            snippet = " ".join(text.split())[:200]
+            snippet = " ".join(text.split())
             return "http_error", f"HTTP {status} {reason}" + (f": {snippet}" if snippet else "")
 
     def batch_completion(self, message: Any) -> Completion:
