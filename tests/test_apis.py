@@ -708,6 +708,34 @@ def test_error_event_is_classified_like_the_http_error(error: dict[str, Any], ki
         new_fold("messages").feed(sse("error", {"type": "error", "error": error}))
 
 
+@pytest.mark.parametrize("api", ["messages", "complete"])
+def test_an_error_event_of_an_unknown_type_is_retried(api: str) -> None:
+    """After HTTP 200 an error event is the stream's 529: a type the table does not know is
+    retryable, not permanent (PROTOCOL.md)."""
+    payload = {"type": "error", "error": {"type": "brand_new_error", "message": "try later"}}
+    with pytest.raises(RetryableError) as caught:
+        new_fold(api).feed(sse("error", payload))
+    assert caught.value.error_type == "brand_new_error"
+
+
+def test_an_error_event_message_is_not_cut_before_it_is_scrubbed() -> None:
+    """The fold keeps the whole message: the seam scrubs secrets out, then caps it, so a key
+    across a cut cannot leave its prefix behind."""
+    message = "x" * 2000 + " sk-ant-secret"
+    payload = {"type": "error", "error": {"type": "overloaded_error", "message": message}}
+    with pytest.raises(RetryableError) as caught:
+        new_fold("messages").feed(sse("error", payload))
+    assert caught.value.message == message
+
+
+def test_a_second_message_start_is_a_stream_error() -> None:
+    """Two message_start events in one stream would splice two messages: a stream_error."""
+    folder, _ = fold("messages", [START, text_block(), delta({"type": "text_delta", "text": "a"})])
+    with pytest.raises(RetryableError, match="second message_start") as caught:
+        folder.feed(START)
+    assert caught.value.error_type == "stream_error"
+
+
 def test_error_event_with_unreadable_data_is_a_stream_error() -> None:
     """An error event whose data is not JSON still fails the attempt, as a stream_error."""
     with pytest.raises(RetryableError) as caught:

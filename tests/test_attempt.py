@@ -12,6 +12,7 @@ import pytest
 from batchrun.apis import APIS
 from batchrun.call.attempt import parse_retry_after, stream_attempt
 from batchrun.call.endpoint import ApiClient
+from batchrun.call.secrets import MAX_TEXT, NO_SECRETS, Scrubber
 from batchrun.clock import Clock
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
 from batchrun.models import Attempt
@@ -35,9 +36,10 @@ async def _attempt(
     *,
     total_s: float = 5.0,
     api: str = "messages",
+    scrubber: Scrubber = NO_SECRETS,
 ) -> Attempt:
     async with ApiClient(
-        transport=httpx.MockTransport(handler), base_url="http://api.test"
+        transport=httpx.MockTransport(handler), base_url="http://api.test", scrubber=scrubber
     ) as client:
         return await stream_attempt(
             client,
@@ -177,6 +179,58 @@ async def test_a_proxy_page_is_a_retryable_http_error() -> None:
     assert isinstance(attempt.error, RetryableError)
     assert attempt.error.error_type == "http_error"
     assert attempt.error.message.startswith("HTTP 502 Bad Gateway")
+
+
+@pytest.mark.parametrize("content_type", ["Text/Event-Stream", "TEXT/EVENT-STREAM;charset=UTF-8"])
+async def test_the_content_type_is_matched_without_regard_to_case(content_type: str) -> None:
+    """Media types are case-insensitive: any spelling of text/event-stream is an event stream."""
+    data = _fixture("basic_response.sse")
+    headers = {**SSE, "content-type": content_type}
+    attempt = await _attempt(lambda r: httpx.Response(200, headers=headers, content=data))
+    assert attempt.error is None
+    assert attempt.completion is not None
+
+
+async def test_another_content_type_is_a_short_stream_error() -> None:
+    """A 200 that is not an event stream is a stream_error; a huge header value is capped."""
+    headers = {**SSE, "content-type": "text/plain" + "x" * 20_000}
+    attempt = await _attempt(lambda r: httpx.Response(200, headers=headers, content=b"hi"))
+    assert isinstance(attempt.error, RetryableError)
+    assert attempt.error.error_type == "stream_error"
+    assert attempt.error.message.startswith("expected an event stream")
+    assert len(attempt.error.message) <= MAX_TEXT
+
+
+async def test_a_huge_error_body_is_capped_in_the_message() -> None:
+    """A 15 KB error message (JSON or a proxy page) becomes at most MAX_TEXT characters."""
+    for handler in (
+        _error(400, "invalid_request_error", "y" * 15_000),
+        lambda r: httpx.Response(502, text="z " * 15_000),
+    ):
+        attempt = await _attempt(handler)
+        assert attempt.error is not None
+        assert 900 < len(attempt.error.message) <= MAX_TEXT
+
+
+async def test_what_a_server_echoes_of_the_key_is_scrubbed_from_the_attempt() -> None:
+    """The client's secrets leave the error, the request-id, kept headers and the completion;
+    a key past the length cap leaves no prefix behind."""
+    key = "sk-ant-api03-abcdefghijklmnop"
+    data = _fixture("basic_response.sse").replace(b"Hello", key.encode())
+    echo = {**SSE, "request-id": key, "anthropic-ratelimit-requests-limit": key}
+    scrubber = Scrubber([key])
+    ok = await _attempt(
+        lambda r: httpx.Response(200, headers=echo, content=data), scrubber=scrubber
+    )
+    assert ok.completion is not None
+    assert ok.completion.text == "[redacted] there!"
+    assert key not in (ok.completion.content_json or "")
+    assert ok.request_id == "[redacted]"
+    assert ok.ratelimit_headers == {"anthropic-ratelimit-requests-limit": "[redacted]"}
+    cut = "m" * (MAX_TEXT - 5) + key
+    failed = await _attempt(_error(400, "invalid_request_error", cut), scrubber=scrubber)
+    assert failed.error is not None
+    assert "sk-ant" not in failed.error.message
 
 
 async def test_overload_inside_the_stream_fails_the_attempt() -> None:

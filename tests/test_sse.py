@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchrun.apis.sse import ServerSentEvent, SSEDecoder
+from batchrun.errors import RetryableError
 from tests.conftest import STREAM_FILES
 
 
@@ -375,3 +377,37 @@ def test_fixture_decodes_the_same_whatever_the_split(path: Path, data: st.DataOb
 def test_fixtures_are_present() -> None:
     """The captured streams this suite relies on exist."""
     assert len(STREAM_FILES) >= 10
+
+
+# --- the size bound ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [True, False], ids=["a line", "an event"])
+def test_the_decoder_keeps_at_most_about_the_bound(line: bool) -> None:
+    """Fed 64 MB without an end in 64 KB chunks, the decoder raises once past the bound and
+    never holds more than a few times the bound."""
+    chunk = b"z" * 65536 if line else b"data: " + b"z" * 65529 + b"\n"
+    decoder = SSEDecoder(max_size=1024 * 1024)
+    tracemalloc.start()
+    try:
+
+        def feed_64_mb() -> None:
+            for _ in range(1024):
+                decoder.feed(chunk)
+
+        with pytest.raises(RetryableError) as raised:
+            feed_64_mb()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert raised.value.error_type == "stream_error"
+    assert peak < 4 * 1024 * 1024
+    assert decoder.feed(b"event: ping\ndata: {}\n\n") == [("ping", "{}", None, None)]
+
+
+def test_one_huge_chunk_holding_a_long_line_is_refused() -> None:
+    """A single chunk larger than the bound, with its long line inside, raises too."""
+    decoder = SSEDecoder(max_size=1000)
+    with pytest.raises(RetryableError, match="a line"):
+        decoder.feed(b"data: short\n" + b"data: " + b"q" * 2000 + b"\n\n")
+    assert SSEDecoder(max_size=1000).feed(b"data: a\n\n" * 500)[-1].data == "a"

@@ -15,7 +15,7 @@ from typing import Any
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.models import Completion
 
-__all__ = ["SAMPLING_KEYS", "AnthropicApi", "classify"]
+__all__ = ["SAMPLING_KEYS", "AnthropicApi", "classify", "classify_event"]
 
 _FATAL_TYPES = {"authentication_error", "permission_error", "billing_error"}
 _RETRYABLE_TYPES = {
@@ -25,6 +25,8 @@ _RETRYABLE_TYPES = {
     "timeout_error",
     "conflict_error",
 }
+# Types that mean "this request is wrong", in a stream too; any other error event is retried.
+_PERMANENT_TYPES = {"invalid_request_error", "request_too_large", "not_found_error"}
 _SPEND_LIMIT = re.compile(r"spend|usage limit|credit balance|billing", re.IGNORECASE)
 _RATELIMIT_PREFIX = "anthropic-ratelimit-"
 # The request keys both APIs take (the legacy one sends max_tokens as max_tokens_to_sample).
@@ -70,6 +72,16 @@ def classify(
     return cls(error_type, message, http_status=http_status, retry_after=retry_after)
 
 
+def classify_event(error_type: str, message: str) -> AttemptError:
+    """Classify an ``error`` event after HTTP 200: the streaming form of a 529 (PROTOCOL.md), so
+    a type this table does not know is retried like overload; fatal and permanent types keep
+    their meaning."""
+    error = classify(error_type, message)
+    if isinstance(error, PermanentError) and error_type not in _PERMANENT_TYPES:
+        return RetryableError(error_type, message)
+    return error
+
+
 class AnthropicApi:
     """The parts of the :class:`~batchrun.apis.Api` protocol every Anthropic API shares."""
 
@@ -92,18 +104,20 @@ class AnthropicApi:
         }
 
     classify = staticmethod(classify)
+    classify_event = staticmethod(classify_event)
 
     @staticmethod
     def error_body(raw: bytes, status: int, reason: str) -> tuple[str, str]:
         """The API's ``error.type`` and ``error.message``, or a stand-in for a body from a
-        proxy (``http_error``, with the start of the body)."""
+        proxy (``http_error``, with the body). Not cut here: the caller scrubs secrets out of
+        the text first, then caps it."""
         try:
             payload = json.loads(raw)
             error = payload["error"]
-            return str(error["type"]), str(error.get("message", ""))[:500]
+            return str(error["type"]), str(error.get("message", ""))
         except (ValueError, KeyError, TypeError, RecursionError):
             text = raw.decode("utf-8", "replace").strip()
-            snippet = " ".join(text.split())[:200]
+            snippet = " ".join(text.split())
             return "http_error", f"HTTP {status} {reason}" + (f": {snippet}" if snippet else "")
 
     def batch_completion(self, message: Any) -> Completion:

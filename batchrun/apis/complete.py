@@ -71,7 +71,7 @@ class Complete(AnthropicApi):
         return None
 
     def new_fold(self) -> CompleteFold:
-        return CompleteFold(self.classify)
+        return CompleteFold(self.classify_event)
 
 
 def complete_prompt(item: RequestItem) -> str:

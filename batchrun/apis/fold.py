@@ -80,9 +80,11 @@ def _error_from(payload: dict[str, Any], classify: Classify) -> AttemptError:
         error = {}
     error_type = error.get("type")
     message = error.get("message")
+    # Not cut here: the message is scrubbed of secrets first, then capped, where it enters
+    # the run (batchrun.call.attempt); the SSE decoder bounds its size.
     return classify(
         error_type if isinstance(error_type, str) and error_type else "api_error",
-        (message if isinstance(message, str) else "error event in the stream")[:MAX_MESSAGE],
+        message if isinstance(message, str) else "error event in the stream",
     )
 
 

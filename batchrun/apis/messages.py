@@ -75,7 +75,7 @@ class Messages(AnthropicApi):
         return {k: body[k] for k in _COUNTED_FIELDS if k in body}
 
     def new_fold(self) -> MessagesFold:
-        return MessagesFold(self.classify)
+        return MessagesFold(self.classify_event)
 
     def batch_completion(self, message: Any) -> Completion:
         """A non-streaming response (a ``message`` object) as the Completion its stream would

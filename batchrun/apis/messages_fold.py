@@ -99,6 +99,7 @@ class MessagesFold(FoldBase):
         self._blocks: dict[int, _Block] = {}
         self._deltas = 0
         self._usage_seen = False  # message_start's output_tokens is a placeholder; this is not
+        self._started = False
         self._id: str | None = None
         self._model: str | None = None
         self._input_tokens: int | None = None
@@ -163,6 +164,10 @@ class MessagesFold(FoldBase):
                 raise stream_error("content_block_start without an index and a content_block")
             self._blocks[index] = _Block(block)
         elif name == "message_start":
+            if self._started:
+                # Two messages spliced into one completion would be a row nobody asked for.
+                raise stream_error("a second message_start in one stream")
+            self._started = True
             message = payload.get("message")
             if not isinstance(message, dict):
                 raise stream_error("message_start without a message object")

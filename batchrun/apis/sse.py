@@ -2,8 +2,10 @@
 
 Part of stage 3 (call): the client feeds each network chunk to :class:`SSEDecoder` and hands the
 events it returns to a fold in :mod:`batchrun.apis`. This module does no I/O, knows nothing of
-HTTP or of the Anthropic payloads, and never raises on odd input: whatever the bytes, they
-decode to some (possibly empty) list of events.
+HTTP or of the Anthropic payloads, and never raises on odd input but one: a line, or an event's
+data, longer than :data:`MAX_SIZE` characters (4 MiB) raises a retryable ``stream_error``
+rather than grow without bound. Otherwise, whatever the bytes, they decode to some (possibly
+empty) list of events.
 
 Rules kept (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
 LF, CRLF and CR end lines, also when a CRLF pair is split between chunks; a leading BOM is
@@ -24,7 +26,13 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+from batchrun.errors import RetryableError
+
+__all__ = ["MAX_SIZE", "SSEDecoder", "ServerSentEvent"]
+
+# The longest line, and the most data one event may hold, in characters. Anthropic's events
+# are a few hundred bytes; a whole long answer in one event is still far below this.
+MAX_SIZE = 4 * 1024 * 1024
 
 # One whole event in the shape Anthropic sends, line endings already made LF.
 _BLOCK = re.compile(r"event: ([^\n]*)\ndata: ([^\n]*)\n\n")
@@ -44,17 +52,35 @@ class ServerSentEvent(NamedTuple):
 
 
 class SSEDecoder:
-    """Incremental decoder: feed chunks split anywhere, get the events they complete."""
+    """Incremental decoder: feed chunks split anywhere, get the events they complete.
 
-    __slots__ = ("_data", "_decoder", "_event", "_last_id", "_partial", "_retry", "_skip_lf")
+    ``max_size`` bounds a line and an event's data (in characters): past it, ``feed`` raises
+    ``RetryableError("stream_error")``, having kept at most about that much.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "_data",
+        "_data_size",
+        "_decoder",
+        "_event",
+        "_last_id",
+        "_max",
+        "_partial",
+        "_partial_size",
+        "_retry",
+        "_skip_lf",
+    )
+
+    def __init__(self, max_size: int = MAX_SIZE) -> None:
+        self._max = max_size
         # utf-8-sig drops one BOM at the start of the stream, even one split across chunks.
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
         self._partial: list[str] = []  # pieces of the current, unterminated line
+        self._partial_size = 0  # their length
         self._skip_lf = False  # the last text ended in CR: a LF starting the next is its pair
         self._event = ""
         self._data: list[str] = []
+        self._data_size = 0  # characters in _data, checked in _lines (the only path that joins)
         self._last_id: str | None = None
         self._retry: int | None = None
 
@@ -76,24 +102,50 @@ class SSEDecoder:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if "\n" not in text:
             # Joining once per line keeps a long line that trickles in linear, not quadratic.
+            self._partial_size += len(text)
+            if self._partial_size > self._max:
+                raise self._too_large("a line")
             self._partial.append(text)
             return []
         if self._partial:
+            if self._partial_size + text.find("\n") > self._max:
+                raise self._too_large("a line")
             self._partial.append(text)
             text = "".join(self._partial)
             self._partial.clear()
+            self._partial_size = 0
+        if len(text) > self._max:
+            self._check_lines(text)  # only a chunk larger than the bound can hide a long line
         end = text.rfind("\n") + 1
         if end < len(text):
             self._partial.append(text[end:])
+            self._partial_size = len(text) - end
         return self._events(text, end)
+
+    def _check_lines(self, text: str) -> None:
+        start = 0
+        while (nl := text.find("\n", start)) >= 0:
+            if nl - start > self._max:
+                raise self._too_large("a line")
+            start = nl + 1
+        if len(text) - start > self._max:
+            raise self._too_large("a line")
+
+    def _too_large(self, what: str) -> RetryableError:
+        self.flush()  # what was kept is dropped now, not when the caller lets go of us
+        return RetryableError(
+            "stream_error", f"{what} of the event stream exceeds {self._max:,} characters"
+        )
 
     def flush(self) -> list[ServerSentEvent]:
         """End of body: discard any unterminated line or event and reset. Never dispatches."""
         self._decoder.reset()
         self._partial.clear()
+        self._partial_size = 0
         self._skip_lf = False
         self._event = ""
         self._data = []
+        self._data_size = 0
         self._retry = None
         return []
 
@@ -148,6 +200,7 @@ class SSEDecoder:
                         )
                     )
                     data = self._data = []
+                    self._data_size = 0
                 self._event = ""
                 self._retry = None
                 continue
@@ -160,6 +213,9 @@ class SSEDecoder:
                 field = line[:colon]
                 value = line[colon + 2 :] if line.startswith(" ", colon + 1) else line[colon + 1 :]
             if field == "data":
+                self._data_size += len(value) + 1
+                if self._data_size > self._max:
+                    raise self._too_large("an event")
                 data.append(value)
             elif field == "event":
                 self._event = value

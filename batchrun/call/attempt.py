@@ -3,13 +3,17 @@
 Sends one request, reads its event stream to the final event and folds it (with the API's own
 fold) into a :class:`~batchrun.models.Completion`, noting when every content delta arrived.
 Every failure leaves as an :class:`~batchrun.errors.AttemptError` on the returned
-:class:`~batchrun.models.Attempt`: httpx's exceptions are translated here and nowhere else. This
-module does not retry, wait for budgets or write anything: the stream driver does.
+:class:`~batchrun.models.Attempt`: httpx's exceptions are translated here and nowhere else.
+This is where a server's text enters a run: every message, header value and completion the
+Attempt keeps is scrubbed of the run's secrets here (the client's
+:class:`~batchrun.call.secrets.Scrubber`), and error messages are capped. This module does not
+retry, wait for budgets or write anything: the stream driver does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +25,16 @@ import httpx
 from batchrun.apis import Api, Fold
 from batchrun.apis.sse import SSEDecoder
 from batchrun.call.endpoint import ApiClient
+from batchrun.call.secrets import NO_SECRETS, Scrubber
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, RetryableError
-from batchrun.models import Attempt
+from batchrun.models import Attempt, Completion
 
-__all__ = ["http_error", "parse_retry_after", "stream_attempt"]
+__all__ = ["clean_error", "http_error", "parse_retry_after", "stream_attempt"]
 
 _MAX_ERROR_BODY = 64 * 1024
+_MAX_ERROR_TYPE = 100  # the API's are ~25 characters
+_EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(slots=True)
@@ -56,6 +63,7 @@ async def stream_attempt(
     arrival offset of every read that brought content, as it arrives (the driver records its
     per-chunk metric there, spread over the stream rather than in one burst at its end).
     """
+    scrub = client.scrubber
     sent_at = clock.now()
     fold = api.new_fold()
     response = _Response()
@@ -78,19 +86,40 @@ async def stream_attempt(
         # Connection refused or reset, a peer that closed mid-body, a protocol violation.
         error = RetryableError("connection_error", f"{type(exc).__name__}: {exc}".strip())
         error.__cause__ = exc
-    if error is not None and error.http_status is None:
-        error.http_status = response.http_status  # an error event after HTTP 200
+    if error is not None:
+        if error.http_status is None:
+            error.http_status = response.http_status  # an error event after HTTP 200
+        clean_error(error, scrub)
+    if completion is not None and scrub:
+        completion = _scrubbed(completion, scrub)
     return Attempt(
         sent_at=sent_at,
         ended_at=clock.now(),
         http_status=response.http_status,
-        request_id=response.request_id,
+        request_id=None if response.request_id is None else scrub.short(response.request_id),
         chunk_offsets=offsets,
         completion=completion,
         error=error,
         output_tokens_seen=fold.output_tokens_seen,
-        ratelimit_headers=response.kept_headers,
+        ratelimit_headers={k: scrub.short(v) for k, v in response.kept_headers.items()},
     )
+
+
+def clean_error(error: AttemptError, scrub: Scrubber) -> None:
+    """Make an error's server text fit to keep: scrubbed of the secrets, then capped."""
+    error.error_type = scrub.short(error.error_type, _MAX_ERROR_TYPE)
+    error.message = scrub.short(error.message)
+    error.args = (error.message,)
+
+
+def _scrubbed(done: Completion, scrub: Scrubber) -> Completion:
+    """``done`` with every text field scrubbed; the same object when none held a secret."""
+    changed: dict[str, Any] = {}
+    for f in dataclasses.fields(done):
+        value = getattr(done, f.name)
+        if isinstance(value, str) and (clean := scrub.text(value)) is not value:
+            changed[f.name] = clean
+    return dataclasses.replace(done, **changed) if changed else done
 
 
 async def _read(
@@ -109,9 +138,10 @@ async def _read(
         seen.request_id = response.headers.get(api.request_id_header)
         seen.kept_headers = api.budget_headers(response.headers)
         if response.status_code != 200:
-            raise await http_error(api, response)
+            raise await http_error(api, response, client.scrubber)
         content_type = response.headers.get("content-type", "")
-        if not content_type.startswith("text/event-stream"):
+        # Media types are case-insensitive (RFC 9110): Text/Event-Stream is one too.
+        if content_type.partition(";")[0].strip().lower() != _EVENT_STREAM:
             raise RetryableError(
                 "stream_error", f"expected an event stream, got content-type {content_type!r}"
             )
@@ -132,25 +162,31 @@ async def _read(
                 break
 
 
-async def http_error(api: Api, response: httpx.Response) -> AttemptError:
-    """Translate a non-200 response into the error the API meant."""
+async def http_error(
+    api: Api, response: httpx.Response, scrub: Scrubber = NO_SECRETS
+) -> AttemptError:
+    """Translate a non-200 response into the error the API meant; its text scrubbed (before
+    the body is parsed or cut) and capped."""
     raw = b""
     async for chunk in response.aiter_bytes():
         raw += chunk
         if len(raw) > _MAX_ERROR_BODY:
             break
+    raw = scrub.raw(raw)
     status = response.status_code
     error_type, message = api.error_body(raw, status, response.reason_phrase)
     should_retry = {"true": True, "false": False}.get(
         response.headers.get("x-should-retry", "").lower()
     )
-    return api.classify(
+    error = api.classify(
         error_type,
         message,
         http_status=status,
         retry_after=parse_retry_after(response.headers),
         should_retry=should_retry,
     )
+    clean_error(error, scrub)
+    return error
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:

@@ -9,6 +9,9 @@ straight to the transport, skipping what ``AsyncClient.send`` does per request a
 uses (URL merging, cookie jars, auth flows, redirects, event hooks): ~80 µs a request, a
 tenth of a run's event-loop time with short answers. Everything else (``post``, ``get``: the
 batch API, ``count_tokens``) goes through httpx as usual, on the same transport.
+
+The client carries the run's :class:`~batchrun.call.secrets.Scrubber` (the key, the Redis
+password): what a server sends is scrubbed with it where it enters, and log lines once more.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import httpx
 import msgspec
 
 from batchrun import __version__
+from batchrun.call.secrets import NO_SECRETS, Scrubber, redis_password
 from batchrun.call.transport import AiohttpTransport
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
+from batchrun.telemetry.setup import scrubbed_logs
 
 __all__ = ["ApiClient", "api_key", "base_url", "http_client"]
 
@@ -34,14 +39,21 @@ class ApiClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose streamed POSTs go straight to its transport.
 
     ``fingerprint`` names the key and URL it sends with (a hash, never the key): the rate
-    budget's shared state is kept under it.
+    budget's shared state is kept under it. ``scrubber`` removes the secrets it sends with from
+    whatever text its responses bring.
     """
 
     def __init__(
-        self, *, transport: httpx.AsyncBaseTransport, fingerprint: str = "", **kwargs: Any
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport,
+        fingerprint: str = "",
+        scrubber: Scrubber = NO_SECRETS,
+        **kwargs: Any,
     ) -> None:
         super().__init__(transport=transport, **kwargs)
         self.fingerprint = fingerprint
+        self.scrubber = scrubber
         self._direct = transport
         self._urls: dict[str, httpx.URL] = {}
 
@@ -91,19 +103,22 @@ async def http_client(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     if transport is None:
         transport = AiohttpTransport(limits=limits)
-    async with ApiClient(
-        base_url=base_url,
-        fingerprint=hashlib.sha256(f"{api_key}\n{base_url}".encode()).hexdigest(),
-        headers={
-            **job.request.api_spec.headers(api_key, job.endpoint.anthropic_version),
-            "content-type": "application/json",
-            "user-agent": f"batchrun/{__version__}",
-        },
-        timeout=httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.idle_s, pool=None),
-        limits=limits,
-        transport=transport,
-    ) as client:
-        yield client
+    scrubber = Scrubber([api_key, *redis_password(job.limits.redis_url)])
+    with scrubbed_logs(scrubber.text):
+        async with ApiClient(
+            base_url=base_url,
+            fingerprint=hashlib.sha256(f"{api_key}\n{base_url}".encode()).hexdigest(),
+            scrubber=scrubber,
+            headers={
+                **job.request.api_spec.headers(api_key, job.endpoint.anthropic_version),
+                "content-type": "application/json",
+                "user-agent": f"batchrun/{__version__}",
+            },
+            timeout=httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.idle_s, pool=None),
+            limits=limits,
+            transport=transport,
+        ) as client:
+            yield client
 
 
 def base_url(job: Job, stack: contextlib.ExitStack) -> str:

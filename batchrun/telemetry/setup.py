@@ -7,7 +7,8 @@ terminal, a readable console format when it is; every line inside a request carr
 ``trace_id`` and ``span_id``. ``telemetry.traces`` picks the exporter for spans and metrics
 alike: ``file`` (OTLP JSON lines in the run folder), ``otlp`` (OTLP/HTTP, configured by the
 standard ``OTEL_*`` variables), ``console`` (stderr) or ``none``. Nothing here ever sees a
-request header.
+request header. Server text is scrubbed of the run's secrets where it enters; log lines are
+scrubbed once more here (:func:`scrubbed_logs`), in case some other path carries one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -36,11 +37,13 @@ __all__ = [
     "Instruments",
     "Telemetry",
     "configure_logging",
+    "scrubbed_logs",
     "setup_telemetry",
     "telemetry_for_run",
 ]
 
 _METRIC_INTERVAL_MS = 10_000
+_scrubs: list[Callable[[str], str]] = []  # of the runs whose clients are open
 
 
 def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None = None) -> None:
@@ -64,12 +67,31 @@ def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _scrub_secrets,  # after format_exc_info: a --debug traceback is scrubbed too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=lambda *args: structlog.PrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+@contextlib.contextmanager
+def scrubbed_logs(scrub: Callable[[str], str]) -> Iterator[None]:
+    """While inside, every string value of every log line passes through ``scrub``."""
+    _scrubs.append(scrub)
+    try:
+        yield
+    finally:
+        _scrubs.remove(scrub)
+
+
+def _scrub_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for scrub in _scrubs:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = scrub(value)
+    return event
 
 
 def _add_span_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
