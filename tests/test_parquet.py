@@ -147,6 +147,21 @@ def test_leftover_temporary_files_are_not_read(tmp_path: Path) -> None:
     assert _resumed(tmp_path) == {("a", 0)}
 
 
+def test_temporary_files_a_killed_run_left_are_removed(tmp_path: Path) -> None:
+    """A new writer removes the temporary files of the files it writes, and no other."""
+    (tmp_path / "parts").mkdir()
+    leftovers = [
+        tmp_path / ".results.parquet.k2j4h5.batchrun-tmp",
+        tmp_path / ".run.json.a8d7f6.batchrun-tmp",
+        tmp_path / "parts" / ".attempts-000003.q1w2e3.batchrun-tmp",
+    ]
+    others = [tmp_path / ".report.html.z9x8c7.batchrun-tmp", tmp_path / ".mine.tmp"]
+    for path in leftovers + others:
+        path.write_bytes(b"PAR1 torn")
+    ResultsWriter(tmp_path)
+    assert [path.exists() for path in leftovers + others] == [False, False, False, True, True]
+
+
 def test_an_empty_run_folder_has_empty_tables(tmp_path: Path) -> None:
     """Reading a folder with no results gives an empty table with the contract's schema."""
     assert read_table(tmp_path, "results").schema == pl.Schema(RESULT_SCHEMA)

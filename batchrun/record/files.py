@@ -99,9 +99,11 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def remove_temps(folder: Path) -> None:
-    """Remove temporary files a killed run left in ``folder`` (call it under the lock)."""
+def remove_temps(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove temporary files a killed run left in ``folder`` for files named ``names...``
+    (call it under the lock; a report writing its page meanwhile holds no lock)."""
     if folder.is_dir():
         for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+            if leftover.name[1:].startswith(names):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()

@@ -65,8 +65,9 @@ class ResultsWriter:
         self._key_hash = key_hash
         self.parts_dir = run_dir / "parts"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (run_dir, self.parts_dir):
-            remove_temps(folder)  # what a killed run was writing; the writer holds the lock
+        # What a killed run was writing (the writer holds the lock).
+        remove_temps(run_dir, (*(f"{name}.parquet." for name in _TABLES), "run.json."))
+        remove_temps(self.parts_dir, tuple(f"{name}-" for name in _TABLES))
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
         # Quarantined parts count too, so that no number is given twice.
         taken = [*self.parts_dir.glob("*.parquet"), *self.parts_dir.glob(f"{QUARANTINE}/*")]
