@@ -160,3 +160,17 @@ def test_a_report_on_a_truncated_results_file_names_it(tmp_path: Path) -> None:
     _truncate(tmp_path / "results.parquet")
     with pytest.raises(JobError, match=r"results\.parquet is damaged: it is truncated"):
         load_run(tmp_path)
+
+
+def test_a_truncated_attempts_file_is_refused_too(write_job: JobWriter, tmp_path: Path) -> None:
+    """The resume plan refuses a folder whose attempts.parquet is truncated, naming that file."""
+    from batchrun.load.resume import resume_plan
+
+    job = load_job(write_job(rows=2))
+    run_dir = tmp_path / "out"
+    writer = ResultsWriter(run_dir)
+    writer.add(stored_result("r0", at=T0), [])
+    writer.finalize()
+    _truncate(run_dir / "attempts.parquet")
+    with pytest.raises(JobError, match=r"attempts\.parquet is damaged: .* --fresh"):
+        resume_plan(job, run_dir, None, False)
