@@ -526,6 +526,17 @@ def test_input_paths_missing(tmp_path: Path) -> None:
         job.input_paths()
 
 
+def test_an_existing_file_named_like_a_glob_is_read_as_named(tmp_path: Path) -> None:
+    """input.path `data[1].csv` names that file when it exists, though it reads as a glob."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data[1].csv").write_text("q\nx\n", encoding="utf-8")
+    (tmp_path / "data" / "data1.csv").write_text("q\ny\n", encoding="utf-8")  # the glob's match
+    job = load_job(write(tmp_path, MINIMAL.replace("data/eval.csv", "'data/data[1].csv'")))
+    assert job.input_paths() == [tmp_path.resolve() / "data" / "data[1].csv"]
+    (tmp_path / "data" / "data[1].csv").unlink()
+    assert job.input_paths() == [tmp_path.resolve() / "data" / "data1.csv"]
+
+
 def test_resolved_is_json_and_holds_no_secrets(tmp_path: Path) -> None:
     """resolved() is JSON-ready, has every key with defaults filled, and hides sim.api_key."""
     job = load_job(write(tmp_path, MINIMAL + "sim:\n  api_key: sk-test-123\n"))

@@ -7,7 +7,10 @@ span ids turned from base64 into the hex that OTLP JSON wants: any field that di
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
     Link,
@@ -225,6 +228,71 @@ def test_a_lone_surrogate_does_not_lose_the_batch(spans: Spans, tmp_path: Path) 
     (line,) = _lines(path)
     (attribute,) = line["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"]
     assert attribute == {"key": "text", "value": {"stringValue": "bad \udcff byte"}}
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 kB tmpfs, for a disk that really fills up (mounting needs root, as in CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is a real tmpfs here, and mounting one needs root")
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_write_that_fills_the_disk_leaves_no_torn_line(spans: Spans, small_tmpfs: Path) -> None:
+    """An export that meets ENOSPC part-way is cut back; once space is back every line parses."""
+    tracer = spans.provider.get_tracer("t")
+    path = small_tmpfs / "traces.jsonl"
+    exporter = OtlpJsonSpanFile(path)
+    tracer.start_span("before").end()
+    assert exporter.export(spans.finished()[-1:]) == SpanExportResult.SUCCESS
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:  # take all the space, then give a little back
+            fh.write(b"x" * 4096)
+    os.truncate(filler, filler.stat().st_size - 8192)
+    with tracer.start_as_current_span("too big") as span:
+        span.set_attribute("text", "y" * 40_000)
+    assert exporter.export(spans.finished()[-1:]) == SpanExportResult.FAILURE
+    assert path.read_bytes().endswith(b"\n")
+    filler.unlink()
+    tracer.start_span("after").end()
+    assert exporter.export(spans.finished()[-1:]) == SpanExportResult.SUCCESS
+    names = [line["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"] for line in _lines(path)]
+    assert names == ["before", "after"]
+
+
+def test_a_line_torn_by_a_killed_process_is_not_continued(spans: Spans, tmp_path: Path) -> None:
+    """A file ending mid-line (a process killed while writing): the next line starts anew."""
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(b'{"resourceSpans":[{"resou')
+    spans.provider.get_tracer("t").start_span("next").end()
+    OtlpJsonSpanFile(path).export(spans.finished())
+    torn, whole = path.read_bytes().splitlines()
+    assert torn == b'{"resourceSpans":[{"resou'
+    assert json.loads(whole)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"] == "next"
+
+
+def test_a_planted_symlink_is_not_followed(spans: Spans, tmp_path: Path) -> None:
+    """traces.jsonl as a symbolic link to another file: the export fails, the file is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "traces.jsonl").symlink_to(victim)
+    spans.provider.get_tracer("t").start_span("s").end()
+    assert OtlpJsonSpanFile(tmp_path / "traces.jsonl").export(spans.finished()) == (
+        SpanExportResult.FAILURE
+    )
+    assert victim.read_text() == "keep me\n"
 
 
 def _metrics_data() -> MetricsData:

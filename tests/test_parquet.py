@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ def _resumed(run_dir: Path, key_hash: KeyHash = hash_keys) -> set[tuple[str, int
     return set(resume_index(run_dir, key_hash=key_hash).select("id", "sample").iter_rows())
 
 
+def _unchecked(name: str) -> str:
+    """A part's name without its checksum (``results-000001.1a2b3c4d.parquet``)."""
+    return re.sub(r"\.[0-9a-f]{8}\.parquet$", ".parquet", name)
+
+
 def _attempt(id_: str, number: int = 1, run_id: str = "r1") -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(ATTEMPT_SCHEMA)
     row.update(
@@ -70,7 +76,7 @@ def test_parts_are_written_and_compacted_with_the_contract_schema(tmp_path: Path
         [_attempt("b", 1), _attempt("b", 2)],
     )
     writer.flush()
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+    assert sorted(_unchecked(p.name) for p in (tmp_path / "parts").iterdir()) == [
         "attempts-000001.parquet",
         "attempts-000002.parquet",
         "results-000001.parquet",
@@ -126,7 +132,7 @@ def test_part_numbers_continue_after_a_restart(tmp_path: Path) -> None:
     again = ResultsWriter(tmp_path)
     again.add(_result("b"), [])
     again.flush()
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+    assert sorted(_unchecked(p.name) for p in (tmp_path / "parts").iterdir()) == [
         "results-000001.parquet",
         "results-000002.parquet",
     ]
@@ -139,6 +145,21 @@ def test_leftover_temporary_files_are_not_read(tmp_path: Path) -> None:
     writer.flush()
     (tmp_path / "parts" / ".results-000002.parquet.tmp").write_bytes(b"PAR1 torn")
     assert _resumed(tmp_path) == {("a", 0)}
+
+
+def test_temporary_files_a_killed_run_left_are_removed(tmp_path: Path) -> None:
+    """A new writer removes the temporary files of the files it writes, and no other."""
+    (tmp_path / "parts").mkdir()
+    leftovers = [
+        tmp_path / ".results.parquet.k2j4h5.batchrun-tmp",
+        tmp_path / ".run.json.a8d7f6.batchrun-tmp",
+        tmp_path / "parts" / ".attempts-000003.q1w2e3.batchrun-tmp",
+    ]
+    others = [tmp_path / ".report.html.z9x8c7.batchrun-tmp", tmp_path / ".mine.tmp"]
+    for path in leftovers + others:
+        path.write_bytes(b"PAR1 torn")
+    ResultsWriter(tmp_path)
+    assert [path.exists() for path in leftovers + others] == [False, False, False, True, True]
 
 
 def test_an_empty_run_folder_has_empty_tables(tmp_path: Path) -> None:

@@ -21,16 +21,16 @@ the API refused (no batch exists). This module only reads and writes these files
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from batchrun.batch.entries import Entry
 from batchrun.errors import JobError
+from batchrun.record.files import commit, write_temp
 from batchrun.record.parquet import write_json_atomic
 
 __all__ = [
@@ -138,14 +138,12 @@ def save_state(run_dir: Path, state: BatchState) -> None:
 
 
 def _write_atomic(path: Path, lines: Iterable[bytes]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    def write(fh: BinaryIO) -> None:
         for line in lines:
             fh.write(line)
             fh.write(b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+
+    commit(write_temp(path.parent, path.name, write), path)  # a planted link is not followed
 
 
 def write_batch_files(

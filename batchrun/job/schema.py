@@ -124,11 +124,18 @@ class Job(Section):
         return self.base_dir / Path(self.output.dir.format(name=self.name, date=day)).expanduser()
 
     def input_paths(self) -> list[Path]:
-        """The input files, sorted; ``input.path`` may be a glob. None found is a JobError."""
+        """The input files, sorted; ``input.path`` may be a glob. None found is a JobError.
+
+        A file that exists under the literal name wins over reading it as a glob, so that
+        ``data[1].csv`` names that file rather than a pattern that cannot match it.
+        """
         pattern = str(Path(self.input.path).expanduser())
         fix = f"relative paths start at the job file's folder, {self.base_dir}; fix input.path"
+        literal = self.base_dir / pattern
+        if literal.is_file():
+            return [literal]
         if not glob.has_magic(pattern):
-            path = self.base_dir / pattern
+            path = literal
             if path.is_dir():
                 raise JobError(
                     f"input.path: {self.input.path} is a folder; name a .csv or .parquet file "

@@ -19,6 +19,7 @@ from batchrun.load.inputs import iter_batches
 from batchrun.models import RequestItem
 from batchrun.record.keyhash import seen_twice
 from batchrun.record.parquet import KeyHash, hash_keys, request_keys, resume_index, resume_keys
+from batchrun.record.verify import check_final
 
 __all__ = ["Done", "pending_items", "resume_plan"]
 
@@ -148,13 +149,16 @@ def resume_plan(
     key_hash: KeyHash = hash_keys,
     block: int = _BLOCK,
 ) -> Done:
-    """The requests to skip; refuses to resume when the job now asks otherwise.
+    """The requests to skip; refuses to resume when the job now asks otherwise, or when a final
+    file of the folder is damaged (checkpoint parts that are get quarantined instead).
 
     A request is compared by the hash of what would be sent. Any difference (model, template,
     max_tokens, input text, ...) means the folder's rows answer another question. The folder's
     rows are held only while the input is read once, a batch at a time. ``key_hash`` (how
     the folder's rows are found) and ``block`` (requests planned together) are for tests.
     """
+    for final in ("results.parquet", "attempts.parquet"):
+        check_final(run_dir / final)  # damaged: refused, never read as empty
     index = resume_index(run_dir, key_hash=key_hash)
     if index.is_empty():
         return Done(block=block)

@@ -3,19 +3,23 @@
 The lock is ``flock`` on ``.batchrun.lock`` inside the run folder. The kernel releases it when
 the holder exits in any way, ``kill -9`` included, so a lock left by a dead run is simply free:
 there is nothing stale to detect or break. The file keeps the holder's pid and start time, for
-the message the next run prints. This module takes and releases the lock; nothing else.
+the message the next run prints. The file is opened only when it is a plain file of this user's
+with one name: a link planted under its name is refused (exit 2), never written through. This
+module takes and releases the lock; nothing else.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from batchrun.errors import RunLockedError
+from batchrun.errors import JobError, RunLockedError
 
 __all__ = ["RunLock"]
 
@@ -28,7 +32,7 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_own(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,6 +58,40 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _open_own(path: Path) -> int:
+    """The lock file, opened only if it is a plain file of this user's with no other name: a
+    symbolic or hard link planted under its name would have the stamp written into, and
+    truncate, another file. ``O_NONBLOCK``: a FIFO planted there must not hang the open."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _not_ours(path, "is a symbolic link") from None
+    info = os.fstat(fd)
+    problem = (
+        "is not a regular file"
+        if not stat.S_ISREG(info.st_mode)
+        else "has other names (hard links)"
+        if info.st_nlink != 1
+        else f"belongs to another user (uid {info.st_uid})"
+        if info.st_uid != os.geteuid()
+        else None
+    )
+    if problem is not None:
+        os.close(fd)
+        raise _not_ours(path, problem)
+    return fd
+
+
+def _not_ours(path: Path, problem: str) -> JobError:
+    return JobError(
+        f"{path}: the run folder's lock file {problem}, so batchrun will not write to it "
+        "(something other than batchrun put it there); remove it and run again"
+    )
 
 
 def _read_holder(fd: int) -> str:

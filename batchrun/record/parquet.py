@@ -2,28 +2,29 @@
 reading a run folder's tables back (for resume and reports).
 
 Finished requests are buffered and written as numbered part files under ``parts/`` (each written
-to a temporary name, fsynced and renamed, so a crash never leaves a half-written part under a
-real name). ``finalize`` compacts the earlier final files and the parts into ``results.parquet``
-and ``attempts.parquet``, one row per (id, sample), atomically. This is the only module that
-writes Parquet; it defines no column (``record.schema`` does) and knows nothing of HTTP or of
-the job file's shape.
+to a new temporary file, fsynced and renamed, so a crash never leaves a half-written part under
+a real name, and a link planted under a name is replaced, never written through; each part's
+name carries its checksum, which ``record.verify`` checks before its rows are read).
+``finalize`` compacts the earlier final files and the parts into ``results.parquet`` and
+``attempts.parquet``, one row per (id, sample), atomically. This is the only module that writes
+Parquet; it defines no column (``record.schema`` does) and knows nothing of HTTP or of the job
+file's shape.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
-import structlog
 
+from batchrun.record.files import commit, file_crc32, remove_temps, write_temp
 from batchrun.record.keyhash import seen_twice
 from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
+from batchrun.record.verify import QUARANTINE, check_final, part_name, part_seq, readable_part
 
 __all__ = [
     "KeyHash",
@@ -36,8 +37,6 @@ __all__ = [
     "scan_table",
     "write_json_atomic",
 ]
-
-log = structlog.get_logger()
 
 # Row groups small enough that reading a file back streams in bounded memory: polars' default
 # (~260k rows) made compacting a million rows take ~900 MB, 10k rows takes ~200 MB.
@@ -66,8 +65,13 @@ class ResultsWriter:
         self._key_hash = key_hash
         self.parts_dir = run_dir / "parts"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        # What a killed run was writing (the writer holds the lock).
+        remove_temps(run_dir, (*(f"{name}.parquet." for name in _TABLES), "run.json."))
+        remove_temps(self.parts_dir, tuple(f"{name}-" for name in _TABLES))
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in _TABLES}
-        self._seq = 1 + max((_part_seq(p) for p in self.parts_dir.glob("*.parquet")), default=0)
+        # Quarantined parts count too, so that no number is given twice.
+        taken = [*self.parts_dir.glob("*.parquet"), *self.parts_dir.glob(f"{QUARANTINE}/*")]
+        self._seq = 1 + max((part_seq(p) for p in taken), default=0)
 
     def add(self, result: dict[str, Any], attempts: Iterable[dict[str, Any]]) -> None:
         """Queue one finished request: its result row and every attempt row."""
@@ -93,7 +97,7 @@ class ResultsWriter:
         for name in ("attempts", "results"):
             if rows[name]:
                 frame = pl.DataFrame(rows[name], schema=_TABLES[name], orient="row")
-                _write_parquet_atomic(frame, self.parts_dir / f"{name}-{seq:06d}.parquet")
+                self._write_part(frame, name, seq)
         self._merge_small_parts()
 
     def _next_seq(self) -> int:
@@ -112,12 +116,18 @@ class ResultsWriter:
             small = [p for p in self.parts_dir.glob(f"{name}-*.parquet") if ".merged" not in p.name]
             if len(small) < MERGE_AFTER_PARTS:
                 continue
-            small.sort(key=_part_seq)
+            small.sort(key=part_seq)
             frame = pl.concat([pl.scan_parquet(p) for p in small], how="vertical")
-            target = self.parts_dir / f"{name}-{self._next_seq():06d}.merged.parquet"
-            _write_parquet_atomic(frame, target)  # streamed, never read into memory whole
+            self._write_part(frame, name, self._next_seq(), merged=True)  # streamed
             for part in small:
                 part.unlink()
+
+    def _write_part(
+        self, frame: pl.DataFrame | pl.LazyFrame, name: str, seq: int, *, merged: bool = False
+    ) -> None:
+        """A part under a name that carries its checksum, committed by the same rename."""
+        tmp = _write_parquet_temp(frame, self.parts_dir, name)
+        commit(tmp, self.parts_dir / part_name(name, seq, file_crc32(tmp), merged=merged))
 
     def flush(self) -> None:
         self.write_part(self.take())
@@ -130,8 +140,9 @@ class ResultsWriter:
         """
         self.flush()
         for name in _TABLES:
-            table = scan_table(self.run_dir, name, key_hash=self._key_hash)
-            _write_parquet_atomic(table, self.run_dir / f"{name}.parquet")
+            table = scan_table(self.run_dir, name, key_hash=self._key_hash, quarantine=True)
+            path = self.run_dir / f"{name}.parquet"
+            commit(_write_parquet_temp(table, self.run_dir, path.name), path)
         for part in self.parts_dir.glob("*.parquet"):
             part.unlink()
         counts = (
@@ -148,18 +159,27 @@ def read_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl
     return scan_table(run_dir, name, key_hash=key_hash).collect()
 
 
-def scan_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl.LazyFrame:
+def scan_table(
+    run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys, quarantine: bool = False
+) -> pl.LazyFrame:
     """:func:`read_table`, lazily. Later parts win over earlier ones and over the final file,
     so a request re-run on resume replaces its earlier row; order is otherwise kept.
+
+    A damaged final file is a JobError (``record.verify.check_final``, its footer only: the
+    run's start decodes it whole). A part whose checksum fails is left out with a warning, and
+    moved to ``parts/quarantine/`` when ``quarantine`` (under the run folder's lock).
 
     Finding the rows to drop holds 8 bytes a row (a hash of each row's key), not the keys: a
     million keys grouped took ~150 MB. Only rows whose key hash is seen twice are read again,
     with their keys, to pick the last of each key.
     """
     schema = _TABLES[name]
-    sources = [run_dir / f"{name}.parquet"]
-    sources += sorted((run_dir / "parts").glob(f"{name}-*.parquet"), key=_part_seq)
-    frames = [frame for path in sources if (frame := _scan_part(path, schema)) is not None]
+    final = run_dir / f"{name}.parquet"
+    check_final(final, decode=False)
+    sources = [final] if final.exists() else []
+    parts = sorted((run_dir / "parts").glob(f"{name}-*.parquet"), key=part_seq)
+    sources += [part for part in parts if readable_part(part, quarantine=quarantine)]
+    frames = [_scan_part(path, schema) for path in sources]
     if not frames:
         return pl.LazyFrame(schema=schema)
     combined = pl.concat(frames, how="vertical")
@@ -192,15 +212,9 @@ def _superseded(
     return suspects["_pos"].filter(~suspects["_pos"].is_in(last.implode()))
 
 
-def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame | None:
-    """A part or final file, or ``None`` when it is absent or unreadable (torn by a crash)."""
-    if not path.exists():
-        return None
-    try:
-        columns = pl.read_parquet_schema(path)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        log.warning("batchrun.results.unreadable_part", path=str(path), error=str(exc)[:200])
-        return None
+def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame:
+    """A part or final file, checked already, with every column of ``schema``."""
+    columns = pl.read_parquet_schema(path)
     # Files written before a column was added lack it: add it as nulls.
     missing = [
         pl.lit(None, dtype=dtype).alias(col) for col, dtype in schema.items() if col not in columns
@@ -211,14 +225,15 @@ def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame | None:
 def resume_index(run_dir: Path, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:
     """Every (id, sample) with a result in this run folder, keyed as :func:`resume_keys` keys
     it (``_hash``, ``id``, ``sample``), with ``ok`` (its status is ok) and ``request``, its
-    ``request_hash`` as :func:`request_keys` hashes it (null where it has none).
+    ``request_hash`` as :func:`request_keys` hashes it (null where it has none). Parts that
+    fail their checksum are quarantined: call it under the run folder's lock.
 
     About 40 bytes a row, where a dict of Python tuples took ~800: read streaming, only these
     columns.
     """
     stored = pl.col("request_hash")
     return (
-        scan_table(run_dir, "results", key_hash=key_hash)
+        scan_table(run_dir, "results", key_hash=key_hash, quarantine=True)
         .select(
             key_hash(_KEYS["results"]),
             "id",
@@ -248,12 +263,7 @@ def request_keys(digests: list[str]) -> pl.Series:
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     text = json.dumps(payload, indent=2, default=_json_default, ensure_ascii=False) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    commit(write_temp(path.parent, path.name, lambda fh: fh.write(text.encode())), path)
 
 
 def _json_default(value: object) -> str:
@@ -264,29 +274,14 @@ def _json_default(value: object) -> str:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> None:
-    """Write ``frame`` (a LazyFrame streamed, never collected) under a temporary name, then
-    commit it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(frame, pl.LazyFrame):
-        frame.sink_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
-    else:
-        frame.write_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
-    _commit(tmp, path)
+def _write_parquet_temp(frame: pl.DataFrame | pl.LazyFrame, folder: Path, name: str) -> Path:
+    """``frame`` (a LazyFrame streamed, never collected) in a new temporary file in ``folder``,
+    to be committed under its real name."""
 
+    def write(fh: BinaryIO) -> None:
+        if isinstance(frame, pl.LazyFrame):
+            frame.sink_parquet(fh, row_group_size=ROW_GROUP_ROWS)
+        else:
+            frame.write_parquet(fh, row_group_size=ROW_GROUP_ROWS)
 
-def _commit(tmp: Path, path: Path) -> None:
-    """Make a fully written temporary file durable under its real name."""
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _part_seq(path: Path) -> int:
-    match = re.search(r"-(\d+)", path.name)
-    return int(match.group(1)) if match else 0
+    return write_temp(folder, name, write)

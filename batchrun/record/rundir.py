@@ -10,8 +10,18 @@ from datetime import datetime
 from pathlib import Path
 
 from batchrun.errors import JobError
+from batchrun.record.files import check_private, write_temp
 
 __all__ = ["clear", "make_run_dir", "new_run_id"]
+
+_EARLIER = (
+    "results.parquet",
+    "attempts.parquet",
+    "run.json",
+    "report.html",
+    "traces.jsonl",
+    "metrics.jsonl",
+)
 
 
 def new_run_id(now: datetime) -> str:
@@ -20,13 +30,14 @@ def new_run_id(now: datetime) -> str:
 
 
 def make_run_dir(run_dir: Path) -> Path:
-    """The run folder, created private to its owner and checked to be writable."""
+    """The run folder, created private to its owner and checked to be writable; one another
+    user owns, or anyone may write to without the sticky bit, is refused (a JobError)."""
     run_dir = run_dir.resolve()
     try:
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        probe = run_dir / ".batchrun.write-test"
-        probe.touch()
-        probe.unlink()
+        check_private(run_dir)
+        check_private(run_dir / "parts", what="run folder's parts/ folder")
+        write_temp(run_dir, "write-test", lambda fh: None).unlink()
     except OSError as exc:
         raise JobError(
             f"output.dir: cannot write the run folder {run_dir}: {exc.strerror}; "
@@ -36,7 +47,8 @@ def make_run_dir(run_dir: Path) -> Path:
 
 
 def clear(run_dir: Path) -> None:
-    """--fresh: remove what an earlier run wrote (only batchrun's own files)."""
-    for name in ("results.parquet", "attempts.parquet", "run.json", "report.html"):
+    """--fresh: remove what an earlier run wrote (only batchrun's own files), telemetry
+    included, so that nothing in the folder describes an earlier run."""
+    for name in _EARLIER:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "parts", ignore_errors=True)

@@ -8,7 +8,6 @@ page is a few hundred kilobytes whatever the size of the run. This module render
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
@@ -19,6 +18,7 @@ import batchrun.report.series as series
 import batchrun.report.svg as svg
 from batchrun import __version__
 from batchrun.models import RunStatus
+from batchrun.record.files import commit, write_temp
 from batchrun.report.load import RunData
 from batchrun.report.page import CSS, cards, facts, row_table
 
@@ -28,12 +28,8 @@ __all__ = ["render_html", "write_html"]
 def write_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> Path:
     """Write ``report.html`` into the run folder (atomically) and return its path."""
     path = run.run_dir / "report.html"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(render_html(run, summary, rows=rows), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    page = render_html(run, summary, rows=rows).encode()
+    commit(write_temp(path.parent, path.name, lambda fh: fh.write(page)), path)  # no link followed
     return path
 
 

@@ -15,13 +15,16 @@ so that commands which export nothing start quickly. It must not choose exporter
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -32,18 +35,56 @@ from batchrun.telemetry.otlp.spans import resource_spans
 
 __all__ = ["OtlpJsonMetricFile", "OtlpJsonSpanFile"]
 
+log = structlog.get_logger()
+
 
 class _JsonLines:
-    """Appends OTLP JSON export requests to a file, one per line."""
+    """Appends OTLP JSON export requests to a file, one per line, never leaving a torn one.
+
+    A write that fails part-way (the disk filled up) is cut back to where it began; if even
+    that fails, or a killed process left a torn line, the next write starts on a new line, so a
+    torn line is never continued. The file is opened without following a symbolic link.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._failing = False
 
-    def write(self, request: Json) -> None:
+    def write(self, request: Json) -> bool:
+        """Append one line; ``False`` (and one warning per run of failures) when it failed."""
         line = _encode(request) + b"\n"
-        with self._lock, open(self.path, "ab") as fh:
-            fh.write(line)
+        with self._lock:
+            try:
+                _append_whole(self.path, line)
+            except OSError as exc:
+                if not self._failing:
+                    log.warning(
+                        "batchrun.telemetry.write_failed", path=str(self.path), error=str(exc)
+                    )
+                self._failing = True
+                return False
+            self._failing = False
+            return True
+
+
+def _append_whole(path: Path, line: bytes) -> None:
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            line = b"\n" + line  # a torn line before this one: end it, never continue it
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):  # could not cut it back: the next write copes
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class OtlpJsonSpanFile(SpanExporter):
@@ -53,8 +94,9 @@ class OtlpJsonSpanFile(SpanExporter):
         self._out = _JsonLines(path)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self._out.write({"resourceSpans": resource_spans(spans)})
-        return SpanExportResult.SUCCESS
+        if self._out.write({"resourceSpans": resource_spans(spans)}):
+            return SpanExportResult.SUCCESS
+        return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         return None
@@ -70,8 +112,10 @@ class OtlpJsonMetricFile(MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        if metrics_data.resource_metrics:
-            self._out.write({"resourceMetrics": resource_metrics(metrics_data)})
+        if metrics_data.resource_metrics and not self._out.write(
+            {"resourceMetrics": resource_metrics(metrics_data)}
+        ):
+            return MetricExportResult.FAILURE
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

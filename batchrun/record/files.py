@@ -1,0 +1,109 @@
+"""Stage 4, record: how files come to be in the run folder, so that none is written through a
+link someone planted there.
+
+Every file batchrun writes whole is first a new temporary file made by ``mkstemp`` in the same
+folder (``O_CREAT | O_EXCL``: a name that exists, a symbolic link included, is never opened),
+written, fsynced, then renamed over its real name, which replaces a link there rather than
+writing to what it points at. The folder itself must be its user's own (:func:`check_private`),
+or another user could swap names under us. This module writes no rows and chooses no names of
+the run folder's files (``record.parquet`` and ``record.rundir`` do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from batchrun.errors import JobError
+
+__all__ = ["TEMP_SUFFIX", "check_private", "commit", "file_crc32", "remove_temps", "write_temp"]
+
+TEMP_SUFFIX = ".batchrun-tmp"  # only files with this ending are ever removed as leftovers
+_CHUNK = 1 << 20
+
+
+def check_private(folder: Path, *, what: str = "run folder") -> None:
+    """Refuse (a JobError: exit 2) a folder another user owns, or that others may write to
+    without the sticky bit: either could plant links or swap files while a run writes."""
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise JobError(
+            f"{folder}: the {what} is a symbolic link; batchrun writes only into a real folder "
+            "that you own; remove the link"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        return  # not a folder at all: creating or writing it reports that
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise JobError(
+            f"{folder}: the {what} belongs to another user (uid {info.st_uid}, not {uid}); "
+            "batchrun writes only into a folder you own; choose another output.dir"
+        )
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise JobError(
+            f"{folder}: the {what} is writable by every user (mode "
+            f"{stat.S_IMODE(info.st_mode):o}) and has no sticky bit, so anyone could replace "
+            f"its files; run chmod o-w {folder}, or choose another output.dir"
+        )
+
+
+def write_temp(folder: Path, name: str, write: Callable[[BinaryIO], object]) -> Path:
+    """A new temporary file in ``folder`` for ``name``, filled by ``write`` and fsynced; on any
+    error it is removed and the error raised."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
+    path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    return path
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Give a written temporary file its real name, durably (the folder fsynced too); if the
+    rename fails, the temporary file is removed and the error raised."""
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes, read without following a link."""
+    crc = 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def remove_temps(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove temporary files a killed run left in ``folder`` for files named ``names...``
+    (call it under the lock; a report writing its page meanwhile holds no lock)."""
+    if folder.is_dir():
+        for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
+            if leftover.name[1:].startswith(names):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
