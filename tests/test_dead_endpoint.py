@@ -99,6 +99,22 @@ async def test_errors_with_responses_are_not_an_unreachable_endpoint(
     assert (outcome.exit_code, outcome.counts) == (1, {"error": 4})
 
 
+async def test_a_long_stream_still_sending_keeps_the_endpoint_reachable(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """While one stream keeps sending content for longer than the window, other requests
+    dropped before any response do not make the endpoint unreachable: exit 1, both rows."""
+    server = sim_server(
+        token_interval_s=0.05,
+        min_output_tokens=60,
+        max_output_tokens=60,
+        faults=[{"kind": "disconnect", "match": "photosynthesis"}],
+    )
+    job = _job(write_job, server.base_url, rows=2, request={"max_tokens": 100})
+    outcome = await run_job(job, sleep=no_sleep, unreachable_s=1.0)
+    assert (outcome.exit_code, outcome.counts) == (1, {"ok": 1, "error": 1})
+
+
 def test_a_response_ends_a_streak_and_only_a_window_long_streak_counts() -> None:
     """Failures to connect are a streak until any attempt gets a response; the endpoint is
     down only once a streak has lasted the window, and it is said once."""
@@ -115,7 +131,13 @@ def test_a_response_ends_a_streak_and_only_a_window_long_streak_counts() -> None
     reach.saw(refused)
     reach.check()
     assert not told
+    now[0] = 60.0
+    reach.alive()  # content on a stream still open
+    reach.saw(refused)
     now[0] = 75.0
+    reach.check()
+    assert not told
+    now[0] = 90.0
     reach.check()
     reach.check()
     assert len(told) == 1

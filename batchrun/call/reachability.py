@@ -1,12 +1,13 @@
 """Stage 3: whether the endpoint answers at all, judged from the attempts of the whole pool.
 
-An attempt *reached* the endpoint when a response came (any status, 529 included); it
-*failed to reach* it when it could not connect or timed out before a response. When attempts
-fail to reach it and none reaches it for ``window_s``, the endpoint counts as down and
-``on_down`` is told once: the run stops (exit 69) instead of turning every row into a
-``connection_error``. Requests that gave up during such a streak wait (:meth:`settled`) until
-the streak ends, so that a run stopped for it records no row for them. Pure bookkeeping: the
-stream driver feeds it attempts and calls :meth:`check` on a timer; it sends nothing.
+An attempt *reached* the endpoint when a response came (any status, 529 included) or, still
+open, it brings content; it *failed to reach* it when it could not connect or timed out before
+a response. When attempts fail to reach it and none reaches it for ``window_s``, the endpoint
+counts as down and ``on_down`` is told once: the run stops (exit 69) instead of turning every
+row into a ``connection_error``. Requests that gave up during such a streak wait
+(:meth:`settled`) until the streak ends, so that a run stopped for it records no row for them.
+Pure bookkeeping: the stream driver feeds it attempts and calls :meth:`check` on a timer; it
+sends nothing.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ class Reachability:
     def saw(self, attempt: Attempt) -> None:
         """Count one finished attempt."""
         if attempt.http_status is not None:
-            self._since, self._failures = None, 0
-            self._ended.set()
+            self.alive()
         elif failed_to_reach(attempt):
             assert attempt.error is not None
             if self._since is None:
@@ -64,6 +64,13 @@ class Reachability:
             self._failures += 1
             self._last_error = str(attempt.error)
             self.check()
+
+    def alive(self) -> None:
+        """Content arrived on an attempt still open: the endpoint answers (a long stream
+        must not look like silence while others fail)."""
+        if self._since is not None:
+            self._since, self._failures = None, 0
+            self._ended.set()
 
     def check(self) -> None:
         """Declare the endpoint down once a streak has lasted ``window_s``."""

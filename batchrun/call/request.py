@@ -170,6 +170,17 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
     ctx.progress.update(ok=error is None, output_tokens=row["output_tokens"])
 
 
+def _chunk_observer(ctx: StreamContext) -> Callable[[float], None]:
+    """Per content chunk: the metric, and the news that the endpoint answers."""
+    record, alive = ctx.telemetry.chunk_recorder(), ctx.reach.alive
+
+    def on_chunk(offset: float) -> None:
+        record(offset)
+        alive()
+
+    return on_chunk
+
+
 def _cancelled(span: trace.Span) -> None:
     span.set_attribute("batchrun.cancelled", True)
     span.end()
@@ -196,7 +207,7 @@ async def _attempt(
                 body,
                 total_s=ctx.job.timeouts.total_s,
                 clock=ctx.clock,
-                on_chunk=ctx.telemetry.chunk_recorder(),
+                on_chunk=_chunk_observer(ctx),
             )
             ctx.telemetry.annotate(span, attempt)
     finally:
