@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,3 +168,29 @@ async def test_a_full_disk_at_compaction_exits_74_and_keeps_the_parts(
     assert (again.exit_code, again.sent) == (0, 0)
     assert pl.read_parquet(run_dir / "results.parquet").height == rows
     assert server.stats.total_requests == 0
+
+
+async def test_a_signal_while_checkpoints_fail_ends_the_run_without_waiting_out_the_retries(
+    write_job: JobWriter, sim_server: StartSim, tmpfs: Mount
+) -> None:
+    """SIGTERM while writes fail: requests in flight finish, the write is tried once more and
+    the run exits 74 at once, not after the whole retry bound (here 60 s)."""
+    server = sim_server(ttft_s=0.01)
+    run_dir = tmpfs("4m") / "run"
+    job = _job(write_job, server, run_dir, rows=1500)
+    with capture_logs() as logs:
+        run = asyncio.create_task(run_job(job, sleep=no_sleep, write_retry_s=60))
+        await await_until(lambda: any(run_dir.glob("parts/results-*")), "a first checkpoint")
+        await asyncio.to_thread(_fill, run_dir.parent)
+        await await_until(
+            lambda: (
+                any(e["event"] == "batchrun.checkpoint.write_failed" for e in logs) or run.done()
+            ),
+            "a failed write",
+        )
+        began = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        outcome = await run
+    took = time.monotonic() - began
+    assert (outcome.exit_code, outcome.status) == (EXIT_IOERR, RunStatus.WRITE_FAILED)
+    assert took < 30, f"the run took {took:.0f} s to end after SIGTERM"

@@ -53,12 +53,16 @@ class Checkpoints:
         self._failed_since: float | None = None
         self._tries = 0
         self._first_error: OSError | None = None
+        self._interrupted = False
         self.gave_up = False
         self.writable = asyncio.Event()  # closed while writes fail: no request may start
         self.writable.set()
 
-    def finish(self) -> None:
-        """No more rows will come: write what is left and return from :meth:`run`."""
+    def finish(self, *, interrupted: bool = False) -> None:
+        """No more rows will come: write what is left and return from :meth:`run`. After a
+        signal a failing write is tried once more, not for the rest of ``retry_s``: the user
+        asked the run to end."""
+        self._interrupted = interrupted
         self._finished.set()
 
     async def run(self) -> None:
@@ -115,7 +119,9 @@ class Checkpoints:
             )
         else:
             log.warning("batchrun.checkpoint.still_failing", error=str(error), tries=self._tries)
-        if now - self._failed_since >= self._retry_s:
+        if now - self._failed_since >= self._retry_s or (
+            self._finished.is_set() and self._interrupted
+        ):
             self.gave_up = True
             self._on_failed(
                 # The first error is the cause; later ones can be its consequences.

@@ -124,7 +124,7 @@ async def dispatch(
         grace.cancel()
         watcher.cancel()
         ctx.progress.stop()
-        checkpoints.finish()
+        checkpoints.finish(interrupted=stop.signal is not None)
         await asyncio.shield(flusher)
 
 
