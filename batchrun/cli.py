@@ -11,7 +11,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from batchrun.errors import EXIT_INVALID, EXIT_LOCKED, JobError, RunLockedError
+from batchrun.errors import (
+    EXIT_INVALID,
+    EXIT_IOERR,
+    EXIT_LOCKED,
+    JobError,
+    RunFolderError,
+    RunLockedError,
+)
 
 __all__ = ["main"]
 
@@ -25,6 +32,8 @@ commands:
 
 exit codes: 0 every row ok; 1 some rows ended in error; 2 the job or its input is invalid;
 3 aborted by an error no retry can fix (bad key, permission, unknown model, spending limit);
+69 the endpoint could not be reached (run again to resume); 74 the run folder could not be
+written (disk full, I/O or permission error); 75 another run holds the run folder;
 130/143 interrupted by SIGINT/SIGTERM (finished rows are on disk; run again to resume).
 """
 
@@ -180,8 +189,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunLockedError as exc:
         print(f"batchrun: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except (RunFolderError, OSError) as exc:
+        # An OSError no stage translated is still an I/O error, not "some rows failed" (1).
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"batchrun: error: {_io_message(exc)}", file=sys.stderr)
+        return EXIT_IOERR
     except KeyboardInterrupt:
         return 130
+
+
+def _io_message(exc: RunFolderError | OSError) -> str:
+    if isinstance(exc, RunFolderError):
+        return str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"I/O error: {exc.strerror or exc}{where}; rows written before it are intact"
 
 
 def _validate(ns: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun.errors import AttemptError, FatalAPIError
+from batchrun.errors import AttemptError, EndpointUnreachable, FatalAPIError, RunFolderError
 
 if TYPE_CHECKING:
     import asyncio
@@ -108,14 +108,17 @@ class Attempt:
 class Stop:
     """Why a run stops sending early, if it does: set by the run, watched by its driver.
 
-    ``event`` is set by a fatal API error or a signal (no new requests); ``interrupted`` by a
-    signal only (requests in flight get the grace period).
+    ``event`` is set by a fatal API error, a signal, a checkpoint that could not be written
+    or an endpoint that cannot be reached (no new requests); ``interrupted`` by a signal only
+    (requests in flight get the grace period).
     """
 
     event: asyncio.Event = field(default_factory=lambda: _event())
     interrupted: asyncio.Event = field(default_factory=lambda: _event())
     fatal: FatalAPIError | None = None
     signal: signal.Signals | None = None
+    write_failed: RunFolderError | None = None  # checkpoints failed past the retry bound
+    unreachable: EndpointUnreachable | None = None  # no attempt reached the endpoint
 
 
 def _event() -> asyncio.Event:
@@ -130,6 +133,8 @@ class RunStatus(StrEnum):
     COMPLETE = "complete"  # every request has a row (ok or error)
     ABORTED = "aborted"  # an error no retry can fix stopped it (exit 3)
     INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
+    WRITE_FAILED = "write_failed"  # the run folder could not be written (exit 74)
+    UNREACHABLE = "unreachable"  # the endpoint could not be reached (exit 69)
     CANCELED = "canceled"  # batch mode: --cancel
     CANCEL_REQUESTED = "cancel_requested"  # --cancel asked the run holding the folder
 

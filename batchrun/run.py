@@ -21,10 +21,21 @@ import httpx
 import structlog
 from opentelemetry.trace import Span
 
+from batchrun.call.checkpoints import WRITE_RETRY_S
 from batchrun.call.endpoint import ApiClient, api_key, base_url, http_client
+from batchrun.call.reachability import UNREACHABLE_WINDOW_S
 from batchrun.call.stream import StreamMode
 from batchrun.clock import Clock, Sleep
-from batchrun.errors import EXIT_FATAL, SIGNAL_EXIT, FatalAPIError, JobError, RunLockedError
+from batchrun.errors import (
+    EXIT_FATAL,
+    EXIT_IOERR,
+    EXIT_UNAVAILABLE,
+    SIGNAL_EXIT,
+    FatalAPIError,
+    JobError,
+    RunFolderError,
+    RunLockedError,
+)
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
 from batchrun.load.resume import pending_items, resume_plan
@@ -33,6 +44,7 @@ from batchrun.record.lock import RunLock
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.record.rundir import clear, make_run_dir, new_run_id
+from batchrun.runfolder import check_entries, compact, open_run_dir, translated
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:
@@ -108,6 +120,8 @@ async def run_job(
     progress_stream: TextIO | None = None,
     telemetry: Telemetry | None = None,
     batch_limits: BatchLimits | None = None,
+    write_retry_s: float = WRITE_RETRY_S,
+    unreachable_s: float = UNREACHABLE_WINDOW_S,
 ) -> RunOutcome:
     """Run ``job`` to the end (or to an abort or a signal) and return how it ended.
 
@@ -119,12 +133,18 @@ async def run_job(
     replaces httpx's network transport; ``clock`` and ``sleep`` make time injectable, down to
     the rate budget; ``telemetry`` replaces the exporters the job asks for (tests pass
     in-memory ones).
+
+    A checkpoint that cannot be written stops new requests; after ``write_retry_s`` of failed
+    tries the run ends with exit 74, as it does when compaction or run.json cannot be written
+    (an entry of the folder of the wrong kind is refused before sending, raising
+    :class:`RunFolderError`). When no attempt reaches the endpoint for ``unreachable_s``
+    (stream mode), the run ends with exit 69 and records nothing of the rows in flight.
     """
     summary = check_input(job, limit=limit)
     clock = clock or Clock()
     started = clock.now()
     key = api_key(job)
-    run_dir = make_run_dir(job.run_dir(clock.wall(started)))
+    run_dir = open_run_dir(make_run_dir, job.run_dir(clock.wall(started)))
     stop = Stop()
 
     def on_fatal(exc: FatalAPIError) -> None:
@@ -144,11 +164,23 @@ async def run_job(
 
         mode = BatchMode(job, clock, sleep, stop, batch_limits or BatchLimits(), cancel)
     else:
-        mode = StreamMode(job, clock, sleep, stop, on_fatal, grace_s, progress_stream)
+        mode = StreamMode(
+            job,
+            clock,
+            sleep,
+            stop,
+            on_fatal,
+            grace_s,
+            progress_stream,
+            write_retry_s=write_retry_s,
+            unreachable_s=unreachable_s,
+        )
+    check_entries(run_dir)  # the lock file included: a folder there is refused, not a traceback
     with RunLock(run_dir):
         mode.prepare(run_dir, fresh)
         if fresh:
-            clear(run_dir)
+            with translated(run_dir, "clearing it for --fresh"):
+                clear(run_dir)
         done = await asyncio.to_thread(resume_plan, job, run_dir, limit, retry_errors)
         done = done.also(await mode.in_flight(run_dir))
         run_id = new_run_id(clock.wall(started))
@@ -176,7 +208,8 @@ async def run_job(
                     "batchrun.already_done": len(done),
                 },
             )
-            writer = ResultsWriter(run_dir)
+            with translated(run_dir, "creating its parts folder"):
+                writer = ResultsWriter(run_dir)
             async with http_client(job, url, key, transport) as client:
                 with _signals(stop, mode):
                     try:
@@ -192,7 +225,7 @@ async def run_job(
                         )
                     except FatalAPIError as exc:
                         on_fatal(exc)
-            counts = await asyncio.to_thread(writer.finalize)
+            counts = await compact(writer, stop)
             finished = clock.now()
             status, code, message = _ending(stop, mode, counts, summary.requests)
             run_span.set_attributes(
@@ -205,10 +238,16 @@ async def run_job(
                 }
             )
             run_span.end(end_time=clock.epoch_ns(finished))
-        record = manifest(
-            job, run_dir, run_id, clock, started, finished, status, counts, summary, message
-        )
-        write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
+        if stop.write_failed is None:
+            record = manifest(
+                job, run_dir, run_id, clock, started, finished, status, counts, summary, message
+            )
+            try:
+                with translated(run_dir, "writing run.json"):
+                    write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
+            except RunFolderError as exc:
+                stop.write_failed = exc
+                status, code, message = RunStatus.WRITE_FAILED, EXIT_IOERR, str(exc)
     log.info(
         "batchrun.run.finished",
         status=status,
@@ -305,6 +344,10 @@ def _ending(
     stop: Stop, mode: Mode, counts: dict[str, int], requests: int
 ) -> tuple[RunStatus, int, str | None]:
     """The run's status, exit code and closing message."""
+    if stop.write_failed is not None:
+        return RunStatus.WRITE_FAILED, EXIT_IOERR, str(stop.write_failed)
+    if stop.unreachable is not None:
+        return RunStatus.UNREACHABLE, EXIT_UNAVAILABLE, str(stop.unreachable)
     if stop.fatal is not None:
         exc = stop.fatal
         return RunStatus.ABORTED, EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"

@@ -4,8 +4,11 @@ For each attempt: wait for the budget, stream it (:mod:`batchrun.call.attempt`),
 attempt row; the retry policy decides whether to go again. The outcome, success or failure,
 becomes a result row and a span (:mod:`batchrun.telemetry.genai`); a per-request failure is
 data, never an exception. Only a fatal API error leaves this module, as a call to ``on_fatal``,
-and cancellation (a signal's grace period running out), which records nothing so that the
-request is sent again on resume. It opens no run and decides nothing about one.
+and cancellation (a signal's grace period running out, an endpoint found unreachable), which
+records nothing so that the request is sent again on resume. The row of a request that gave up
+because the endpoint could not be reached is held until the pool's verdict on the endpoint
+(:mod:`batchrun.call.reachability`). It opens no run and decides
+nothing about one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from opentelemetry import trace
 from batchrun.apis import Api, build_request
 from batchrun.call.attempt import stream_attempt
 from batchrun.call.endpoint import ApiClient
+from batchrun.call.reachability import Reachability, failed_to_reach
 from batchrun.call.retry import RetryPolicy
 from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
@@ -50,6 +54,7 @@ class StreamContext:
     progress: Progress
     telemetry: RequestTelemetry
     on_fatal: Callable[[FatalAPIError], None]
+    reach: Reachability
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +138,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
                 attempts=len(sent.attempts),
             )
         except BaseException:
-            span.set_attribute("batchrun.cancelled", True)
-            span.end()
+            _cancelled(span)
             raise
         finally:
             structlog.contextvars.unbind_contextvars("attempt")
@@ -154,8 +158,33 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
             clock=ctx.clock,
         )
         tel.end(span, error, sent.final)
-    ctx.writer.add(row, sent.rows)
-    ctx.progress.update(ok=error is None, output_tokens=row["output_tokens"])
+
+    def record() -> None:
+        ctx.writer.add(row, sent.rows)
+        ctx.progress.update(ok=error is None, output_tokens=row["output_tokens"])
+
+    if error is not None and failed_to_reach(sent.final):
+        # Not a row yet: if the endpoint turns out to be down, the run stops without it (its
+        # attempts are kept) and the next run sends the request again.
+        ctx.reach.after_streak(record, lambda: ctx.writer.add_attempts(sent.rows))
+    else:
+        record()
+
+
+def _chunk_observer(ctx: StreamContext) -> Callable[[float], None]:
+    """Per content chunk: the metric, and the news that the endpoint answers."""
+    record, alive = ctx.telemetry.chunk_recorder(), ctx.reach.alive
+
+    def on_chunk(offset: float) -> None:
+        record(offset)
+        alive()
+
+    return on_chunk
+
+
+def _cancelled(span: trace.Span) -> None:
+    span.set_attribute("batchrun.cancelled", True)
+    span.end()
 
 
 async def _attempt(
@@ -179,10 +208,11 @@ async def _attempt(
                 body,
                 total_s=ctx.job.timeouts.total_s,
                 clock=ctx.clock,
-                on_chunk=ctx.telemetry.chunk_recorder(),
+                on_chunk=_chunk_observer(ctx),
             )
             ctx.telemetry.annotate(span, attempt)
     finally:
         ctx.budget.settle(reservation, attempt)
+    ctx.reach.saw(attempt)
     ctx.telemetry.attempt_metrics(attempt)
     return attempt

@@ -3,15 +3,15 @@
 Handed an open run by :mod:`batchrun.run` (its folder locked, resume planned, client, writer
 and telemetry open), :class:`StreamMode` sets up the rate budget and the progress line and runs
 each request (:func:`~batchrun.call.request.process`) in the bounded pool, writing the finished
-rows as checkpoint parts every :data:`FLUSH_EVERY_S`; once the run is interrupted, what is still
-in flight is cancelled after the grace period. It opens and closes nothing of the run: the lock,
+rows as checkpoint parts (:mod:`batchrun.call.checkpoints`); once the run is interrupted, what
+is still in flight is cancelled after the grace period, and at once when the endpoint cannot be
+reached (:mod:`batchrun.call.reachability`). It opens and closes nothing of the run: the lock,
 the writer's final files, the manifest and the exit code are the run's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -22,10 +22,18 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry.trace import Span
 
+from batchrun.call.checkpoints import FLUSH_EVERY_S, WRITE_RETRY_S, Checkpoints
 from batchrun.call.endpoint import ApiClient
+from batchrun.call.reachability import UNREACHABLE_WINDOW_S, Reachability
 from batchrun.call.request import StreamContext, process
 from batchrun.clock import Clock, Sleep
-from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, FatalAPIError
+from batchrun.errors import (
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
+    EndpointUnreachable,
+    FatalAPIError,
+    RunFolderError,
+)
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
@@ -39,8 +47,6 @@ __all__ = ["FLUSH_EVERY_S", "StreamMode", "dispatch"]
 
 log = structlog.get_logger()
 
-FLUSH_EVERY_S = 0.2  # at most this much finished work is lost to a kill -9
-
 
 async def dispatch(
     ctx: StreamContext,
@@ -48,17 +54,37 @@ async def dispatch(
     stop: Stop,
     *,
     grace_s: float,
+    write_retry_s: float = WRITE_RETRY_S,
 ) -> None:
     """Run every item through the pool, flushing checkpoints, until done or stopped.
 
     After ``stop.interrupted``, requests in flight get ``grace_s`` to finish; then they are
-    cancelled and recorded nowhere, so the next run sends them again.
+    cancelled and recorded nowhere, so the next run sends them again. So are they, at once,
+    when the endpoint is found unreachable. While checkpoints cannot be written no request
+    starts; after ``write_retry_s`` of failures the run stops (``stop.write_failed``).
     """
     loop = asyncio.get_running_loop()
+
+    def write_failed(exc: RunFolderError) -> None:
+        stop.write_failed = exc
+        log.error("batchrun.run.write_failed", error=str(exc))
+        stop.event.set()
+
+    checkpoints = Checkpoints(
+        ctx.writer, retry_s=write_retry_s, clock=ctx.clock.now, on_failed=write_failed
+    )
+
+    async def send(item: RequestItem, queued_at: float) -> None:
+        if not checkpoints.writable.is_set():
+            await _first_of(checkpoints.writable, stop.event)
+            if stop.event.is_set():
+                return  # never sent, never recorded: the next run sends it
+        await process(ctx, item, queued_at)
+
     pool = asyncio.create_task(
         run_pool(
             items,
-            lambda item, queued_at: process(ctx, item, queued_at),
+            send,
             concurrency=ctx.job.limits.concurrency,
             stop=stop.event,
             clock=ctx.clock.now,
@@ -69,19 +95,17 @@ async def dispatch(
         await stop.interrupted.wait()
         loop.call_later(grace_s, pool.cancel)
 
-    finished = asyncio.Event()
-
-    async def flush_periodically() -> None:
-        # Never cancelled mid-write: a part being written when the run ends must be on disk
-        # before finalize reads (and then removes) the parts.
-        while not finished.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), FLUSH_EVERY_S)
-            if ctx.writer.pending:
-                await asyncio.to_thread(ctx.writer.write_part, ctx.writer.take())
+    async def watch_endpoint() -> None:
+        # On a timer too: when every request is sleeping in backoff, no attempt ends to tell.
+        tick = min(1.0, ctx.reach.window_s / 4)
+        while not ctx.reach.down:
+            await asyncio.sleep(tick)
+            ctx.reach.check()
+        pool.cancel()  # nothing in flight can get through: record none of it
 
     grace = asyncio.create_task(cut_off_after_grace())
-    flusher = asyncio.create_task(flush_periodically())
+    watcher = asyncio.create_task(watch_endpoint())
+    flusher = asyncio.create_task(checkpoints.run())
     ctx.progress.start()
     # What exists now (modules, the job, the resume index) lives as long as the run: keep it
     # out of the collector's full passes, which otherwise stop the event loop for 50-100 ms
@@ -89,21 +113,39 @@ async def dispatch(
     gc.freeze()
     try:
         await pool
+        # Rows held while the last attempts failed to reach the endpoint: the verdict comes
+        # from the watcher (down) or a response still under way.
+        await _first_of(ctx.reach.drained, stop.event)
     except asyncio.CancelledError:
-        if stop.signal is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise  # cancelled from outside, not by our grace period
-        log.warning("batchrun.run.grace_expired", note="requests in flight will be resent")
+        ours = stop.signal is not None or stop.unreachable is not None
+        if not ours or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise  # cancelled from outside, not by our grace period or the watcher
+        if stop.unreachable is None:
+            log.warning("batchrun.run.grace_expired", note="requests in flight will be resent")
     finally:
         gc.unfreeze()
         grace.cancel()
+        watcher.cancel()
         ctx.progress.stop()
-        finished.set()
+        checkpoints.finish(interrupted=stop.signal is not None)
         await asyncio.shield(flusher)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 @dataclass
 class StreamMode:
-    """Stream mode's part of one run: requests in flight get ``grace_s`` after a signal."""
+    """Stream mode's part of one run: requests in flight get ``grace_s`` after a signal; a
+    failing checkpoint write is tried for ``write_retry_s``; an endpoint no attempt reaches for
+    ``unreachable_s`` stops the run."""
 
     job: Job
     clock: Clock
@@ -112,6 +154,8 @@ class StreamMode:
     on_fatal: Callable[[FatalAPIError], None]
     grace_s: float = 10.0
     progress_stream: TextIO | None = None
+    write_retry_s: float = WRITE_RETRY_S
+    unreachable_s: float = UNREACHABLE_WINDOW_S
     interrupted_note = "no new requests; those in flight may finish; send again to exit at once"
     progress: Progress | None = None
 
@@ -153,11 +197,24 @@ class StreamMode:
                 self.job, telemetry, run_span.get_span_context(), self.clock
             ),
             on_fatal=self.on_fatal,
+            reach=Reachability(
+                str(client.base_url),
+                window_s=self.unreachable_s,
+                clock=self.clock.now,
+                on_down=self._unreachable,
+            ),
         )
         try:
-            await dispatch(ctx, items, self.stop, grace_s=self.grace_s)
+            await dispatch(
+                ctx, items, self.stop, grace_s=self.grace_s, write_retry_s=self.write_retry_s
+            )
         finally:
             await budget.aclose()
+
+    def _unreachable(self, exc: EndpointUnreachable) -> None:
+        self.stop.unreachable = exc
+        log.error("batchrun.run.unreachable", url=exc.url, error=exc.error)
+        self.stop.event.set()
 
     @property
     def sent(self) -> int:

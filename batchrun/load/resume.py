@@ -13,17 +13,26 @@ from pathlib import Path
 import polars as pl
 
 from batchrun.apis import build_request
-from batchrun.errors import JobError
+from batchrun.errors import JobError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.load.inputs import iter_batches
 from batchrun.models import RequestItem
 from batchrun.record.keyhash import seen_twice
-from batchrun.record.parquet import KeyHash, hash_keys, request_keys, resume_index, resume_keys
+from batchrun.record.parquet import (
+    KeyHash,
+    hash_keys,
+    request_keys,
+    resume_index,
+    resume_keys,
+    scan_table,
+)
 from batchrun.record.verify import check_final
 
 __all__ = ["Done", "pending_items", "resume_plan"]
 
 _BLOCK = 1000  # requests planned, and checked against the plan, together
+# Errors the client itself gives an attempt; all of them may pass if the request is sent again.
+_CLIENT_TRANSIENT = ("connection_error", "timeout", "stream_error")
 
 
 class _Keyed:
@@ -162,8 +171,7 @@ def resume_plan(
     index = resume_index(run_dir, key_hash=key_hash)
     if index.is_empty():
         return Done(block=block)
-    skip = pl.col("ok") | (not retry_errors)
-    columns = index.select("_hash", "id", "sample", "request", skip.alias("skip"))
+    columns = _skip_rule(job, run_dir, index, retry_errors, key_hash)
     table = _Keyed(columns, key_hash)
     del index
     flags, marks, count, changed = list[pl.Series](), list[int](), 0, list[str]()
@@ -189,6 +197,41 @@ def resume_plan(
             "set output.dir to a new folder."
         )
     return Done(pl.concat(flags) if flags else pl.Series(dtype=pl.Boolean), marks, block=block)
+
+
+def _skip_rule(
+    job: Job, run_dir: Path, index: pl.DataFrame, retry_errors: bool, key_hash: KeyHash
+) -> pl.DataFrame:
+    """``index`` with ``skip``: the rows that count as done. ``ok`` rows are; ``error`` rows
+    are unless ``retry_errors``, or the error was transient (overload, rate limit, 5xx, a
+    connection error, a timeout, a broken stream: the same request may pass now); only a
+    permanent error (400, 413, ...) is kept. Which is which is the API's ``classify``."""
+    if retry_errors:
+        skip = pl.col("ok")
+    elif index["ok"].all():
+        skip = pl.lit(True)
+    else:
+        errors = (
+            scan_table(run_dir, "results", key_hash=key_hash)
+            .filter(pl.col("status") != "ok")
+            .select("id", "sample", "error_type", "error_message", "http_status")
+            .collect(engine="streaming")
+        )
+        classify = job.request.api_spec.classify
+        transient = [
+            kind in _CLIENT_TRANSIENT
+            or isinstance(classify(kind or "", message or "", http_status=status), RetryableError)
+            for kind, message, status in errors.select(
+                "error_type", "error_message", "http_status"
+            ).iter_rows()
+        ]
+        index = index.join(
+            errors.select("id", "sample", pl.Series("transient", transient, dtype=pl.Boolean)),
+            on=["id", "sample"],
+            how="left",
+        )
+        skip = pl.col("ok") | ~pl.col("transient").fill_null(False)
+    return index.select("_hash", "id", "sample", "request", skip.alias("skip"))
 
 
 async def pending_items(job: Job, limit: int | None, done: Done) -> AsyncIterator[RequestItem]:
