@@ -183,3 +183,16 @@ class PermanentError(AttemptError):
 
 class FatalAPIError(AttemptError):
     """Every request of the run will fail the same way: the run must stop (exit 3)."""
+
+    @property
+    def hint(self) -> str:
+        """What to check before running again."""
+        if self.http_status == 401 or self.error_type == "authentication_error":
+            return "check the API key in the environment variable the job names"
+        if self.http_status == 403 or self.error_type == "permission_error":
+            return "the key has no permission for this model or endpoint"
+        if self.http_status == 402 or self.error_type == "billing_error":
+            return "check the organisation's billing"
+        if self.error_type == "not_found_error":
+            return "check request.model"
+        return "the spending limit is reached; raise it or wait"

@@ -40,11 +40,11 @@ from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input
 from batchrun.load.resume import pending_items, resume_plan
 from batchrun.models import RequestItem, RunOutcome, RunStatus, Stop
+from batchrun.record.folder import check_entries, compact, open_run_dir, translated
 from batchrun.record.lock import RunLock
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.record.rundir import clear, make_run_dir, new_run_id
-from batchrun.runfolder import check_entries, compact, open_run_dir, translated
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:
@@ -350,22 +350,9 @@ def _ending(
         return RunStatus.UNREACHABLE, EXIT_UNAVAILABLE, str(stop.unreachable)
     if stop.fatal is not None:
         exc = stop.fatal
-        return RunStatus.ABORTED, EXIT_FATAL, f"aborted: {exc} ({_fatal_hint(exc)})"
+        return RunStatus.ABORTED, EXIT_FATAL, f"aborted: {exc} ({exc.hint})"
     if stop.signal is not None:
         note = mode.interrupted_message()
         message = f"interrupted by {stop.signal.name}" + (f"; {note}" if note else "")
         return RunStatus.INTERRUPTED, SIGNAL_EXIT[stop.signal], message
     return mode.ending(counts, requests)
-
-
-def _fatal_hint(exc: FatalAPIError) -> str:
-    """What to check after an error that aborted the run."""
-    if exc.http_status == 401 or exc.error_type == "authentication_error":
-        return "check the API key in the environment variable the job names"
-    if exc.http_status == 403 or exc.error_type == "permission_error":
-        return "the key has no permission for this model or endpoint"
-    if exc.http_status == 402 or exc.error_type == "billing_error":
-        return "check the organisation's billing"
-    if exc.error_type == "not_found_error":
-        return "check request.model"
-    return "the spending limit is reached; raise it or wait"

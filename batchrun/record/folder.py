@@ -1,8 +1,8 @@
-"""The run folder's I/O problems, at the run level: what :mod:`batchrun.run` checks before it
-sends anything, and how an OS error from ``record/`` (a full disk, an I/O or permission error)
-becomes one paragraph and exit 74 instead of a traceback.
+"""Stage 4: the run folder's I/O problems, at the run level: what :mod:`batchrun.run` checks
+before it sends anything, and how an OS error from the writers (a full disk, an I/O or
+permission error) becomes one paragraph and exit 74 instead of a traceback.
 
-``record/`` writes the files; this module writes none of them. It translates, removes the
+The writers beside it write the files; this module writes none of them. It translates, removes the
 temporary files a failed write leaves behind, and decides whether the end of a run compacts.
 """
 
