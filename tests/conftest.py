@@ -240,3 +240,33 @@ def race_two_processes(child_source: str, arg: str) -> list[Any]:
         assert child.stdout is not None
         child.stdout.close()
     return [json.loads(out) for out in outputs]
+
+
+class FakeTime:
+    """A clock and a sleep: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def run_cli(
+    job: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m batchrun.cli JOB ARGS`` in a child process, with a test key by default."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchrun.cli", str(job), *args],
+        env=env if env is not None else {**os.environ, "ANTHROPIC_API_KEY": "test-key"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -23,29 +23,13 @@ from batchrun.models import Attempt
 from batchrun.run import run_job
 from batchrun.schedule.limits import MemoryStore, RateBudget, RequestTooLargeError
 from batchrun.schedule.limits.fit import MAX_BODY_BYTES
-from tests.conftest import JobWriter
+from tests.conftest import FakeTime, JobWriter
 
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
     "max_tokens": 100,
     "messages": [{"role": "user", "content": "x" * 40}],
 }  # 13 input tokens by the estimate, 100 output tokens reserved
-
-
-class FakeTime:
-    """A clock and a sleep: sleeping moves the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _budget(t: FakeTime, **limits: int) -> RateBudget:

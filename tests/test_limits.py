@@ -36,29 +36,13 @@ from batchrun.schedule.limits import (
 )
 from batchrun.schedule.limits.bucket import Level, adjust_level, refill, take
 from batchrun.schedule.limits.headers import read_ratelimit_headers
-from tests.conftest import race_two_processes
+from tests.conftest import FakeTime, race_two_processes
 
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
     "max_tokens": 100,
     "messages": [{"role": "user", "content": "x" * 40}],
 }  # 10 + 3 input tokens by the estimate, 100 output tokens reserved
-
-
-class FakeTime:
-    """A clock and a sleep: sleeping moves the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _budget(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -14,21 +13,9 @@ import pytest
 
 from batchrun.job.schema import load_job
 from batchrun.run import run_job
-from tests.conftest import JobWriter, no_sleep
+from tests.conftest import JobWriter, no_sleep, run_cli
 
-ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
 VICTIM_TEXT = "a file of the user's that no run may touch\n"
-
-
-def _run_cli(job: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchrun.cli", str(job), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -53,7 +40,7 @@ def test_a_lock_file_planted_as_a_symlink_is_refused(
     run_dir = tmp_path / "out"
     run_dir.mkdir(mode=0o700)
     (run_dir / ".batchrun.lock").symlink_to(victim)
-    _refused(_run_cli(job), ".batchrun.lock", "is a symbolic link", "remove it")
+    _refused(run_cli(job), ".batchrun.lock", "is a symbolic link", "remove it")
     assert victim.read_text(encoding="utf-8") == VICTIM_TEXT
     assert not (run_dir / "results.parquet").exists()
 
@@ -66,7 +53,7 @@ def test_a_lock_file_planted_as_a_hard_link_is_refused(
     run_dir = tmp_path / "out"
     run_dir.mkdir(mode=0o700)
     os.link(victim, run_dir / ".batchrun.lock")
-    _refused(_run_cli(job), ".batchrun.lock", "hard links")
+    _refused(run_cli(job), ".batchrun.lock", "hard links")
     assert victim.read_text(encoding="utf-8") == VICTIM_TEXT
 
 
@@ -87,7 +74,7 @@ def test_temporary_names_planted_as_symlinks_are_never_written_through(
     ]
     for name in planted:
         (run_dir / name).symlink_to(victim)
-    done = _run_cli(job)
+    done = run_cli(job)
     assert done.returncode == 0, done.stderr
     assert victim.read_text(encoding="utf-8") == VICTIM_TEXT
     assert pl.read_parquet(run_dir / "results.parquet")["id"].sort().to_list() == [
@@ -105,10 +92,10 @@ def test_a_folder_anyone_may_write_is_refused_unless_sticky(
     run_dir = tmp_path / "out"
     run_dir.mkdir()
     run_dir.chmod(0o777)
-    _refused(_run_cli(job), str(run_dir), "writable by every user", "chmod o-w")
+    _refused(run_cli(job), str(run_dir), "writable by every user", "chmod o-w")
     assert list(run_dir.iterdir()) == []
     run_dir.chmod(0o1777)
-    done = _run_cli(job)
+    done = run_cli(job)
     assert done.returncode == 0, done.stderr
 
 
@@ -120,7 +107,7 @@ def test_a_folder_of_another_user_is_refused(write_job: JobWriter, tmp_path: Pat
     run_dir = tmp_path / "out"
     run_dir.mkdir(mode=0o700)
     os.chown(run_dir, 65534, 65534)
-    _refused(_run_cli(job), str(run_dir), "belongs to another user (uid 65534")
+    _refused(run_cli(job), str(run_dir), "belongs to another user (uid 65534")
     assert list(run_dir.iterdir()) == []
 
 
@@ -134,7 +121,7 @@ def test_a_parts_folder_planted_as_a_symlink_is_refused(
     run_dir = tmp_path / "out"
     run_dir.mkdir(mode=0o700)
     (run_dir / "parts").symlink_to(elsewhere, target_is_directory=True)
-    _refused(_run_cli(job), "parts", "symbolic link")
+    _refused(run_cli(job), "parts", "symbolic link")
     assert list(elsewhere.iterdir()) == []
 
 

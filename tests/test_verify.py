@@ -4,8 +4,6 @@ again; a damaged final file stops the run (exit 2) before anything is sent."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +18,9 @@ from batchrun.record.parquet import ResultsWriter, read_table
 from batchrun.report.load import load_run
 from batchrun.run import run_job
 from batchrun.sim import SimServer
-from tests.conftest import JobWriter, no_sleep, stored_result
+from tests.conftest import JobWriter, no_sleep, run_cli, stored_result
 
 StartSim = Callable[..., SimServer]
-ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
 T0 = datetime(2026, 1, 2, tzinfo=UTC)
 
 
@@ -104,17 +101,6 @@ def test_a_bit_flipped_part_fails_its_checksum(tmp_path: Path) -> None:
     assert read_table(tmp_path, "results")["id"].to_list() == ["r3", "r4", "r5"]
 
 
-def _run_cli(job: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchrun.cli", str(job), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def _truncate(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
@@ -136,17 +122,17 @@ def test_a_damaged_results_file_stops_the_run_before_sending(
     server = sim_server()
     job = write_job(rows=4, extra={"endpoint": {"base_url": server.base_url}})
     results = tmp_path / "out" / "results.parquet"
-    assert _run_cli(job).returncode == 0
+    assert run_cli(job).returncode == 0
     damage(results)
     damaged = results.read_bytes()
-    done = _run_cli(job)
+    done = run_cli(job)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     for fragment in (str(results), what, "restore the file", "--fresh"):
         assert fragment in done.stderr
     assert server.stats.total_requests == 4
     assert results.read_bytes() == damaged
-    fresh = _run_cli(job, "--fresh")
+    fresh = run_cli(job, "--fresh")
     assert fresh.returncode == 0, fresh.stderr
     assert server.stats.total_requests == 8
     assert pl.read_parquet(results).height == 4
