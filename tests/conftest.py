@@ -259,7 +259,7 @@ class FakeTime:
 
 
 def run_cli(
-    job: Path, *args: str, env: dict[str, str] | None = None
+    job: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``python -m batchrun.cli JOB ARGS`` in a child process, with a test key by default."""
     return subprocess.run(
@@ -267,6 +267,6 @@ def run_cli(
         env=env if env is not None else {**os.environ, "ANTHROPIC_API_KEY": "test-key"},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )

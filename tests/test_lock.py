@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.errors import RunLockedError
 from batchrun.record.lock import RunLock
-from tests.conftest import JobWriter, wait_for_checkpoint
+from tests.conftest import JobWriter, run_cli, wait_for_checkpoint
 
 ENV = {**os.environ, "ANTHROPIC_API_KEY": "test-key"}
 
@@ -22,14 +22,7 @@ def test_a_second_run_on_the_same_folder_is_refused(write_job: JobWriter, tmp_pa
     run_dir = tmp_path / "out"
     run_dir.mkdir()
     with RunLock(run_dir):
-        done = subprocess.run(
-            [sys.executable, "-m", "batchrun.cli", str(job)],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli(job, timeout=60)
         assert done.returncode == 75
         assert "another batchrun run is using this run folder" in done.stderr
         assert f"pid {os.getpid()}" in done.stderr
@@ -53,12 +46,5 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(write_job: JobWriter, tmp_pat
     proc.kill()
     proc.communicate(timeout=30)
     assert (tmp_path / "out" / ".batchrun.lock").exists()
-    done = subprocess.run(
-        [sys.executable, "-m", "batchrun.cli", str(job)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(job, timeout=60)
     assert done.returncode == 0, done.stderr
