@@ -54,7 +54,13 @@ def test_defaults_equal_contract() -> None:
     job = Job.model_validate({"name": "eval", "input": {"path": "x.csv", "prompt": "{q}"}})
     dumped = job.model_dump(mode="json")
     dumped.pop("sim")
-    assert dumped.pop("prices")["claude-sonnet-4-5"] == {"input": 3.0, "output": 15.0}
+    assert dumped.pop("prices")["claude-sonnet-4-5"] == {
+        "input": 3.0,
+        "output": 15.0,
+        "cache_write_5m": None,
+        "cache_write_1h": None,
+        "cache_read": None,
+    }
     assert dumped == {
         "name": "eval",
         "input": {
