@@ -145,6 +145,11 @@ CASES = [
         edits=(("concurrency:", "concurency:"),),
     ),
     Case(
+        "api-field-points-to-extra",
+        ("job.yaml:9:3: request.container: unknown key", "put it under request.extra"),
+        edits=(("  max_tokens: 16", "  max_tokens: 16\n  container: c1"),),
+    ),
+    Case(
         "key-in-wrong-section",
         ("job.yaml:6:3: input.max_tokens: unknown key here", "request.max_tokens"),
         edits=(('  prompt: "{question}"', '  prompt: "{question}"\n  max_tokens: 8'),),

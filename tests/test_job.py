@@ -177,6 +177,100 @@ def test_unknown_top_level_section_suggests(in_tmp: Path) -> None:
     assert error_of("eval.yaml") == "eval.yaml:5:1: limit: unknown key; did you mean 'limits'?"
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # another way of writing a key of the section
+        (
+            "request:\n  maxTokens: 5\n",
+            "request.maxTokens: unknown key; did you mean 'max_tokens'?",
+        ),
+        ("Limits:\n  concurrency: 3\n", "Limits: unknown key; did you mean 'limits'?"),
+        # the names the legacy API and other clients use
+        (
+            "request:\n  max_tokens_to_sample: 5\n",
+            "request.max_tokens_to_sample: unknown key; did you mean 'max_tokens'?",
+        ),
+        ("request:\n  stop: [x]\n", "request.stop: unknown key; did you mean 'stop_sequences'?"),
+        ("request:\n  n: 3\n", "request.n: unknown key; did you mean 'samples'?"),
+        ("limits:\n  rpm: 60\n", "limits.rpm: unknown key; did you mean 'requests_per_minute'?"),
+        (
+            "api_key: X\n",
+            "api_key: unknown key; did you mean 'endpoint.api_key_env'?",
+        ),
+        # several keys meant: those of the key's own section named short and first
+        (
+            "request:\n  messages: []\n",
+            "request.messages: unknown key; "
+            "did you mean 'input.messages_column' or 'input.prompt'?",
+        ),
+        # a near spelling in its own section wins over the same key elsewhere
+        (
+            "sim:\n  requests_per_minut: 6\n",
+            "sim.requests_per_minut: unknown key; did you mean 'requests_per_minute'?",
+        ),
+        # spelt right, in the wrong section; or misspelt, and only another section has it
+        (
+            "limits:\n  seed: 3\n",
+            "limits.seed: unknown key here; it belongs in the sim section (sim.seed)",
+        ),
+        (
+            "retry:\n  max_token: 3\n",
+            "retry.max_token: unknown key; did you mean 'request.max_tokens'?",
+        ),
+        # inside a list and inside a mapping of the user's names
+        ("sim:\n  faults:\n    - {kind: stall, rat: 0.1}\n", "did you mean 'rate'?"),
+        (
+            "prices:\n  m1: {input: 1, outptu: 2}\n",
+            "prices.m1.outptu: unknown key; did you mean 'output'?",
+        ),
+    ],
+)
+def test_unknown_key_suggests_the_key_meant(in_tmp: Path, extra: str, expected: str) -> None:
+    """A suggestion prefers the key's own section and the spellings people really use."""
+    write(in_tmp, MINIMAL + extra)
+    assert expected in error_of("eval.yaml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("request:\n  container: c1\n", "container"),
+        ("request:\n  mcp_servers: []\n", "mcp_servers"),
+        ("request:\n  context_management: {}\n", "context_management"),
+        ("inference_geo: us\n", "inference_geo"),
+    ],
+)
+def test_an_api_field_batchrun_does_not_name_points_to_request_extra(
+    in_tmp: Path, extra: str, field: str
+) -> None:
+    """A field of the Messages API request with no batchrun key says to use request.extra."""
+    write(in_tmp, MINIMAL + extra)
+    assert error_of("eval.yaml").endswith(
+        f"unknown key; {field} is a field of the Messages API request that batchrun has no key "
+        f"for: put it under request.extra, which is sent in the request body as it is "
+        f"(extra: {{{field}: ...}})"
+    )
+
+
+def test_the_stream_flag_points_to_request_mode(in_tmp: Path) -> None:
+    """`stream` is batchrun's to set: the message names request.mode instead."""
+    write(in_tmp, MINIMAL + "request:\n  stream: false\n")
+    assert error_of("eval.yaml") == (
+        "eval.yaml:6:3: request.stream: unknown key; batchrun sets stream itself: request.mode "
+        "chooses stream (one streamed request per row) or batch (the Message Batches API)"
+    )
+
+
+def test_the_api_fields_for_request_extra_are_not_keys_of_batchrun() -> None:
+    """A field listed for request.extra that batchrun has since named is a stale entry."""
+    from batchrun.job.sections import RequestConfig
+    from batchrun.job.suggest import API_ONLY_FIELDS, OTHER_NAMES
+
+    assert API_ONLY_FIELDS.isdisjoint(RequestConfig.model_fields)
+    assert set(OTHER_NAMES).isdisjoint(RequestConfig.model_fields)
+
+
 def test_bad_value_points_at_the_value(in_tmp: Path) -> None:
     """A value out of range is reported at the value's column, with the value given."""
     write(in_tmp, MINIMAL + "request:\n  max_tokens: 0\n")
@@ -454,6 +548,22 @@ def test_override_of_whole_section(tmp_path: Path) -> None:
             "did you mean 'limits.concurrency'?",
         ),
         ("limitz.concurrency=3", "--set limitz.concurrency=3: unknown key 'limitz'"),
+        (
+            "concurrency=3",
+            "--set concurrency=3: unknown key 'concurrency'; did you mean 'limits.concurrency'?",
+        ),
+        (
+            "request.stop=x",
+            "--set request.stop=x: unknown key 'request.stop'; "
+            "did you mean 'request.stop_sequences'?",
+        ),
+        (
+            "request.container=c1",
+            "--set request.container=c1: unknown key 'request.container'; container is a field "
+            "of the Messages API request that batchrun has no key for: put it under "
+            "request.extra, which is sent in the request body as it is "
+            "(--set 'request.extra={container: ...}')",
+        ),
         ("concurrency", "--set concurrency: expected KEY=VALUE, e.g. limits.concurrency=64"),
         ("=3", "--set =3: expected KEY=VALUE, e.g. limits.concurrency=64"),
         ("request.model.x=1", "--set request.model.x=1: request.model is a value, not a section"),

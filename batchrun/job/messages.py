@@ -11,12 +11,14 @@ import difflib
 import math
 import re
 import types
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from datetime import date
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
+
+from batchrun.job.suggest import STREAM_HINT, extra_hint, section_keys, suggest
 
 __all__ = ["Describer", "Loc", "dotted", "looks_like_key", "model_in", "redact"]
 
@@ -67,14 +69,6 @@ def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     return model
 
 
-def _all_keys(root: type[BaseModel], prefix: Loc = ()) -> Iterator[Loc]:
-    for name, field in root.model_fields.items():
-        yield (*prefix, name)
-        sub = model_in(field.annotation)
-        if sub is not None and get_origin(field.annotation) is None:
-            yield from _all_keys(sub, (*prefix, name))
-
-
 # --- one validation error in words -----------------------------------------------------------
 
 
@@ -86,18 +80,20 @@ class Describer:
         self.secret_keys = secret_keys
 
     def unknown_key(self, section: Loc, key: str) -> str:
-        model = _model_at(self.root, section)
-        valid = list(model.model_fields) if model is not None else []
-        close = difflib.get_close_matches(key, valid, n=1)
-        if close:
-            return f"unknown key; did you mean {close[0]!r}?"
-        # The right key in the wrong section: `concurrency` at the top, `max_tokens` in input.
-        elsewhere = [loc for loc in _all_keys(self.root) if loc[-1] == key]
-        if elsewhere:
-            home = elsewhere[0]
+        found = suggest(self.root, section, key)
+        if found is None:
+            valid = section_keys(self.root, section)
+            return "unknown key; valid keys here: " + ", ".join(valid) if valid else "unknown key"
+        if found.stream:
+            return f"unknown key; {STREAM_HINT}"
+        if found.extra:
+            return f"unknown key; {extra_hint(key)}"
+        if found.exact:  # the right key in the wrong section: `concurrency` at the top level
+            home = found.keys[0]
             place = f"the {dotted(home[:-1])} section" if len(home) > 1 else "the top level"
             return f"unknown key here; it belongs in {place} ({dotted(home)})"
-        return "unknown key; valid keys here: " + ", ".join(valid)
+        names = [str(k[-1]) if k[:-1] == section else dotted(k) for k in found.keys]
+        return "unknown key; did you mean " + " or ".join(map(repr, names)) + "?"
 
     def shown(self, loc: Loc, value: object) -> str | None:
         if dotted(loc) in self.secret_keys:

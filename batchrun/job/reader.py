@@ -10,7 +10,6 @@ key.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from batchrun.errors import JobError
 from batchrun.job.messages import Describer, Loc, dotted, redact
+from batchrun.job.suggest import STREAM_HINT, extra_hint, suggest
 
 __all__ = ["load_model"]
 
@@ -130,6 +130,18 @@ def _read(path: Path, shown: str) -> tuple[dict[str, Any], _Marks]:
 # --- overrides -------------------------------------------------------------------------------
 
 
+def _override_hint(root: type[BaseModel], section: Loc, key: str) -> str:
+    """What an unknown key of ``--set`` was meant to be, as the end of its message."""
+    found = suggest(root, section, key)
+    if found is None:
+        return ""
+    if found.stream:
+        return f"; {STREAM_HINT}"
+    if found.extra:
+        return f"; {extra_hint(key, override=True)}"
+    return "; did you mean " + " or ".join(repr(dotted(k)) for k in found.keys) + "?"
+
+
 def _parse_override(root: type[BaseModel], item: str) -> tuple[Loc, object]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
@@ -139,9 +151,7 @@ def _parse_override(root: type[BaseModel], item: str) -> tuple[Loc, object]:
     target: Any = None
     for i, part in enumerate(loc):
         if part not in model.model_fields:
-            valid = [dotted((*loc[:i], k)) for k in model.model_fields]
-            close = difflib.get_close_matches(dotted(loc[: i + 1]), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = _override_hint(root, loc[:i], str(part))
             raise ValueError(f"unknown key {dotted(loc[: i + 1])!r}{hint}")
         target = model.model_fields[str(part)].annotation
         if i < len(loc) - 1:
