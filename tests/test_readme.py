@@ -3,8 +3,9 @@
 The README marks what this file checks with an HTML comment before a fenced block:
 ``<!-- readme-test: file PATH -->`` (the block is that file of the repository, as it is),
 ``<!-- readme-test: run -->`` (a ``sh`` or ``python`` block run from the repository root;
-``run, exit N`` when it must exit N) and ``<!-- readme-test: job fragment -->`` (YAML sections
-that make the first job a valid job). The snippets run in a copy of the repository in a
+``run, exit N`` when it must exit N), ``<!-- readme-test: output -->`` (part of what the snippet
+before it prints) and ``<!-- readme-test: job fragment -->`` (YAML sections that make the first
+job a valid job). The snippets run in a copy of the repository in a
 temporary folder, so they leave nothing behind; python blocks run as one session, each with the
 ones before it, as a reader typing them in turn would.
 """
@@ -51,12 +52,13 @@ class Block:
 
 
 def blocks(kind: str) -> list[Block]:
-    """The README's blocks whose mark starts with ``kind`` (``file``, ``run``), in order."""
+    """The README's blocks whose mark starts with ``kind`` (a regex: ``file``, ``run``), in
+    order."""
     found = [
         Block(m["what"].strip(), m["lang"], m["body"])
         for m in _MARKED.finditer(README.read_text(encoding="utf-8"))
     ]
-    return [b for b in found if re.match(rf"{kind}\b", b.what)]
+    return [b for b in found if re.match(rf"(?:{kind})\b", b.what)]
 
 
 def _ignore(folder: str, names: list[str]) -> set[str]:
@@ -109,8 +111,11 @@ def test_shown_files_are_the_files_in_the_repository(block: Block) -> None:
 def test_the_first_job_runs_as_written(repo_copy: Path, tmp_path: Path) -> None:
     """Every marked snippet of the first job, run in order from the repository root, succeeds
     (or exits with the code the README gives), and the run folder holds what the README says."""
-    env, session = _env(tmp_path), ""
-    for number, block in enumerate(blocks("run"), 1):
+    env, session, printed = _env(tmp_path), "", ""
+    for number, block in enumerate(blocks("run|output"), 1):
+        if block.what == "output":  # what the snippet before printed, as the README shows it
+            assert block.body.strip() in printed, f"README output {number} is not what it prints"
+            continue
         expected = int(block.what.split("exit")[1]) if "exit" in block.what else 0
         if block.lang == "python":
             session += block.body + "\n"
@@ -121,6 +126,7 @@ def test_the_first_job_runs_as_written(repo_copy: Path, tmp_path: Path) -> None:
         done = subprocess.run(
             argv, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=180
         )
+        printed = done.stdout + done.stderr
         assert done.returncode == expected, (
             f"README snippet {number} exited {done.returncode}, not {expected}:\n{block.body}\n"
             f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
