@@ -1,4 +1,5 @@
-"""The README teaches by example: its walkthrough runs as written, and its links lead somewhere.
+"""The README teaches by example: its walkthrough (and docs/report.md's recipes) run as written,
+and its links, and those of docs/, lead somewhere.
 
 The README marks what this file checks with an HTML comment before a fenced block:
 ``<!-- readme-test: file PATH -->`` (the block is that file of the repository, as it is),
@@ -51,14 +52,38 @@ class Block:
     body: str
 
 
-def blocks(kind: str) -> list[Block]:
-    """The README's blocks whose mark starts with ``kind`` (a regex: ``file``, ``run``), in
+def blocks(kind: str, page: Path = README) -> list[Block]:
+    """The blocks of ``page`` whose mark starts with ``kind`` (a regex: ``file``, ``run``), in
     order."""
     found = [
         Block(m["what"].strip(), m["lang"], m["body"])
-        for m in _MARKED.finditer(README.read_text(encoding="utf-8"))
+        for m in _MARKED.finditer(page.read_text(encoding="utf-8"))
     ]
     return [b for b in found if re.match(rf"(?:{kind})\b", b.what)]
+
+
+def run_snippets(snippets: list[Block], cwd: Path, env: dict[str, str]) -> None:
+    """Run ``snippets`` in order in ``cwd``: each must exit as its mark says (0 unless
+    ``exit N``), and an ``output`` block must be part of what the snippet before it printed.
+    python blocks are one session, each run with the ones before it."""
+    session, printed = "", ""
+    for number, block in enumerate(snippets, 1):
+        if block.what == "output":
+            assert block.body.strip() in printed, f"output {number} is not what it prints"
+            continue
+        expected = int(block.what.split("exit")[1]) if "exit" in block.what else 0
+        if block.lang == "python":
+            session += block.body + "\n"
+            argv = [sys.executable, "-c", session]
+        else:
+            assert block.lang == "sh", f"snippet {number}: only sh and python blocks run"
+            argv = ["bash", "-e", "-o", "pipefail", "-c", block.body]
+        done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+        printed = done.stdout + done.stderr
+        assert done.returncode == expected, (
+            f"snippet {number} exited {done.returncode}, not {expected}:\n{block.body}\n"
+            f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
+        )
 
 
 def _ignore(folder: str, names: list[str]) -> set[str]:
@@ -111,30 +136,31 @@ def test_shown_files_are_the_files_in_the_repository(block: Block) -> None:
 def test_the_first_job_runs_as_written(repo_copy: Path, tmp_path: Path) -> None:
     """Every marked snippet of the first job, run in order from the repository root, succeeds
     (or exits with the code the README gives), and the run folder holds what the README says."""
-    env, session, printed = _env(tmp_path), "", ""
-    for number, block in enumerate(blocks("run|output"), 1):
-        if block.what == "output":  # what the snippet before printed, as the README shows it
-            assert block.body.strip() in printed, f"README output {number} is not what it prints"
-            continue
-        expected = int(block.what.split("exit")[1]) if "exit" in block.what else 0
-        if block.lang == "python":
-            session += block.body + "\n"
-            argv = [sys.executable, "-c", session]
-        else:
-            assert block.lang == "sh", f"snippet {number}: only sh and python blocks run"
-            argv = ["bash", "-e", "-o", "pipefail", "-c", block.body]
-        done = subprocess.run(
-            argv, cwd=repo_copy, env=env, capture_output=True, text=True, timeout=180
-        )
-        printed = done.stdout + done.stderr
-        assert done.returncode == expected, (
-            f"README snippet {number} exited {done.returncode}, not {expected}:\n{block.body}\n"
-            f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
-        )
+    run_snippets(blocks("run|output"), repo_copy, _env(tmp_path))
     # The last run, on an overloaded simulator, needed second attempts, as the README says.
     results = pl.read_parquet(repo_copy / "outputs" / "first-job" / "results.parquet")
     assert results["status"].to_list() == ["ok"] * 6
     assert results["attempts"].max() == 2
+
+
+def test_the_analysis_recipes_run_on_the_example_run(repo_copy: Path, tmp_path: Path) -> None:
+    """The polars recipes of docs/report.md run on the folder `make run` writes (and on two
+    copies of it, for the comparison of two runs)."""
+    env = _env(tmp_path)
+    done = subprocess.run(
+        [str(repo_copy / ".venv" / "bin" / "batchrun"), "jobs/eval.yaml"],
+        cwd=repo_copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for copy in ("eval-a", "eval-b"):
+        shutil.copytree(repo_copy / "outputs" / "eval", repo_copy / "outputs" / copy)
+    recipes = blocks("run", ROOT / "docs" / "report.md")
+    assert len(recipes) >= 6
+    run_snippets(recipes, repo_copy, env)
 
 
 def test_the_real_api_fragment_makes_a_valid_job(tmp_path: Path) -> None:
