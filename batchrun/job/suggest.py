@@ -204,8 +204,10 @@ def suggest(root: type[BaseModel], section: Loc, key: str) -> Suggestion | None:
     known = set(everywhere)
     targets = [t for t in map(_parse, OTHER_NAMES.get(norm, ())) if t in known]
     if targets:  # 2. another tool's name for a key, this section's first
-        targets.sort(key=lambda t: t[:-1] != section)
-        return Suggestion(tuple(targets))
+        # A section inside a list holds its keys too: variants[0].request takes request's.
+        names = tuple(p for p in section if isinstance(p, str))
+        ours = [(*section, t[-1]) for t in targets if names[len(names) - len(t) + 1 :] == t[:-1]]
+        return Suggestion((*ours, *(t for t in targets if (*section, t[-1]) not in ours)))
     if norm == "stream":
         return Suggestion(stream=True)
     if norm in API_ONLY_FIELDS or norm in _API_FIELDS_BUILT:  # 3. an API field with no key
