@@ -262,6 +262,25 @@ def test_the_stream_flag_points_to_request_mode(in_tmp: Path) -> None:
     )
 
 
+def test_a_section_inside_a_list_is_offered_its_own_keys() -> None:
+    """Inside a list (variants[0].request), another tool's name gets that section's key."""
+    from batchrun.job.suggest import suggest
+
+    class Request(pydantic.BaseModel):
+        max_tokens: int
+
+    class Variant(pydantic.BaseModel):
+        request: Request
+
+    class Root(pydantic.BaseModel):
+        request: Request
+        variants: list[Variant]
+
+    found = suggest(Root, ("variants", 0, "request"), "max_tokens_to_sample")
+    assert found is not None
+    assert found.keys == (("variants", 0, "request", "max_tokens"),)
+
+
 def test_the_api_fields_for_request_extra_are_not_keys_of_batchrun() -> None:
     """A field listed for request.extra that batchrun has since named is a stale entry."""
     from batchrun.job.sections import RequestConfig
