@@ -34,9 +34,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "NORMAL",
+    "QUIET",
+    "VERBOSE",
     "Instruments",
+    "LogDisplay",
     "Telemetry",
     "configure_logging",
+    "log_display",
     "scrubbed_logs",
     "setup_telemetry",
     "telemetry_for_run",
@@ -46,23 +51,68 @@ _METRIC_INTERVAL_MS = 10_000
 _scrubs: list[Callable[[str], str]] = []  # of the runs whose clients are open
 
 
-def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None = None) -> None:
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+# Bound by call/request.py around one request: lines carrying them are that request's detail.
+_REQUEST_KEYS = ("id", "sample")
+
+
+@dataclass(frozen=True, slots=True)
+class LogDisplay:
+    """How the command line asked to show a run: ``verbosity`` (:data:`QUIET`, :data:`NORMAL`,
+    :data:`VERBOSE`) and ``console`` (readable lines, ``False`` for JSON lines, ``None`` when
+    nothing was configured: the stream decides)."""
+
+    verbosity: int = NORMAL
+    console: bool | None = None
+
+    def live_progress(self, stream: TextIO) -> bool:
+        """Whether a live progress line belongs on ``stream``: a terminal showing readable
+        lines, not asked to be quiet."""
+        return self.verbosity > QUIET and self.console is not False and stream.isatty()
+
+
+_display = LogDisplay()
+
+
+def log_display() -> LogDisplay:
+    """What the last :func:`configure_logging` chose (the defaults before any)."""
+    return _display
+
+
+def configure_logging(
+    *,
+    stream: TextIO | None = None,
+    json_lines: bool | None = None,
+    verbosity: int = NORMAL,
+) -> None:
     """Send structlog output to stderr (or ``stream``), as JSON unless it is a terminal.
+
+    ``json_lines`` overrides the terminal detection (``--log-format``). ``verbosity`` picks
+    what is shown: :data:`QUIET` errors only; :data:`VERBOSE` everything, debug included;
+    :data:`NORMAL` info and above, except that readable (console) lines leave out the detail
+    of single requests (lines logged while a request's ``id`` is bound: retries, a row's
+    failure, the budget's reaction to one response) below error: the live progress line
+    counts them instead. JSON lines at :data:`NORMAL` carry them, as they always have.
 
     The stream is looked up at every line, not once: a live progress display that redirects
     stderr then prints log lines above itself instead of being garbled by them.
     """
+    global _display
     target = stream or sys.stderr
     if json_lines is None:
         json_lines = not target.isatty()
+    _display = LogDisplay(verbosity, console=not json_lines)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=target.isatty())
     )
+    level = {QUIET: logging.ERROR, VERBOSE: logging.DEBUG}.get(verbosity, logging.INFO)
+    detail: list[Any] = [] if json_lines or verbosity >= VERBOSE else [_drop_request_detail]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *detail,
             _add_span_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -70,10 +120,20 @@ def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None =
             _scrub_secrets,  # after format_exc_info: a --debug traceback is scrubbed too
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=lambda *args: structlog.PrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _drop_request_detail(
+    _: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if method not in ("error", "critical", "exception") and all(
+        key in event for key in _REQUEST_KEYS
+    ):
+        raise structlog.DropEvent
+    return event
 
 
 @contextlib.contextmanager
