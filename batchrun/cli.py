@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from batchrun.errors import (
     EXIT_INVALID,
@@ -21,6 +22,9 @@ from batchrun.errors import (
     RunFolderError,
     RunLockedError,
 )
+
+if TYPE_CHECKING:
+    from batchrun.models import RunOutcome
 
 __all__ = ["main"]
 
@@ -304,15 +308,24 @@ def _run(ns: argparse.Namespace) -> int:
                 grace_s=ns.grace_s,
             )
         )
+    print(_summary(outcome), file=sys.stderr)
+    return outcome.exit_code
+
+
+def _summary(outcome: RunOutcome) -> str:
+    """The closing lines: how the run ended, what --limit left out, where the results are."""
     ok, error = outcome.counts.get("ok", 0), outcome.counts.get("error", 0)
+    covered = ""
+    if outcome.limited:
+        total = "?" if outcome.input_rows_total is None else f"{outcome.input_rows_total:,}"
+        covered = f"{outcome.input_rows or 0:,} of {total} rows (--limit): "
     line = (
-        f"batchrun: {outcome.status}: {ok} ok, {error} error; "
+        f"batchrun: {outcome.status}: {covered}{ok} ok, {error} error; "
         f"results in {outcome.run_dir / 'results.parquet'}"
     )
     if outcome.message:
         line += f"\nbatchrun: {outcome.message}"
-    print(line, file=sys.stderr)
-    return outcome.exit_code
+    return line
 
 
 def _report(ns: argparse.Namespace) -> int:

@@ -185,3 +185,23 @@ def test_quiet_off_a_terminal_prints_the_summary_alone(write_job: JobWriter) -> 
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [done.stderr.splitlines()[-1]]
     assert done.stderr.startswith("batchrun: complete: 20 ok, 0 error; results in ")
+
+
+def test_run_json_records_the_options_and_a_limit(write_job: JobWriter, tmp_path: Path) -> None:
+    """--limit 2 of 5 rows: run.json holds the options, both row counts and limited: true, and
+    the summary line says `2 of 5 rows (--limit)`; the full run after it says limited: false."""
+    job = write_job(rows=5)
+    done = batchrun(job, "--limit", "2", "--fresh")
+    assert done.returncode == 0, done.stderr
+    assert "complete: 2 of 5 rows (--limit): 2 ok, 0 error; results in" in done.stderr
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["options"] == {"limit": 2, "fresh": True, "retry_errors": False}
+    assert (manifest["input_rows"], manifest["input_rows_total"]) == (2, 5)
+    assert manifest["limited"] is True
+    done = batchrun(job, "--limit", "9", "--retry-errors")
+    assert done.returncode == 0, done.stderr
+    assert "complete: 5 ok, 0 error" in done.stderr.splitlines()[-1]
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["options"] == {"limit": 9, "fresh": False, "retry_errors": True}
+    assert (manifest["input_rows"], manifest["input_rows_total"]) == (5, 5)
+    assert manifest["limited"] is False
