@@ -1,10 +1,13 @@
 """Observability, configured once: structlog for logs, OpenTelemetry for traces and metrics.
 
 Other modules call ``structlog.get_logger()`` and use the :class:`Telemetry` the run hands
-them; this is the only place that chooses renderers, processors and exporters. Logs go to
-stderr (stdout carries only what a command is asked to print): JSON lines when stderr is not a
-terminal, a readable console format when it is; every line inside a request carries its
-``trace_id`` and ``span_id``. ``telemetry.traces`` picks the exporter for spans and metrics
+them; this is the only place that chooses renderers, processors, levels and exporters. Logs go
+to stderr (stdout carries only what a command is asked to print): JSON lines when stderr is not
+a terminal, a readable console format when it is (``--log-format`` decides instead when given);
+every line inside a request carries its ``trace_id`` and ``span_id``. How much is shown
+(``-q``, ``-v``) is decided here too, and whether a live progress line belongs on the terminal
+(:class:`LogDisplay`): at normal verbosity, readable lines leave out single requests' detail,
+which the live line counts. ``telemetry.traces`` picks the exporter for spans and metrics
 alike: ``file`` (OTLP JSON lines in the run folder), ``otlp`` (OTLP/HTTP, configured by the
 standard ``OTEL_*`` variables), ``console`` (stderr) or ``none``. Nothing here ever sees a
 request header. Server text is scrubbed of the run's secrets where it enters; log lines are
