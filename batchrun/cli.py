@@ -54,8 +54,7 @@ _COMMANDS = ("run", "validate", "sim", "report")
 def _output_options() -> argparse.ArgumentParser:
     """-q, -v and --log-format: taken by every command, before or after its word."""
     parser = argparse.ArgumentParser(add_help=False)
-    group = parser.add_argument_group("output")
-    loudness = group.add_mutually_exclusive_group()
+    loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument(
         "-q",
         "--quiet",
@@ -74,7 +73,7 @@ def _output_options() -> argparse.ArgumentParser:
         help="print every log line, the detail of single requests (each retry) and debug "
         "lines included",
     )
-    group.add_argument(
+    parser.add_argument(
         "--log-format",
         choices=("json", "console"),
         help="log lines as JSON or readable console lines, whatever stderr is (default: "
