@@ -1,8 +1,10 @@
 """The command line: argv → job → run → exit code. No logic of its own.
 
-``batchrun JOB.yaml`` runs a job; ``validate``, ``sim`` and the other subcommands are words
-before the job file. Errors the user can fix are one paragraph on stderr with exit 2 (a
-traceback only with ``--debug``); stdout carries only what a command is asked to print.
+``batchrun JOB.yaml`` (or ``batchrun run JOB.yaml``) runs a job; ``validate``, ``sim`` and the
+other subcommands are words before the job file (a job file named like one is ``./run``).
+``-q``, ``-v`` and ``--log-format`` go anywhere on every command. Errors the user can fix are
+one paragraph on stderr with exit 2 (a traceback only with ``--debug``); stdout carries only
+what a command is asked to print.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from batchrun.errors import (
     EXIT_INVALID,
@@ -20,15 +23,22 @@ from batchrun.errors import (
     RunLockedError,
 )
 
+if TYPE_CHECKING:
+    from batchrun.models import RunOutcome
+
 __all__ = ["main"]
 
 _OVERVIEW = """\
 commands:
-  batchrun JOB.yaml [options]      run the job (resumes an earlier run in the same folder)
+  batchrun JOB.yaml [options]      run the job (resumes an earlier run in the same folder);
+                                   also: batchrun run JOB.yaml [options]
   batchrun JOB.yaml --cancel       batch mode: cancel the run's open batches
   batchrun validate JOB.yaml       check the job file and its input; sends nothing
   batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
   batchrun report RUN_DIR [RUN_B]  summary of a run (and report.html), or two runs compared
+
+output: a live progress line on a terminal (retries counted on it; -v prints each retry);
+JSON log lines on stderr otherwise (cron); -q prints only the closing summary and errors.
 
 exit codes: 0 every row ok; 1 some rows ended in error; 2 the job or its input is invalid;
 3 aborted by an error no retry can fix (bad key, permission, unknown model, spending limit);
@@ -36,6 +46,55 @@ exit codes: 0 every row ok; 1 some rows ended in error; 2 the job or its input i
 written (disk full, I/O or permission error); 75 another run holds the run folder;
 130/143 interrupted by SIGINT/SIGTERM (finished rows are on disk; run again to resume).
 """
+
+
+_COMMANDS = ("run", "validate", "sim", "report")
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """-q, -v and --log-format: taken by every command, before or after its word."""
+    parser = argparse.ArgumentParser(add_help=False)
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=0,
+        help="print only the closing summary and errors (no progress line, no log lines)",
+    )
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        help="print every log line, the detail of single requests (each retry) and debug "
+        "lines included",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="log lines as JSON or readable console lines, whatever stderr is (default: "
+        "console on a terminal, JSON otherwise)",
+    )
+    return parser
+
+
+def _command(args: list[str]) -> str:
+    """Take the command word out of ``args`` (the first word after any output options);
+    without one, the command is ``run``."""
+    index = 0
+    while index < len(args) and args[index] in ("-q", "--quiet", "-v", "--verbose"):
+        index += 1
+    if index < len(args) and args[index] == "--log-format":
+        index += 2
+    elif index < len(args) and args[index].startswith("--log-format="):
+        index += 1
+    if index < len(args) and args[index] in _COMMANDS:
+        return args.pop(index)
+    return "run"
 
 
 def _job_args(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +127,7 @@ def _positive_int(text: str) -> int:
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun",
+        parents=[_output_options()],
         description="Run a prompt set through Anthropic's streaming APIs into Parquet.",
         epilog=_OVERVIEW,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -113,6 +173,7 @@ class _Version(argparse.Action):
 def _validate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun validate",
+        parents=[_output_options()],
         description="Check a job file and its input without sending anything. "
         "Prints a summary on stdout; exit 0 when valid, 2 when not.",
     )
@@ -123,6 +184,7 @@ def _validate_parser() -> argparse.ArgumentParser:
 def _sim_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun sim",
+        parents=[_output_options()],
         description="Serve the built-in simulator of the Anthropic API (Messages and legacy "
         "Text Completions, streaming) until interrupted. Point a job at it with "
         "--set endpoint.base_url=http://127.0.0.1:PORT.",
@@ -143,6 +205,7 @@ def _sim_parser() -> argparse.ArgumentParser:
 def _report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun report",
+        parents=[_output_options()],
         description="Summarise a finished or partial run folder on stdout and write a "
         "self-contained report.html (plots, slowest and failed rows) into it. With two folders, "
         "compare them: summaries side by side with deltas, and the rows whose completion "
@@ -164,7 +227,7 @@ def _report_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args.pop(0) if args and args[0] in ("validate", "sim", "report") else "run"
+    command = _command(args)
     debug = "--debug" in args
     parser, handler = {
         "sim": (_sim_parser, _sim),
@@ -176,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command != "validate":  # validate logs nothing, and structlog takes ~70 ms to import
         from batchrun.telemetry.setup import configure_logging
 
-        configure_logging()
+        json_lines = None if ns.log_format is None else ns.log_format == "json"
+        configure_logging(json_lines=json_lines, verbosity=ns.verbosity)
     try:
         return handler(ns)
     except JobError as exc:
@@ -243,15 +307,24 @@ def _run(ns: argparse.Namespace) -> int:
                 grace_s=ns.grace_s,
             )
         )
+    print(_summary(outcome), file=sys.stderr)
+    return outcome.exit_code
+
+
+def _summary(outcome: RunOutcome) -> str:
+    """The closing lines: how the run ended, what --limit left out, where the results are."""
     ok, error = outcome.counts.get("ok", 0), outcome.counts.get("error", 0)
+    covered = ""
+    if outcome.limited:
+        total = "?" if outcome.input_rows_total is None else f"{outcome.input_rows_total:,}"
+        covered = f"{outcome.input_rows or 0:,} of {total} rows (--limit): "
     line = (
-        f"batchrun: {outcome.status}: {ok} ok, {error} error; "
+        f"batchrun: {outcome.status}: {covered}{ok} ok, {error} error; "
         f"results in {outcome.run_dir / 'results.parquet'}"
     )
     if outcome.message:
         line += f"\nbatchrun: {outcome.message}"
-    print(line, file=sys.stderr)
-    return outcome.exit_code
+    return line
 
 
 def _report(ns: argparse.Namespace) -> int:
@@ -284,7 +357,11 @@ def _sim(ns: argparse.Namespace) -> int:
         if value is not None
     }
     config = SimConfig.model_validate({**config.model_dump(), **changes})
-    print(f"batchrun sim: serving on http://{ns.host}:{ns.port} (Ctrl-C to stop)", file=sys.stderr)
+    if ns.verbosity >= 0:
+        print(
+            f"batchrun sim: serving on http://{ns.host}:{ns.port} (Ctrl-C to stop)",
+            file=sys.stderr,
+        )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host=ns.host, port=ns.port))
     return 0

@@ -150,3 +150,6 @@ class RunOutcome:
     status: RunStatus
     message: str | None = None
     sent: int = 0  # requests this run took on (the rest were already done)
+    input_rows: int | None = None  # rows of the input the run covered (after --limit)
+    input_rows_total: int | None = None  # rows of the whole input (before --limit)
+    limited: bool = False  # --limit left some of the input's rows out of the run

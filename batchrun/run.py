@@ -37,7 +37,7 @@ from batchrun.errors import (
     RunLockedError,
 )
 from batchrun.job.schema import Job
-from batchrun.load.inputs import check_input
+from batchrun.load.inputs import check_input, count_rows
 from batchrun.load.resume import pending_items, resume_plan
 from batchrun.models import RequestItem, RunOutcome, RunStatus, Stop
 from batchrun.record.folder import check_entries, compact, open_run_dir, translated
@@ -141,6 +141,11 @@ async def run_job(
     (stream mode), the run ends with exit 69 and records nothing of the rows in flight.
     """
     summary = check_input(job, limit=limit)
+    # A limit the input's end came before left nothing out: no need to count the rest. An
+    # input that cannot be counted past the limit (total None) was cut by it all the same.
+    total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
+    limited = total is None or summary.rows < total
+    options = {"limit": limit, "fresh": fresh, "retry_errors": retry_errors}
     clock = clock or Clock()
     started = clock.now()
     key = api_key(job)
@@ -240,7 +245,19 @@ async def run_job(
             run_span.end(end_time=clock.epoch_ns(finished))
         if stop.write_failed is None:
             record = manifest(
-                job, run_dir, run_id, clock, started, finished, status, counts, summary, message
+                job,
+                run_dir,
+                run_id,
+                clock,
+                started,
+                finished,
+                status,
+                counts,
+                summary,
+                message,
+                options=options,
+                input_rows_total=total,
+                limited=limited,
             )
             try:
                 with translated(run_dir, "writing run.json"):
@@ -259,7 +276,9 @@ async def run_job(
         results=str(run_dir / "results.parquet"),
     )
     structlog.contextvars.unbind_contextvars("run_id")
-    return RunOutcome(run_dir, run_id, counts, code, status, message, mode.sent)
+    return RunOutcome(
+        run_dir, run_id, counts, code, status, message, mode.sent, summary.rows, total, limited
+    )
 
 
 async def cancel_job(

@@ -117,3 +117,91 @@ def test_sigterm_stops_cleanly_and_a_rerun_resumes(write_job: JobWriter, tmp_pat
     final = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert final.height == 40
     assert final["id"].n_unique() == 40
+
+
+def test_run_is_an_explicit_command_too(write_job: JobWriter, tmp_path: Path) -> None:
+    """`batchrun run JOB` is `batchrun JOB`; a job file named `run` is reached as ./run."""
+    done = batchrun("run", write_job(rows=3), "--fresh")
+    assert done.returncode == 0, done.stderr
+    assert "complete: 3 ok, 0 error" in done.stderr.splitlines()[-1]
+    write_job(rows=2).rename(tmp_path / "run")
+    for args in (("./run", "--fresh"), ("run", "run", "--fresh")):
+        named = subprocess.run(
+            [sys.executable, "-m", "batchrun.cli", *args],
+            cwd=tmp_path,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert named.returncode == 0, named.stderr
+        assert "complete: 2 ok, 0 error" in named.stderr.splitlines()[-1]
+
+
+def test_output_options_go_before_or_after_the_command(write_job: JobWriter) -> None:
+    """-q, -v and --log-format are taken by every command, on either side of its word."""
+    job = write_job(rows=2)
+    for args in (("-q", "validate", job), ("validate", job, "-v"), ("--log-format=json", "run")):
+        done = batchrun(*args, job) if args[-1] == "run" else batchrun(*args)
+        assert done.returncode == 0, (args, done.stderr)
+    for sub in ("run", "validate", "sim", "report"):
+        shown = batchrun(sub, "--help").stdout
+        assert all(flag in shown for flag in ("--quiet", "--verbose", "--log-format")), sub
+    assert batchrun("-q", "-v", job).returncode == 2  # one or the other
+
+
+FAULTY = {"retry": {"max_attempts": 8}, "sim": {"faults": [{"kind": "overloaded", "rate": 0.3}]}}
+
+
+def test_off_a_terminal_logs_are_json_lines_with_every_retry(write_job: JobWriter) -> None:
+    """Not a terminal (cron): JSON lines, one batchrun.request.retry_scheduled per retry, and
+    the summary as the last line; no live line."""
+    done = batchrun(write_job(rows=20, extra=FAULTY))
+    assert done.returncode == 0, done.stderr
+    *logs, last = done.stderr.splitlines()
+    events = [json.loads(line)["event"] for line in logs]
+    assert events.count("batchrun.request.retry_scheduled") > 0
+    assert "batchrun.run.finished" in events
+    assert last.startswith("batchrun: complete: 20 ok")
+
+
+def test_log_format_console_off_a_terminal_leaves_out_request_detail(
+    write_job: JobWriter,
+) -> None:
+    """--log-format console into a pipe: readable lines, the run's own but none per retry."""
+    done = batchrun(write_job(rows=20, extra=FAULTY), "--log-format", "console")
+    assert done.returncode == 0, done.stderr
+    assert not any(line.startswith("{") for line in done.stderr.splitlines())
+    assert "batchrun.run.started" in done.stderr
+    assert "retry_scheduled" not in done.stderr
+    verbose = batchrun(write_job(rows=20, extra=FAULTY), "--log-format", "console", "-v", "--fresh")
+    assert "batchrun.request.retry_scheduled" in verbose.stderr
+
+
+def test_quiet_off_a_terminal_prints_the_summary_alone(write_job: JobWriter) -> None:
+    """-q into a pipe: stderr is the closing summary line and nothing else."""
+    done = batchrun(write_job(rows=20, extra=FAULTY), "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.splitlines()[-1]]
+    assert done.stderr.startswith("batchrun: complete: 20 ok, 0 error; results in ")
+
+
+def test_run_json_records_the_options_and_a_limit(write_job: JobWriter, tmp_path: Path) -> None:
+    """--limit 2 of 5 rows: run.json holds the options, both row counts and limited: true, and
+    the summary line says `2 of 5 rows (--limit)`; the full run after it says limited: false."""
+    job = write_job(rows=5)
+    done = batchrun(job, "--limit", "2", "--fresh")
+    assert done.returncode == 0, done.stderr
+    assert "complete: 2 of 5 rows (--limit): 2 ok, 0 error; results in" in done.stderr
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["options"] == {"limit": 2, "fresh": True, "retry_errors": False}
+    assert (manifest["input_rows"], manifest["input_rows_total"]) == (2, 5)
+    assert manifest["limited"] is True
+    done = batchrun(job, "--limit", "9", "--retry-errors")
+    assert done.returncode == 0, done.stderr
+    assert "complete: 5 ok, 0 error" in done.stderr.splitlines()[-1]
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["options"] == {"limit": 9, "fresh": False, "retry_errors": True}
+    assert (manifest["input_rows"], manifest["input_rows_total"]) == (5, 5)
+    assert manifest["limited"] is False

@@ -234,11 +234,41 @@ async def test_limits_are_learned_from_headers_and_only_ever_tighten_the_job() -
     """An unlimited budget adopts the server's limit; a stricter job setting stays."""
     t = FakeTime()
     budget = _budget(t)
-    budget.settle(await budget.acquire(BODY), _ok(headers=_headers("requests", 600, 599)))
+    budget.settle(await budget.acquire(BODY), _ok(headers=_headers("requests", 600, 100)))
     assert budget.snapshot()["requests_per_minute"] == 600
     strict = _budget(t, requests_per_minute=100)
     strict.settle(await strict.acquire(BODY), _ok(headers=_headers("requests", 600, 599)))
     assert strict.snapshot()["requests_per_minute"] == 100
+
+
+async def test_an_advertised_limit_paces_but_is_reported_only_once_it_binds() -> None:
+    """600/min advertised with 599 left: it paces, but snapshot and log say none; once a
+    response has less than half left, both say 600, and the log never said anything else."""
+    t = FakeTime()
+    budget = _budget(t)
+    with capture_logs() as logs:
+        budget.settle(await budget.acquire(BODY), _ok(headers=_headers("requests", 600, 599)))
+        start = t.now
+        reservation = await budget.acquire(BODY)
+        assert t.now - start == pytest.approx(0.1)  # a new bucket of 10/s starts empty
+        assert budget.snapshot()["requests_per_minute"] is None
+        budget.settle(reservation, _ok(headers=_headers("requests", 600, 299)))
+        assert budget.snapshot()["requests_per_minute"] == 600
+    effective = [e for e in logs if e["event"] == "batchrun.limits.effective"]
+    assert [e["requests_per_minute"] for e in effective] == [600]
+    assert [e["requests"] for e in logs if e["event"] == "batchrun.limits.learned"] == [600]
+
+
+async def test_a_configured_limit_is_reported_from_the_start() -> None:
+    """A job's own limit is in the first effective log, and a looser advertised one changes
+    nothing that is reported."""
+    t = FakeTime()
+    with capture_logs() as logs:
+        budget = _budget(t, requests_per_minute=100)
+        budget.settle(await budget.acquire(BODY), _ok(headers=_headers("requests", 10**9, 0)))
+    effective = [e for e in logs if e["event"] == "batchrun.limits.effective"]
+    assert [e["requests_per_minute"] for e in effective] == [100]
+    assert budget.snapshot()["input_tokens_per_minute"] is None
 
 
 async def test_what_the_server_says_is_left_lowers_the_bucket() -> None:

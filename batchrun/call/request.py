@@ -100,7 +100,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
             return attempt
 
         def on_retry(exc: RetryableError, wait_s: float, next_attempt: int) -> None:
-            ctx.progress.retry()
+            ctx.progress.retry(exc.error_type)
             tel.retried(exc)
             log.info(
                 "batchrun.request.retry_scheduled",

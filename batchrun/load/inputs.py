@@ -37,7 +37,7 @@ from batchrun.load.sources import (
 from batchrun.models import InputSummary, RequestItem
 from batchrun.record.keyhash import seen_twice
 
-__all__ = ["InputSummary", "check_input", "iter_batches"]
+__all__ = ["InputSummary", "check_input", "count_rows", "iter_batches"]
 
 _SHOWN = 5  # problems of one kind listed before "... and N more"
 CHUNK_ROWS = 10_000  # input rows read at once, by the check and by the stream of batches
@@ -235,6 +235,19 @@ def check_input(
         raise JobError("\n".join(problems))
     columns = list(dict.fromkeys(c for src in files for c in src.schema))
     return InputSummary(rows=rows, requests=rows * job.request.samples, columns=columns)
+
+
+def count_rows(job: Job) -> int | None:
+    """The input's data rows across all its files, whatever ``--limit`` says (for run.json);
+    ``None`` when a file cannot be counted (a broken row past the limit the check stopped at).
+    Run :func:`check_input` first; this only counts (Parquet: from the metadata)."""
+    try:
+        return sum(
+            int(frame(job, src, index).select(pl.len()).collect().item())
+            for index, src in enumerate(sources(job))
+        )
+    except pl.exceptions.PolarsError:
+        return None
 
 
 def iter_batches(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,18 @@ def manifest(
     counts: dict[str, int],
     summary: InputSummary,
     message: str | None,
+    *,
+    options: Mapping[str, Any],
+    input_rows_total: int | None,
+    limited: bool,
 ) -> dict[str, Any]:
-    """run.json: how the run went, the job as resolved (no secrets), versions, and the cost of
-    the rows in the folder at the streaming and the batch rate. Called after compaction."""
+    """run.json: how the run went, the job as resolved (no secrets), the command-line options
+    that shaped it, versions, and the cost of the rows in the folder at the streaming and the
+    batch rate. Called after compaction.
+
+    ``options`` holds ``limit``, ``fresh`` and ``retry_errors`` as given. ``input_rows`` is
+    what the run covered, ``input_rows_total`` the whole input (null if it could not be
+    counted); ``limited``, that ``--limit`` left rows out."""
     results = pl.scan_parquet(run_dir / "results.parquet").select(
         "model", "input_tokens", "output_tokens"
     )
@@ -50,6 +60,9 @@ def manifest(
         "counts": {"ok": counts.get("ok", 0), "error": counts.get("error", 0)},
         "requests": summary.requests,
         "input_rows": summary.rows,
+        "input_rows_total": input_rows_total,
+        "limited": limited,
+        "options": dict(options),
         "job": job.resolved(),
         "job_sha256": hashlib.sha256(job.path.read_bytes()).hexdigest(),
         "versions": {

@@ -1,10 +1,13 @@
 """Observability, configured once: structlog for logs, OpenTelemetry for traces and metrics.
 
 Other modules call ``structlog.get_logger()`` and use the :class:`Telemetry` the run hands
-them; this is the only place that chooses renderers, processors and exporters. Logs go to
-stderr (stdout carries only what a command is asked to print): JSON lines when stderr is not a
-terminal, a readable console format when it is; every line inside a request carries its
-``trace_id`` and ``span_id``. ``telemetry.traces`` picks the exporter for spans and metrics
+them; this is the only place that chooses renderers, processors, levels and exporters. Logs go
+to stderr (stdout carries only what a command is asked to print): JSON lines when stderr is not
+a terminal, a readable console format when it is (``--log-format`` decides instead when given);
+every line inside a request carries its ``trace_id`` and ``span_id``. How much is shown
+(``-q``, ``-v``) is decided here too, and whether a live progress line belongs on the terminal
+(:class:`LogDisplay`): at normal verbosity, readable lines leave out single requests' detail,
+which the live line counts. ``telemetry.traces`` picks the exporter for spans and metrics
 alike: ``file`` (OTLP JSON lines in the run folder), ``otlp`` (OTLP/HTTP, configured by the
 standard ``OTEL_*`` variables), ``console`` (stderr) or ``none``. Nothing here ever sees a
 request header. Server text is scrubbed of the run's secrets where it enters; log lines are
@@ -34,9 +37,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "NORMAL",
+    "QUIET",
+    "VERBOSE",
     "Instruments",
+    "LogDisplay",
     "Telemetry",
     "configure_logging",
+    "log_display",
     "scrubbed_logs",
     "setup_telemetry",
     "telemetry_for_run",
@@ -46,23 +54,68 @@ _METRIC_INTERVAL_MS = 10_000
 _scrubs: list[Callable[[str], str]] = []  # of the runs whose clients are open
 
 
-def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None = None) -> None:
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+# Bound by call/request.py around one request: lines carrying them are that request's detail.
+_REQUEST_KEYS = ("id", "sample")
+
+
+@dataclass(frozen=True, slots=True)
+class LogDisplay:
+    """How the command line asked to show a run: ``verbosity`` (:data:`QUIET`, :data:`NORMAL`,
+    :data:`VERBOSE`) and ``console`` (readable lines, ``False`` for JSON lines, ``None`` when
+    nothing was configured: the stream decides)."""
+
+    verbosity: int = NORMAL
+    console: bool | None = None
+
+    def live_progress(self, stream: TextIO) -> bool:
+        """Whether a live progress line belongs on ``stream``: a terminal showing readable
+        lines, not asked to be quiet."""
+        return self.verbosity > QUIET and self.console is not False and stream.isatty()
+
+
+_display = LogDisplay()
+
+
+def log_display() -> LogDisplay:
+    """What the last :func:`configure_logging` chose (the defaults before any)."""
+    return _display
+
+
+def configure_logging(
+    *,
+    stream: TextIO | None = None,
+    json_lines: bool | None = None,
+    verbosity: int = NORMAL,
+) -> None:
     """Send structlog output to stderr (or ``stream``), as JSON unless it is a terminal.
+
+    ``json_lines`` overrides the terminal detection (``--log-format``). ``verbosity`` picks
+    what is shown: :data:`QUIET` errors only; :data:`VERBOSE` everything, debug included;
+    :data:`NORMAL` info and above, except that readable (console) lines leave out the detail
+    of single requests (lines logged while a request's ``id`` is bound: retries, a row's
+    failure, the budget's reaction to one response) below error: the live progress line
+    counts them instead. JSON lines at :data:`NORMAL` carry them, as they always have.
 
     The stream is looked up at every line, not once: a live progress display that redirects
     stderr then prints log lines above itself instead of being garbled by them.
     """
+    global _display
     target = stream or sys.stderr
     if json_lines is None:
         json_lines = not target.isatty()
+    _display = LogDisplay(verbosity, console=not json_lines)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=target.isatty())
     )
+    level = {QUIET: logging.ERROR, VERBOSE: logging.DEBUG}.get(verbosity, logging.INFO)
+    detail: list[Any] = [] if json_lines or verbosity >= VERBOSE else [_drop_request_detail]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *detail,
             _add_span_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -70,10 +123,20 @@ def configure_logging(*, stream: TextIO | None = None, json_lines: bool | None =
             _scrub_secrets,  # after format_exc_info: a --debug traceback is scrubbed too
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=lambda *args: structlog.PrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _drop_request_detail(
+    _: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if method not in ("error", "critical", "exception") and all(
+        key in event for key in _REQUEST_KEYS
+    ):
+        raise structlog.DropEvent
+    return event
 
 
 @contextlib.contextmanager

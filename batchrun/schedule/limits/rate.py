@@ -2,7 +2,13 @@
 
 Effective limit of each bucket = the stricter of the job's setting and the ``limit`` header the
 server last sent; a bucket with neither does not exist, so a job without limits waits for
-nothing until a response teaches it one. ``acquire`` takes a concurrency slot, refuses at once a
+nothing until a response teaches it one. What the budget *reports* (``snapshot``: the progress
+line, the ``batchrun.limits.effective`` log) is narrower: a bucket the job configures, or one
+whose header-learned limit was seen to bind (a response said less than half of it was left,
+a 429's headers included). A server advertising limits the run never approaches (the
+simulator's 1e9 tokens a minute, an organisation's 4,000 requests a minute for a run of 16
+streams) paces nothing, so it shows nothing; the advertised values are logged at debug level
+(``batchrun.limits.learned``). ``acquire`` takes a concurrency slot, refuses at once a
 request that needs more than a bucket's whole minute, then (one request at a time, in arrival
 order) takes every bucket at once from the store; it naps while short, waking early when a
 settled attempt gives tokens back. ``settle`` gives back what an attempt did not use (all of it
@@ -31,7 +37,7 @@ from batchrun.schedule.limits.adaptive import AdaptiveConcurrency
 from batchrun.schedule.limits.bucket import Adjust, BucketSpec, Want
 from batchrun.schedule.limits.budget import BudgetWaitError, Reservation, Snapshot
 from batchrun.schedule.limits.fit import refuse_if_never_fits, unused
-from batchrun.schedule.limits.headers import read_ratelimit_headers, read_retry_after
+from batchrun.schedule.limits.headers import ServerView, read_ratelimit_headers, read_retry_after
 from batchrun.schedule.limits.store import PAUSED, BudgetStore, MemoryStore, StoreUnavailable
 
 __all__ = ["DEFAULT_PAUSE_S", "CountTokens", "RateBudget", "RequestCost"]
@@ -79,6 +85,8 @@ class RateBudget:
     ) -> None:
         self._configured = {name: configured.get(name) for name in _LIMIT_KEYS}
         self._learned: dict[str, int] = {}
+        self._bound: set[str] = set()  # learned limits seen to bind: reported
+        self._reported: dict[str, int | None] = dict.fromkeys(_LIMIT_KEYS.values())
         self._specs: dict[str, BucketSpec] = {}
         self._store = store
         self._clock = clock
@@ -195,11 +203,8 @@ class RateBudget:
         if reservation.slot:
             self._slots.release()
         views = read_ratelimit_headers(attempt.ratelimit_headers)
-        for name, view in views.items():
-            if view.limit is not None:
-                self._learned[name] = view.limit
         if views:
-            self._refresh_specs()
+            self._learn(views)
         pause_s = self._pause_s(attempt)
         changes = self._give_back(reservation, attempt) + self._tighten(views, attempt, pause_s)
         self._on_outcome(reservation, attempt, pause_s)
@@ -289,6 +294,19 @@ class RateBudget:
 
     # -- the rest --------------------------------------------------------------------------
 
+    def _learn(self, views: Mapping[str, ServerView]) -> None:
+        """Take the limits a response's headers advertise; note those seen to bind."""
+        before = dict(self._learned)
+        for name, view in views.items():
+            if view.limit is not None:
+                self._learned[name] = view.limit
+            limit = self._learned.get(name)
+            if limit is not None and view.remaining is not None and 2 * view.remaining < limit:
+                self._bound.add(name)
+        if self._learned != before:
+            log.debug("batchrun.limits.learned", **self._learned)
+        self._refresh_specs()
+
     def _refresh_specs(self) -> None:
         specs = {}
         for name, configured in self._configured.items():
@@ -296,9 +314,20 @@ class RateBudget:
             limits = [v for v in (configured, learned) if v is not None]
             if limits:
                 specs[name] = BucketSpec.per_minute(name, min(limits))
-        if specs != self._specs:
-            self._specs = specs
+        self._specs = specs
+        reported = self._limits()
+        if reported != self._reported:
+            self._reported = reported
             log.info("batchrun.limits.effective", **self.snapshot())
+
+    def _limits(self) -> dict[str, int | None]:
+        """The per-minute limits the budget reports: configured, or learned and seen to bind."""
+        out: dict[str, int | None] = {}
+        for name, key in _LIMIT_KEYS.items():
+            spec = self._specs.get(name)
+            shown = self._configured[name] is not None or name in self._bound
+            out[key] = round(spec.rate * 60) if spec is not None and shown else None
+        return out
 
     async def _call(self, op: Callable[[BudgetStore], T]) -> T:
         """Run a store operation, off the event loop when the store blocks; fall back to an
@@ -324,9 +353,7 @@ class RateBudget:
             "max_concurrency": self._slots.maximum,
             "in_flight": self._slots.in_use,
         }
-        for name, key in _LIMIT_KEYS.items():
-            spec = self._specs.get(name)
-            out[key] = round(spec.rate * 60) if spec is not None else None
+        out.update(self._limits())
         out["paused_s"] = round(max(0.0, self._paused_until - self._clock()), 3)
         out["rate_limited"] = self._rate_limited
         out["overloaded"] = self._overloaded
