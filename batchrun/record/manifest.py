@@ -35,10 +35,10 @@ def manifest(
     message: str | None,
 ) -> dict[str, Any]:
     """run.json: how the run went, the job as resolved (no secrets), versions, and the cost of
-    the rows in the folder at the streaming and the batch rate. Called after compaction."""
-    results = pl.scan_parquet(run_dir / "results.parquet").select(
-        "model", "input_tokens", "output_tokens"
-    )
+    the rows in the folder (the sum of their ``cost_usd``, at both rates, with the prompt
+    cache's part: see :func:`~batchrun.record.cost.estimate_cost`). Called after compaction."""
+    # estimate_cost reads only its columns (nulls for any a folder's file predates).
+    results = pl.scan_parquet(run_dir / "results.parquet")
     return {
         "run_id": run_id,
         "status": status,

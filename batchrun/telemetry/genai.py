@@ -1,22 +1,33 @@
 """A request's GenAI telemetry: its span, one child span per attempt, and its metrics.
 
-Follows the OpenTelemetry GenAI client conventions. :class:`RequestTelemetry` is made once per
-run (the attributes every request shares, the link to the run's span) and used by the stream
-driver for each request; it decides nothing about a request and never sees a header or the key.
-Prompt and completion text reach a span only with ``capture_content``.
+Follows the OpenTelemetry GenAI client conventions (and their Anthropic page: the API's
+``input_tokens`` is the uncached part, so ``gen_ai.usage.input_tokens`` adds the cache reads and
+writes to it). :class:`RequestTelemetry` is made once per run (the attributes every request
+shares, the link to the run's span) and used by the stream driver for each request; it decides
+nothing about a request and never sees a header or the key. Prompt and completion text reach a
+span only with ``capture_content``.
+
+With ``OTEL_SEMCONV_STABILITY_OPT_IN`` holding ``gen_ai_latest_experimental``, the newest
+experimental names are emitted beside today's: the ``gen_ai.client.inference.usage.*`` token
+counters (input, output, cache read, cache write, reasoning; ``gen_ai.token.modality``
+``unknown``, as the API does not split by modality), the per-operation
+``gen_ai.client.inference.operation.{input,output}_tokens`` histograms, and the span attributes
+``gen_ai.request.stream`` and ``gen_ai.response.time_to_first_chunk``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
+import batchrun
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
 from batchrun.job.schema import Job
@@ -38,12 +49,53 @@ _METRIC_KEYS = frozenset(
 )
 
 
+OPT_IN_ENV = "OTEL_SEMCONV_STABILITY_OPT_IN"
+LATEST = "gen_ai_latest_experimental"
+
+
+def latest_experimental(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` (a comma-separated list) asks for the newest
+    experimental GenAI conventions."""
+    return LATEST in {v.strip() for v in environ.get(OPT_IN_ENV, "").split(",")}
+
+
+class LatestInstruments:
+    """The newest experimental GenAI token metrics (emitted only when opted in)."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        def counter(name: str, description: str) -> metrics.Counter:
+            return meter.create_counter(
+                f"gen_ai.client.inference.usage.{name}", unit="{token}", description=description
+            )
+
+        self.usage = {
+            "input": counter("input_tokens", "Input tokens, cached ones included"),
+            "output": counter("output_tokens", "Output tokens, reasoning included"),
+            "cache_read": counter("cache_read.input_tokens", "Input tokens read from the cache"),
+            "cache_write": counter("cache_write.input_tokens", "Input tokens written to it"),
+            "reasoning": counter("reasoning.output_tokens", "Output tokens of reasoning"),
+        }
+        self.operation = {
+            kind: meter.create_histogram(
+                f"gen_ai.client.inference.operation.{kind}_tokens",
+                unit="{token}",
+                description=f"{kind.capitalize()} tokens per operation",
+            )
+            for kind in ("input", "output")
+        }
+
+
 class RequestTelemetry:
     """Spans and metrics for the requests of one run."""
 
     def __init__(self, job: Job, telemetry: Telemetry, run_span: SpanContext, clock: Clock) -> None:
         self.tracer = telemetry.tracer
         self.instruments = telemetry.instruments
+        self.latest = (
+            LatestInstruments(telemetry.meter_provider.get_meter("batchrun", batchrun.__version__))
+            if latest_experimental()
+            else None
+        )
         self.clock = clock
         self.capture_content = job.telemetry.capture_content
         # The same for every request of the run: made once, not per request.
@@ -54,11 +106,15 @@ class RequestTelemetry:
         self.span_name = f"{self.span_attributes['gen_ai.operation.name']} {job.request.model}"
         self.links = [Link(run_span)]
 
-    def start(self, item: RequestItem, queued_at: float) -> trace.Span:
+    def start(
+        self, item: RequestItem, queued_at: float, body: Mapping[str, Any] | None = None
+    ) -> trace.Span:
         """The request's span, from when it was queued. Each request is a trace of its own, so
-        a row's trace_id finds just that request; the link leads to the run's span."""
+        a row's trace_id finds just that request; the link leads to the run's span. ``body``
+        (the request as sent) gives the ``gen_ai.request.*`` attributes of what it asks for."""
         attributes = {
             **self.span_attributes,
+            **(request_attributes(body, latest=self.latest is not None) if body else {}),
             "batchrun.id": item.id,
             "batchrun.sample": item.sample,
         }
@@ -140,9 +196,12 @@ class RequestTelemetry:
             return
         if attempt.chunk_offsets:
             instruments.ttft.record(attempt.chunk_offsets[0], attributes)
-        for kind, count in (("input", done.input_tokens), ("output", done.output_tokens)):
+        input_total = total_input_tokens(done)
+        for kind, count in (("input", input_total), ("output", done.output_tokens)):
             if count is not None:
                 instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+        if self.latest is not None:
+            _latest_metrics(self.latest, done, input_total, attributes)
 
     def retried(self, error: AttemptError) -> None:
         self.instruments.retries.add(1, {**self.metric_attributes, "error.type": error.error_type})
@@ -150,11 +209,22 @@ class RequestTelemetry:
     def failed(self, error: AttemptError) -> None:
         self.instruments.errors.add(1, {**self.metric_attributes, "error.type": error.error_type})
 
-    def end(self, span: trace.Span, error: AttemptError | None, final: Attempt | None) -> None:
-        """End the request's span when its last attempt ended, with the response's facts."""
+    def end(
+        self,
+        span: trace.Span,
+        error: AttemptError | None,
+        final: Attempt | None,
+        cost_usd: float | None = None,
+    ) -> None:
+        """End the request's span when its last attempt ended, with the response's facts and
+        its cost (``batchrun.cost_usd``, the row's)."""
         done = final.completion if final is not None else None
         if done is not None and error is None:
             _response_attributes(span, done, self.capture_content)
+            if cost_usd is not None:
+                span.set_attribute("batchrun.cost_usd", cost_usd)
+            if self.latest is not None and final is not None and final.ttft_s is not None:
+                span.set_attribute("gen_ai.response.time_to_first_chunk", final.ttft_s)
         if error is not None:
             span.set_attribute("error.type", error.error_type)
             span.set_status(Status(StatusCode.ERROR, error.message[:200]))
@@ -169,15 +239,92 @@ def _response_attributes(span: trace.Span, done: Completion, capture_content: bo
         span.set_attribute("gen_ai.response.model", done.response_model)
     if done.stop_reason:
         span.set_attribute("gen_ai.response.finish_reasons", [done.stop_reason])
-    if done.input_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", done.input_tokens)
+    input_total = total_input_tokens(done)
+    if input_total is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_total)
     if done.output_tokens is not None:
         span.set_attribute("gen_ai.usage.output_tokens", done.output_tokens)
+    for name, value in (
+        ("gen_ai.usage.cache_read.input_tokens", done.cache_read_input_tokens),
+        ("gen_ai.usage.cache_creation.input_tokens", done.cache_creation_input_tokens),
+        ("gen_ai.usage.reasoning.output_tokens", done.reasoning_output_tokens),
+        ("anthropic.response.service_tier", done.service_tier),
+    ):
+        if value is not None:
+            span.set_attribute(name, value)
     if capture_content:
         span.set_attribute(
             "gen_ai.output.messages",
             json.dumps([{"role": "assistant", "content": done.text}], ensure_ascii=False),
         )
+
+
+def total_input_tokens(done: Completion) -> int | None:
+    """The input as the conventions count it for Anthropic: the API's ``input_tokens`` (the
+    uncached part) plus cache reads plus cache writes; ``None`` when no count was sent."""
+    parts = (done.input_tokens, done.cache_read_input_tokens, done.cache_creation_input_tokens)
+    if all(part is None for part in parts):
+        return None
+    return sum(part or 0 for part in parts)
+
+
+def _latest_metrics(
+    latest: LatestInstruments, done: Completion, input_total: int | None, base: dict[str, Any]
+) -> None:
+    attributes = {**base, "gen_ai.token.modality": "unknown"}
+    for kind, count in (
+        ("input", input_total),
+        ("output", done.output_tokens),
+        ("cache_read", done.cache_read_input_tokens),
+        ("cache_write", done.cache_creation_input_tokens),
+        ("reasoning", done.reasoning_output_tokens),
+    ):
+        if count is not None:
+            latest.usage[kind].add(count, attributes)
+    for kind, count in (("input", input_total), ("output", done.output_tokens)):
+        if count is not None:
+            latest.operation[kind].record(count, base)
+
+
+def request_attributes(body: Mapping[str, Any], *, latest: bool = False) -> dict[str, Any]:
+    """The ``gen_ai.request.*`` attributes of what a request body asks for beyond the model and
+    its limit: stop sequences, thinking, effort, structured output (``gen_ai.output.type``),
+    tools, tool choice, service tier and automatic prompt caching. Read from the body as sent,
+    so whatever put a field there (a job key, ``request.extra``), the span shows it."""
+    attributes: dict[str, Any] = {}
+    stops = body.get("stop_sequences")
+    if isinstance(stops, list) and stops and all(isinstance(s, str) for s in stops):
+        attributes["gen_ai.request.stop_sequences"] = stops
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict):
+        if isinstance(thinking.get("type"), str):
+            attributes["gen_ai.request.thinking.type"] = thinking["type"]
+        if isinstance(thinking.get("budget_tokens"), int):
+            attributes["gen_ai.request.thinking.budget_tokens"] = thinking["budget_tokens"]
+    config = body.get("output_config")
+    if isinstance(config, dict):
+        if isinstance(config.get("effort"), str):
+            attributes["gen_ai.request.effort"] = config["effort"]
+        output = config.get("format")
+        if isinstance(output, dict):
+            attributes["gen_ai.output.type"] = (
+                "json" if output.get("type") == "json_schema" else str(output.get("type"))
+            )
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        attributes["gen_ai.request.tools.count"] = len(tools)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("type"), str):
+        attributes["gen_ai.request.tool_choice"] = choice["type"]
+    if isinstance(body.get("service_tier"), str):
+        attributes["gen_ai.request.service_tier"] = body["service_tier"]
+    cache = body.get("cache_control")
+    if isinstance(cache, dict):
+        ttl = cache.get("ttl")
+        attributes["gen_ai.request.prompt_cache.ttl"] = ttl if isinstance(ttl, str) else "5m"
+    if latest:
+        attributes["gen_ai.request.stream"] = body.get("stream") is True
+    return attributes
 
 
 def _run_attributes(job: Job) -> dict[str, Any]:
