@@ -23,7 +23,9 @@ from batchrun.job.schema import load_job
 from batchrun.models import Completion
 from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.run import run_job
+from batchrun.telemetry.genai import request_attributes
 from tests.conftest import JobWriter, fixture_path, no_sleep
+from tests.test_telemetry import Captured
 
 STREAMS = fixture_path("streams-2026")
 NEW_COLUMNS = [
@@ -357,3 +359,149 @@ async def test_an_older_folder_without_the_columns_resumes_and_compacts(
     cost = json.loads((run_dir / "run.json").read_text())["cost"]
     # r0 has no cost_usd or cache columns: priced from its input and output tokens alone.
     assert cost["cost_usd"] == pytest.approx((24 * 2 + 41 * 10) / 1e6 + COST_R1 + COST_R2, abs=5e-7)
+
+
+# --- OpenTelemetry: the usage, the request and the cost on spans and metrics -------------------
+
+
+@pytest.fixture
+def captured(tmp_path: Path) -> Iterator[Captured]:
+    c = Captured(tmp_path / "telemetry")
+    yield c
+    c.telemetry.shutdown()
+
+
+async def _traced_run(
+    write_job: JobWriter, tmp_path: Path, captured: Captured
+) -> tuple[pl.DataFrame, dict[str, dict[str, Any]]]:
+    server, url = await _replay_server()
+    async with server:
+        job = load_job(_replay_job(write_job, url, tmp_path))
+        outcome = await run_job(job, sleep=no_sleep, telemetry=captured.telemetry)
+    results = pl.read_parquet(outcome.run_dir / "results.parquet").sort("id")
+    spans = {
+        str(dict(s.attributes or {})["batchrun.id"]): dict(s.attributes or {})
+        for s in captured.finished()
+        if s.name == "chat claude-sonnet-5-5"
+    }
+    return results, spans
+
+
+def _sums(metric: Any, key: str) -> dict[Any, Any]:
+    """A metric's points summed by one attribute (the others, such as the response model,
+    split the points further)."""
+    sums: dict[Any, Any] = {}
+    for point in metric.data.data_points:
+        value = point.sum if hasattr(point, "sum") else point.value
+        group = dict(point.attributes)[key]
+        sums[group] = sums.get(group, 0) + value
+    return sums
+
+
+async def test_spans_carry_cache_reasoning_tier_and_cost(
+    write_job: JobWriter,
+    tmp_path: Path,
+    captured: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gen_ai.usage.input_tokens counts cache reads and writes (the Anthropic convention), the
+    cache and reasoning counts and the tier are beside it, and the row's cost is on the span."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
+    results, spans = await _traced_run(write_job, tmp_path, captured)
+    assert {k: spans["r0"][k] for k in spans["r0"] if k.startswith("gen_ai.usage.")} == {
+        "gen_ai.usage.input_tokens": 24 + 2048,
+        "gen_ai.usage.output_tokens": 41,
+        "gen_ai.usage.cache_read.input_tokens": 0,
+        "gen_ai.usage.cache_creation.input_tokens": 2048,
+        "gen_ai.usage.reasoning.output_tokens": 33,
+    }
+    assert spans["r1"]["gen_ai.usage.input_tokens"] == 31 + 2048
+    assert spans["r1"]["gen_ai.usage.cache_read.input_tokens"] == 2048
+    assert "gen_ai.usage.reasoning.output_tokens" not in spans["r1"]
+    assert spans["r2"]["gen_ai.usage.input_tokens"] == 2630 + 1000
+    assert spans["r2"]["anthropic.response.service_tier"] == "priority"
+    for row in results.iter_rows(named=True):
+        assert spans[row["id"]]["batchrun.cost_usd"] == row["cost_usd"]
+        assert "gen_ai.request.stream" not in spans[row["id"]]  # the newest names: opt-in only
+    metrics = captured.metric_names()
+    assert _sums(metrics["gen_ai.client.token.usage"], "gen_ai.token.type") == {
+        "input": (24 + 2048) + (31 + 2048) + (2630 + 1000),
+        "output": 41 + 52 + 95,
+    }
+    assert not [name for name in metrics if name.startswith("gen_ai.client.inference.")]
+
+
+async def test_the_newest_names_come_with_the_opt_in(
+    write_job: JobWriter,
+    tmp_path: Path,
+    captured: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental adds the inference usage
+    counters and per-operation histograms and the newest span attributes; today's stay."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
+    results, spans = await _traced_run(write_job, tmp_path, captured)
+    metrics = captured.metric_names()
+    assert "gen_ai.client.token.usage" in metrics
+    prefix = "gen_ai.client.inference.usage."
+    counters = {
+        name.removeprefix(prefix): _sums(metric, "gen_ai.token.modality")
+        for name, metric in metrics.items()
+        if name.startswith(prefix)
+    }
+    assert counters == {
+        "input_tokens": {"unknown": (24 + 2048) + (31 + 2048) + (2630 + 1000)},
+        "output_tokens": {"unknown": 41 + 52 + 95},
+        "cache_read.input_tokens": {"unknown": 2048},
+        "cache_write.input_tokens": {"unknown": 2048 + 1000},
+        "reasoning.output_tokens": {"unknown": 33},
+    }
+    per_input = metrics["gen_ai.client.inference.operation.input_tokens"].data.data_points
+    assert sum(p.count for p in per_input) == 3
+    assert max(p.max for p in per_input) == 2630 + 1000
+    per_output = metrics["gen_ai.client.inference.operation.output_tokens"].data.data_points
+    assert (sum(p.count for p in per_output), sum(p.sum for p in per_output)) == (3, 41 + 52 + 95)
+    for row in results.iter_rows(named=True):
+        assert spans[row["id"]]["gen_ai.request.stream"] is True
+        assert spans[row["id"]]["gen_ai.response.time_to_first_chunk"] == row["ttft_s"]
+
+
+def test_request_attributes_come_from_the_body() -> None:
+    """Thinking, effort, structured output, tools, tool choice, tier, automatic caching and stop
+    sequences in a body become gen_ai.request.* (and gen_ai.output.type) attributes."""
+    body = {
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 1024,
+        "messages": [],
+        "stream": True,
+        "stop_sequences": ["END"],
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "output_config": {
+            "effort": "high",
+            "format": {"type": "json_schema", "schema": {"type": "object"}},
+        },
+        "tools": [{"name": "a", "input_schema": {}}, {"name": "b", "input_schema": {}}],
+        "tool_choice": {"type": "any"},
+        "service_tier": "auto",
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+    assert request_attributes(body) == {
+        "gen_ai.request.stop_sequences": ["END"],
+        "gen_ai.request.thinking.type": "enabled",
+        "gen_ai.request.thinking.budget_tokens": 2048,
+        "gen_ai.request.effort": "high",
+        "gen_ai.output.type": "json",
+        "gen_ai.request.tools.count": 2,
+        "gen_ai.request.tool_choice": "any",
+        "gen_ai.request.service_tier": "auto",
+        "gen_ai.request.prompt_cache.ttl": "1h",
+    }
+    adaptive = {"thinking": {"type": "adaptive"}, "cache_control": {"type": "ephemeral"}}
+    assert request_attributes(adaptive, latest=True) == {
+        "gen_ai.request.thinking.type": "adaptive",
+        "gen_ai.request.prompt_cache.ttl": "5m",
+        "gen_ai.request.stream": False,
+    }
+    assert request_attributes({"model": "m", "messages": []}) == {}
