@@ -23,7 +23,7 @@ from batchrun.job.schema import load_job
 from batchrun.models import Completion
 from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.run import run_job
-from batchrun.telemetry.genai import request_attributes
+from batchrun.telemetry.semconv import request_attributes
 from tests.conftest import JobWriter, fixture_path, no_sleep
 from tests.test_telemetry import Captured
 
