@@ -312,14 +312,16 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def _summary(outcome: RunOutcome) -> str:
-    """The closing lines: how the run ended, what --limit left out, where the results are."""
+    """The closing lines: how the run ended, what --limit left out, its cost, where the results
+    are."""
     ok, error = outcome.counts.get("ok", 0), outcome.counts.get("error", 0)
     covered = ""
     if outcome.limited:
         total = "?" if outcome.input_rows_total is None else f"{outcome.input_rows_total:,}"
         covered = f"{outcome.input_rows or 0:,} of {total} rows (--limit): "
+    cost = f"; {outcome.cost}" if outcome.cost else ""
     line = (
-        f"batchrun: {outcome.status}: {covered}{ok} ok, {error} error; "
+        f"batchrun: {outcome.status}: {covered}{ok} ok, {error} error{cost}; "
         f"results in {outcome.run_dir / 'results.parquet'}"
     )
     if outcome.message:

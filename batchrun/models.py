@@ -62,7 +62,11 @@ class Completion:
     ``text`` joins every text delta of every text block in order (the legacy API: every
     ``completion`` fragment). ``content_json`` (Messages only) is the content blocks as a
     non-streaming response would hold them, as JSON. Token counts are the last values the stream
-    sent; ``None`` where the API sends none (the legacy API never does).
+    sent; ``None`` where the API sends none (the legacy API never does). ``input_tokens`` is the
+    API's own count, the uncached part of the input; the cache counts are beside it.
+    ``usage_json`` is the final usage object as the API sent it (see
+    :class:`~batchrun.apis.messages_fold.MessagesFold` for how a stream's two usages merge);
+    ``reasoning_output_tokens`` is the thinking part of ``output_tokens`` when the API reports it.
     """
 
     text: str
@@ -73,6 +77,13 @@ class Completion:
     output_tokens: int | None = None
     response_id: str | None = None
     response_model: str | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_creation_5m_input_tokens: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
+    service_tier: str | None = None
+    usage_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,8 @@ class Attempt:
 
     Times are monotonic clock readings; ``chunk_offsets`` are seconds after ``sent_at``.
     ``output_tokens_seen`` counts the output that arrived, also when the attempt failed.
+    ``ttft_text_s`` is when the first text delta arrived (after any thinking or tool input),
+    seconds after ``sent_at``; ``None`` when no text came.
     ``ratelimit_headers`` holds the response headers the API's rate budget learns from
     (``anthropic-ratelimit-*`` and ``retry-after``, lower-case names).
     """
@@ -94,6 +107,7 @@ class Attempt:
     error: AttemptError | None = None
     output_tokens_seen: int | None = None
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    ttft_text_s: float | None = None
 
     @property
     def ttft_s(self) -> float | None:
@@ -153,3 +167,4 @@ class RunOutcome:
     input_rows: int | None = None  # rows of the input the run covered (after --limit)
     input_rows_total: int | None = None  # rows of the whole input (before --limit)
     limited: bool = False  # --limit left some of the input's rows out of the run
+    cost: str | None = None  # the cost in words, for the closing line (record.cost.cost_text)

@@ -40,6 +40,7 @@ from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input, count_rows
 from batchrun.load.resume import pending_items, resume_plan
 from batchrun.models import RequestItem, RunOutcome, RunStatus, Stop
+from batchrun.record.cost import cost_text
 from batchrun.record.folder import check_entries, compact, open_run_dir, translated
 from batchrun.record.lock import RunLock
 from batchrun.record.manifest import manifest
@@ -243,6 +244,7 @@ async def run_job(
                 }
             )
             run_span.end(end_time=clock.epoch_ns(finished))
+        cost: str | None = None
         if stop.write_failed is None:
             record = manifest(
                 job,
@@ -259,6 +261,7 @@ async def run_job(
                 input_rows_total=total,
                 limited=limited,
             )
+            cost = cost_text(record["cost"])
             try:
                 with translated(run_dir, "writing run.json"):
                     write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
@@ -274,10 +277,21 @@ async def run_job(
         **mode.finished(),
         duration_s=round(finished - started, 3),
         results=str(run_dir / "results.parquet"),
+        **({"cost": cost} if cost else {}),
     )
     structlog.contextvars.unbind_contextvars("run_id")
     return RunOutcome(
-        run_dir, run_id, counts, code, status, message, mode.sent, summary.rows, total, limited
+        run_dir,
+        run_id,
+        counts,
+        code,
+        status,
+        message,
+        mode.sent,
+        input_rows=summary.rows,
+        input_rows_total=total,
+        limited=limited,
+        cost=cost,
     )
 
 

@@ -268,6 +268,7 @@ def test_basic_response() -> None:
         output_tokens=6,
         response_id="msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK",
         response_model="claude-3-opus-latest",
+        usage_json='{"input_tokens":11,"output_tokens":6}',  # message_start's, then the delta's
     )
     assert sum(fed) == 3  # three text deltas; start, ping, stop and the rest are not output
     assert folder.done

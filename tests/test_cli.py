@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,7 +185,7 @@ def test_quiet_off_a_terminal_prints_the_summary_alone(write_job: JobWriter) -> 
     done = batchrun(write_job(rows=20, extra=FAULTY), "-q")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [done.stderr.splitlines()[-1]]
-    assert done.stderr.startswith("batchrun: complete: 20 ok, 0 error; results in ")
+    assert re.match(r"batchrun: complete: 20 ok, 0 error; cost \$[0-9.]+; results in ", done.stderr)
 
 
 def test_run_json_records_the_options_and_a_limit(write_job: JobWriter, tmp_path: Path) -> None:
@@ -193,7 +194,9 @@ def test_run_json_records_the_options_and_a_limit(write_job: JobWriter, tmp_path
     job = write_job(rows=5)
     done = batchrun(job, "--limit", "2", "--fresh")
     assert done.returncode == 0, done.stderr
-    assert "complete: 2 of 5 rows (--limit): 2 ok, 0 error; results in" in done.stderr
+    assert re.search(
+        r"complete: 2 of 5 rows \(--limit\): 2 ok, 0 error; cost \$[0-9.]+; results in", done.stderr
+    )
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
     assert manifest["options"] == {"limit": 2, "fresh": True, "retry_errors": False}
     assert (manifest["input_rows"], manifest["input_rows_total"]) == (2, 5)

@@ -112,7 +112,7 @@ def test_quiet_prints_only_the_summary(write_job: JobWriter, terminal: Callable[
     screen = finished(pane)
     lines = [line for line in screen.splitlines() if line.strip()]
     assert len(lines) == 2, screen
-    assert lines[0].startswith("batchrun: complete: 60 ok, 0 error; results in ")
+    assert re.match(r"batchrun: complete: 60 ok, 0 error; cost \$[0-9.]+; results in ", lines[0])
     assert lines[1] == "exit=0"
 
 

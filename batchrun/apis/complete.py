@@ -168,6 +168,7 @@ class CompleteFold(FoldBase):
         if not fragment:
             return False
         self._parts.append(fragment)
+        self.text_started = True  # every fragment is answer text
         self.output_tokens_seen = len(self._parts)
         return True
 

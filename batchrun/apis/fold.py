@@ -35,6 +35,7 @@ class Fold(Protocol):
     output_tokens_seen: int | None
 
     content: int  # events so far that carried model output (for ttft and chunk times)
+    text_started: bool  # a text delta has come (for ttft_text_s: the answer itself began)
 
     def feed(self, event: ServerSentEvent) -> bool:
         """Take one event; ``True`` iff it carried model output."""
@@ -109,6 +110,7 @@ class FoldBase:
         self.done = False
         self.output_tokens_seen: int | None = 0
         self.content = 0
+        self.text_started = False
 
     def feed_all(self, events: Sequence[ServerSentEvent]) -> None:
         for event in events:

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchrun.apis.anthropic import SAMPLING_KEYS, AnthropicApi
-from batchrun.apis.fold import payload_int, payload_str
-from batchrun.apis.messages_fold import MessagesFold, blocks_text
+from batchrun.apis.fold import payload_str
+from batchrun.apis.messages_fold import MessagesFold, blocks_text, usage_fields
 from batchrun.apis.tokens import MESSAGE_OVERHEAD, content_tokens, json_tokens
 from batchrun.errors import RetryableError
 from batchrun.models import Completion, RequestItem
@@ -86,16 +86,14 @@ class Messages(AnthropicApi):
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
             raise RetryableError("invalid_response", "the message has no list of content blocks")
-        usage = message.get("usage")
         return Completion(
             text=blocks_text(content),
             stop_reason=payload_str(message, "stop_reason"),
             stop_sequence=payload_str(message, "stop_sequence"),
             content_json=json.dumps(content, ensure_ascii=False, separators=(",", ":")),
-            input_tokens=payload_int(usage, "input_tokens"),
-            output_tokens=payload_int(usage, "output_tokens"),
             response_id=payload_str(message, "id"),
             response_model=payload_str(message, "model"),
+            **usage_fields(message.get("usage")),
         )
 
 

@@ -18,7 +18,7 @@ from batchrun.apis.fold import Classify, FoldBase, payload_int, payload_str, str
 from batchrun.apis.sse import ServerSentEvent
 from batchrun.models import Completion
 
-__all__ = ["MessagesFold", "blocks_text"]
+__all__ = ["MessagesFold", "blocks_text", "usage_fields"]
 
 
 class _TextDelta(msgspec.Struct, gc=False):
@@ -80,6 +80,12 @@ class MessagesFold(FoldBase):
     Unknown delta types merge their fields (all but ``type``) into the block, replacing what the
     block had: ``compaction_delta`` fills in the compaction block's ``content`` and
     ``encrypted_content`` this way. Usage counts are cumulative: the last value wins.
+
+    ``usage_json`` is ``message_start``'s ``message.usage`` with each ``message_delta``'s
+    ``usage`` laid over it, key by key at the top level: a key the delta sends replaces the
+    start's (its counts are cumulative and supersede, markedly so on server-tool turns); a key
+    only the start sent (``service_tier``, ``cache_creation`` in today's streams) is kept. That is
+    the usage object a non-streaming response holds for the same message.
     """
 
     _events = frozenset(
@@ -106,6 +112,7 @@ class MessagesFold(FoldBase):
         self._output_tokens: int | None = None
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
+        self._usage_sent: dict[str, Any] | None = None  # merged as the class docstring says
 
     def feed(self, event: ServerSentEvent) -> bool:
         # Nearly every event is a text delta: take it in one step. Anything this does not
@@ -150,6 +157,7 @@ class MessagesFold(FoldBase):
                 super().feed(event)
             return
         block.extend("text", [payload.delta.text for payload in decoded])
+        self.text_started = True
         self._deltas += len(decoded)
         self.content += len(decoded)
         if not self._usage_seen:
@@ -189,6 +197,8 @@ class MessagesFold(FoldBase):
 
     def _usage(self, usage: Any) -> bool:
         """Keep the last counts sent; ``True`` iff this carried output_tokens."""
+        if isinstance(usage, dict):
+            self._usage_sent = {**(self._usage_sent or {}), **usage}
         input_tokens, output_tokens = (
             payload_int(usage, "input_tokens"),
             payload_int(usage, "output_tokens"),
@@ -206,10 +216,14 @@ class MessagesFold(FoldBase):
             raise stream_error("content_block_delta for a block that never started")
         kind = delta.get("type")
         if kind == "signature_delta":
-            block.data["signature"] = _required_str(delta, "signature", kind)
+            # One delta in today's streams; fragments, should they come, join in order.
+            before = block.data.get("signature")
+            signature = _required_str(delta, "signature", kind)
+            block.data["signature"] = (before if isinstance(before, str) else "") + signature
             return False
         if kind == "text_delta":
             block.append("text", _required_str(delta, "text", kind))
+            self.text_started = True
         elif kind == "thinking_delta":
             block.append("thinking", _required_str(delta, "thinking", kind))
         elif kind == "input_json_delta":
@@ -231,15 +245,17 @@ class MessagesFold(FoldBase):
         if not self.done:
             raise self._incomplete("no message_stop")
         blocks = [self._blocks[index].final() for index in sorted(self._blocks)]
+        usage = usage_fields(self._usage_sent)
+        # The counts as the stream sent them, also where a usage was not an object.
+        usage.update(input_tokens=self._input_tokens, output_tokens=self._output_tokens)
         return Completion(
             text=blocks_text(blocks),
             stop_reason=self._stop_reason,
             stop_sequence=self._stop_sequence,
             content_json=json.dumps(blocks, ensure_ascii=False, separators=(",", ":")),
-            input_tokens=self._input_tokens,
-            output_tokens=self._output_tokens,
             response_id=self._id,
             response_model=self._model,
+            **usage,
         )
 
 
@@ -248,6 +264,31 @@ def _required_str(delta: dict[str, Any], key: str, kind: str) -> str:
     if not isinstance(value, str):
         raise stream_error(f"{kind} without a string {key!r}")
     return value
+
+
+def usage_fields(usage: Any) -> dict[str, Any]:
+    """A usage object as :class:`~batchrun.models.Completion`'s usage fields: the token counts,
+    the cache counts (``cache_creation`` split by TTL), ``service_tier``, the reasoning part of
+    the output (``output_tokens_details.thinking_tokens``, or ``reasoning_tokens``, when sent)
+    and the object itself as JSON. Fields the usage lacks are ``None``."""
+    if not isinstance(usage, dict):
+        return {}
+    split = usage.get("cache_creation")
+    details = usage.get("output_tokens_details")
+    reasoning = payload_int(details, "thinking_tokens")
+    return {
+        "input_tokens": payload_int(usage, "input_tokens"),
+        "output_tokens": payload_int(usage, "output_tokens"),
+        "cache_read_input_tokens": payload_int(usage, "cache_read_input_tokens"),
+        "cache_creation_input_tokens": payload_int(usage, "cache_creation_input_tokens"),
+        "cache_creation_5m_input_tokens": payload_int(split, "ephemeral_5m_input_tokens"),
+        "cache_creation_1h_input_tokens": payload_int(split, "ephemeral_1h_input_tokens"),
+        "reasoning_output_tokens": reasoning
+        if reasoning is not None
+        else payload_int(details, "reasoning_tokens"),
+        "service_tier": payload_str(usage, "service_tier"),
+        "usage_json": json.dumps(usage, ensure_ascii=False, separators=(",", ":")),
+    }
 
 
 def blocks_text(blocks: list[dict[str, Any]]) -> str:

@@ -24,6 +24,7 @@ from batchrun.batch.rows import BatchTimes, settle
 from batchrun.batch.state import BatchRecord, iter_entries
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
+from batchrun.job.prices import CacheRates
 from batchrun.record.parquet import ResultsWriter
 
 __all__ = ["Recorder", "times_of"]
@@ -47,6 +48,7 @@ class Recorder:
     model: str
     max_attempts: int
     clock: Clock
+    rates: CacheRates | None = None  # the model's batch rates, for each row's cost_usd
     rows: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
 
     def record(
@@ -62,6 +64,7 @@ class Recorder:
             times=times,
             may_retry=may_retry and entry.attempt < self.max_attempts,
             clock=self.clock,
+            rates=self.rates,
         )
         if settled.result is None:
             self.writer.add_attempts([settled.attempt])

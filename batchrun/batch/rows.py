@@ -20,6 +20,7 @@ from batchrun.batch.api import parse_time
 from batchrun.batch.entries import Entry
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError, PermanentError, RetryableError
+from batchrun.job.prices import CacheRates
 from batchrun.models import Attempt, Completion, RequestItem
 from batchrun.record.schema import attempt_row, result_row
 
@@ -29,6 +30,7 @@ _TIMING = (
     "queue_s",
     "retry_wait_s",
     "ttft_s",
+    "ttft_text_s",
     "e2e_s",
     "tpot_s",
     "output_tokens_per_s",
@@ -94,10 +96,11 @@ def settle(
     times: BatchTimes,
     may_retry: bool,
     clock: Clock,
+    rates: CacheRates | None = None,
 ) -> Settled:
     """The rows of ``entry``'s ``result`` (a result object, or an error that stands for one);
     a retryable error with ``may_retry`` gets no result row (the request goes again, as
-    attempt ``entry.attempt + 1``)."""
+    attempt ``entry.attempt + 1``). ``rates`` (the batch rates) price the row."""
     got = result if isinstance(result, AttemptError) else outcome(result, api)
     error = got if isinstance(got, AttemptError) else None
     completion = got if isinstance(got, Completion) else None
@@ -121,6 +124,7 @@ def settle(
         trace_id=None,
         request_hash=entry.request_hash,
         clock=clock,
+        rates=rates,
     )
     row.update(dict.fromkeys(_TIMING))
     row.update(started_at=parse_time(entry.first_at) or times.created, finished_at=times.ended)

@@ -41,6 +41,7 @@ from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop
+from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
 
 __all__ = ["Session"]
@@ -81,6 +82,7 @@ class Session:
             self.job.request.model,
             self.job.retry.max_attempts,
             self.clock,
+            rates_for(self.job.request.model, self.job.prices, "batch"),
         )
 
     def save(self) -> None:

@@ -68,11 +68,14 @@ async def stream_attempt(
     fold = api.new_fold()
     response = _Response()
     offsets: list[float] = []
+    text_at: list[float] = []  # when the first text delta arrived, once it has
     completion = None
     error: AttemptError | None = None
     try:
         async with asyncio.timeout(total_s):
-            await _read(client, api, body, response, fold, sent_at, offsets, clock, on_chunk)
+            await _read(
+                client, api, body, response, fold, sent_at, (offsets, text_at), clock, on_chunk
+            )
         completion = fold.result()
     except AttemptError as exc:
         error = exc
@@ -102,6 +105,7 @@ async def stream_attempt(
         error=error,
         output_tokens_seen=fold.output_tokens_seen,
         ratelimit_headers={k: scrub.short(v) for k, v in response.kept_headers.items()},
+        ttft_text_s=text_at[0] if text_at else None,
     )
 
 
@@ -129,10 +133,13 @@ async def _read(
     seen: _Response,
     fold: Fold,
     sent_at: float,
-    offsets: list[float],
+    arrivals: tuple[list[float], list[float]],
     clock: Clock,
     on_chunk: Callable[[float], None] | None,
 ) -> None:
+    """Read the stream into ``fold``; ``arrivals`` gets the offset of every content event and
+    the offset of the read that brought the first text delta."""
+    offsets, text_at = arrivals
     async with client.open_stream(api.path, body) as response:
         seen.http_status = response.status_code
         seen.request_id = response.headers.get(api.request_id_header)
@@ -154,6 +161,8 @@ async def _read(
             try:
                 feed_all(decoder.feed(chunk))
             finally:  # an error event may follow content in the same read
+                if not text_at and fold.text_started:
+                    text_at.append(arrived)
                 if content := fold.content - before:
                     offsets.extend([arrived] * content)
                     if on_chunk is not None:

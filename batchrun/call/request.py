@@ -29,6 +29,7 @@ from batchrun.clock import Clock, Sleep
 from batchrun.errors import AttemptError, FatalAPIError, RetryableError
 from batchrun.job.schema import Job
 from batchrun.models import Attempt, RequestItem
+from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
 from batchrun.record.schema import attempt_row, result_row
 from batchrun.schedule.limits import Budget, BudgetWaitError
@@ -80,7 +81,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
     api = job.request.api_spec
     body, request_hash = build_request(api, item, job.request.params)
     sent = _Sent()
-    span = tel.start(item, queued_at)
+    span = tel.start(item, queued_at, body)
     trace_id = format(span.get_span_context().trace_id, "032x")
     with (
         trace.use_span(span, end_on_exit=False),
@@ -156,8 +157,9 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
             trace_id=trace_id,
             request_hash=request_hash,
             clock=ctx.clock,
+            rates=rates_for(job.request.model, job.prices),
         )
-        tel.end(span, error, sent.final)
+        tel.end(span, error, sent.final, row["cost_usd"])
 
     def record() -> None:
         ctx.writer.add(row, sent.rows)

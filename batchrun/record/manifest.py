@@ -40,15 +40,15 @@ def manifest(
     limited: bool,
 ) -> dict[str, Any]:
     """run.json: how the run went, the job as resolved (no secrets), the command-line options
-    that shaped it, versions, and the cost of the rows in the folder at the streaming and the
-    batch rate. Called after compaction.
+    that shaped it, versions, and the cost of the rows in the folder (the sum of their
+    ``cost_usd``, at both rates, with the prompt cache's part: see
+    :func:`~batchrun.record.cost.estimate_cost`). Called after compaction.
 
     ``options`` holds ``limit``, ``fresh`` and ``retry_errors`` as given. ``input_rows`` is
     what the run covered, ``input_rows_total`` the whole input (null if it could not be
     counted); ``limited``, that ``--limit`` left rows out."""
-    results = pl.scan_parquet(run_dir / "results.parquet").select(
-        "model", "input_tokens", "output_tokens"
-    )
+    # estimate_cost reads only its columns (nulls for any a folder's file predates).
+    results = pl.scan_parquet(run_dir / "results.parquet")
     return {
         "run_id": run_id,
         "status": status,

@@ -16,7 +16,9 @@ import polars as pl
 
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
+from batchrun.job.prices import CacheRates
 from batchrun.models import Attempt, RequestItem
+from batchrun.record.cost import row_cost
 
 __all__ = ["ATTEMPT_SCHEMA", "RESULT_SCHEMA", "attempt_row", "result_row"]
 
@@ -53,6 +55,16 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     # An addition to the contract: sha256 of the request as sent (API path and JSON body), so a
     # resumed run can tell that the job still asks for the same thing.
     "request_hash": pl.String,
+    # Second release (CONTRACT.md, Additions), after the first release's columns. From the
+    # final usage (the stream's, or the batch result's); null where it had none.
+    "cache_read_input_tokens": pl.Int64,
+    "cache_creation_input_tokens": pl.Int64,
+    "cache_creation_5m_input_tokens": pl.Int64,
+    "cache_creation_1h_input_tokens": pl.Int64,
+    "service_tier": pl.String,
+    "usage_json": pl.String,
+    "ttft_text_s": pl.Float64,  # first text delta minus request sent, on the successful attempt
+    "cost_usd": pl.Float64,  # list prices with cache prices, at the mode's rate
 }
 
 ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
@@ -119,9 +131,11 @@ def result_row(
     trace_id: str | None,
     request_hash: str,
     clock: Clock,
+    rates: CacheRates | None = None,
 ) -> dict[str, Any]:
     """The results.parquet row of one request, from its last attempt; timing from the
-    successful attempt only, so a failed attempt's text or timing never leaks in."""
+    successful attempt only, so a failed attempt's text or timing never leaks in.
+    ``rates`` prices the row (``cost_usd``) at the mode's rate; ``None``: no price."""
     row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
     row.update(
         run_id=run_id,
@@ -147,14 +161,25 @@ def result_row(
         offsets = final.chunk_offsets
         out = done.output_tokens
         e2e = final.e2e_s
+        usage = {
+            "input_tokens": done.input_tokens,
+            "output_tokens": out,
+            "cache_read_input_tokens": done.cache_read_input_tokens,
+            "cache_creation_input_tokens": done.cache_creation_input_tokens,
+            "cache_creation_5m_input_tokens": done.cache_creation_5m_input_tokens,
+            "cache_creation_1h_input_tokens": done.cache_creation_1h_input_tokens,
+        }
         row.update(
+            usage,
+            cost_usd=row_cost(rates, **usage),
+            service_tier=_utf8(done.service_tier),
+            usage_json=_utf8(done.usage_json),
             completion=_utf8(done.text),
             content_json=_utf8(done.content_json),
             stop_reason=done.stop_reason,
             stop_sequence=_utf8(done.stop_sequence),
-            input_tokens=done.input_tokens,
-            output_tokens=out,
             ttft_s=final.ttft_s,
+            ttft_text_s=final.ttft_text_s,
             e2e_s=e2e,
             chunk_offsets_s=offsets,
             tpot_s=(offsets[-1] - offsets[0]) / (out - 1)

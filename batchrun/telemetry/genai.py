@@ -1,15 +1,24 @@
 """A request's GenAI telemetry: its span, one child span per attempt, and its metrics.
 
-Follows the OpenTelemetry GenAI client conventions. :class:`RequestTelemetry` is made once per
-run (the attributes every request shares, the link to the run's span) and used by the stream
-driver for each request; it decides nothing about a request and never sees a header or the key.
-Prompt and completion text reach a span only with ``capture_content``.
+Follows the OpenTelemetry GenAI client conventions (and their Anthropic page: the API's
+``input_tokens`` is the uncached part, so ``gen_ai.usage.input_tokens`` adds the cache reads and
+writes to it). :class:`RequestTelemetry` is made once per run (the attributes every request
+shares, the link to the run's span) and used by the stream driver for each request; it decides
+nothing about a request and never sees a header or the key. Prompt and completion text reach a
+span only with ``capture_content``.
+
+With ``OTEL_SEMCONV_STABILITY_OPT_IN`` holding ``gen_ai_latest_experimental``, the newest
+experimental names are emitted beside today's: the ``gen_ai.client.inference.usage.*`` token
+counters (input, output, cache read, cache write, reasoning; ``gen_ai.token.modality``
+``unknown``, as the API does not split by modality), the per-operation
+``gen_ai.client.inference.operation.{input,output}_tokens`` histograms, and the span attributes
+``gen_ai.request.stream`` and ``gen_ai.response.time_to_first_chunk``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,10 +26,18 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
+import batchrun
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
 from batchrun.job.schema import Job
 from batchrun.models import Attempt, Completion, RequestItem
+from batchrun.telemetry.semconv import (
+    LatestInstruments,
+    latest_experimental,
+    record_latest,
+    request_attributes,
+    total_input_tokens,
+)
 from batchrun.telemetry.setup import Telemetry
 
 __all__ = ["RequestTelemetry"]
@@ -44,6 +61,11 @@ class RequestTelemetry:
     def __init__(self, job: Job, telemetry: Telemetry, run_span: SpanContext, clock: Clock) -> None:
         self.tracer = telemetry.tracer
         self.instruments = telemetry.instruments
+        self.latest = (
+            LatestInstruments(telemetry.meter_provider.get_meter("batchrun", batchrun.__version__))
+            if latest_experimental()
+            else None
+        )
         self.clock = clock
         self.capture_content = job.telemetry.capture_content
         # The same for every request of the run: made once, not per request.
@@ -54,11 +76,15 @@ class RequestTelemetry:
         self.span_name = f"{self.span_attributes['gen_ai.operation.name']} {job.request.model}"
         self.links = [Link(run_span)]
 
-    def start(self, item: RequestItem, queued_at: float) -> trace.Span:
+    def start(
+        self, item: RequestItem, queued_at: float, body: Mapping[str, Any] | None = None
+    ) -> trace.Span:
         """The request's span, from when it was queued. Each request is a trace of its own, so
-        a row's trace_id finds just that request; the link leads to the run's span."""
+        a row's trace_id finds just that request; the link leads to the run's span. ``body``
+        (the request as sent) gives the ``gen_ai.request.*`` attributes of what it asks for."""
         attributes = {
             **self.span_attributes,
+            **(request_attributes(body, latest=self.latest is not None) if body else {}),
             "batchrun.id": item.id,
             "batchrun.sample": item.sample,
         }
@@ -140,9 +166,12 @@ class RequestTelemetry:
             return
         if attempt.chunk_offsets:
             instruments.ttft.record(attempt.chunk_offsets[0], attributes)
-        for kind, count in (("input", done.input_tokens), ("output", done.output_tokens)):
+        input_total = total_input_tokens(done)
+        for kind, count in (("input", input_total), ("output", done.output_tokens)):
             if count is not None:
                 instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+        if self.latest is not None:
+            record_latest(self.latest, done, input_total, attributes)
 
     def retried(self, error: AttemptError) -> None:
         self.instruments.retries.add(1, {**self.metric_attributes, "error.type": error.error_type})
@@ -150,11 +179,22 @@ class RequestTelemetry:
     def failed(self, error: AttemptError) -> None:
         self.instruments.errors.add(1, {**self.metric_attributes, "error.type": error.error_type})
 
-    def end(self, span: trace.Span, error: AttemptError | None, final: Attempt | None) -> None:
-        """End the request's span when its last attempt ended, with the response's facts."""
+    def end(
+        self,
+        span: trace.Span,
+        error: AttemptError | None,
+        final: Attempt | None,
+        cost_usd: float | None = None,
+    ) -> None:
+        """End the request's span when its last attempt ended, with the response's facts and
+        its cost (``batchrun.cost_usd``, the row's)."""
         done = final.completion if final is not None else None
         if done is not None and error is None:
             _response_attributes(span, done, self.capture_content)
+            if cost_usd is not None:
+                span.set_attribute("batchrun.cost_usd", cost_usd)
+            if self.latest is not None and final is not None and final.ttft_s is not None:
+                span.set_attribute("gen_ai.response.time_to_first_chunk", final.ttft_s)
         if error is not None:
             span.set_attribute("error.type", error.error_type)
             span.set_status(Status(StatusCode.ERROR, error.message[:200]))
@@ -169,10 +209,19 @@ def _response_attributes(span: trace.Span, done: Completion, capture_content: bo
         span.set_attribute("gen_ai.response.model", done.response_model)
     if done.stop_reason:
         span.set_attribute("gen_ai.response.finish_reasons", [done.stop_reason])
-    if done.input_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", done.input_tokens)
+    input_total = total_input_tokens(done)
+    if input_total is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_total)
     if done.output_tokens is not None:
         span.set_attribute("gen_ai.usage.output_tokens", done.output_tokens)
+    for name, value in (
+        ("gen_ai.usage.cache_read.input_tokens", done.cache_read_input_tokens),
+        ("gen_ai.usage.cache_creation.input_tokens", done.cache_creation_input_tokens),
+        ("gen_ai.usage.reasoning.output_tokens", done.reasoning_output_tokens),
+        ("anthropic.response.service_tier", done.service_tier),
+    ):
+        if value is not None:
+            span.set_attribute(name, value)
     if capture_content:
         span.set_attribute(
             "gen_ai.output.messages",
