@@ -16,10 +16,14 @@ import polars as pl
 __all__ = [
     "Histogram",
     "Timeline",
+    "attempts_in_flight",
     "failed_rows",
+    "finish_rate",
     "histogram",
     "in_flight",
     "output_rate",
+    "peak_level",
+    "rate_limit_pauses",
     "seconds",
     "slowest_rows",
     "stacked_counts",
@@ -147,6 +151,58 @@ def in_flight(results: pl.DataFrame, line: Timeline) -> list[float]:
         ]
     )
     return step_average(events, line)
+
+
+def _intervals(frame: pl.DataFrame, line: Timeline, start: pl.Expr, end: pl.Expr) -> pl.DataFrame:
+    """+1 at each start, -1 at each end (seconds since the timeline's start)."""
+    spans = frame.select(s=start, e=end).drop_nulls()
+    return pl.concat(
+        [spans.select(t=pl.col("s"), d=pl.lit(1.0)), spans.select(t=pl.col("e"), d=pl.lit(-1.0))]
+    )
+
+
+def attempt_events(attempts: pl.DataFrame, line: Timeline) -> pl.DataFrame:
+    """Steps of the attempts in flight: each attempt from its ``started_at`` to ``finished_at``.
+
+    This is the concurrency the endpoint saw; backoff between attempts holds no stream open.
+    """
+    return _intervals(attempts, line, seconds("started_at", line), seconds("finished_at", line))
+
+
+def attempts_in_flight(attempts: pl.DataFrame, line: Timeline) -> list[float]:
+    """Mean attempts in flight per bin: the effective concurrency."""
+    return step_average(attempt_events(attempts, line), line)
+
+
+def peak_level(events: pl.DataFrame) -> int:
+    """The highest level a +1/-1 step series reaches (ends before starts at the same time)."""
+    if events.is_empty():
+        return 0
+    level = events.sort(["t", "d"]).select(pl.col("d").cum_sum().max()).item()
+    return max(0, round(level or 0))
+
+
+def rate_limit_pauses(attempts: pl.DataFrame) -> pl.DataFrame:
+    """The attempts answered 429 (``rate_limit_error``), with the pause the server asked for."""
+    return attempts.filter(
+        (pl.col("outcome") == "rate_limit_error") | (pl.col("http_status") == 429)
+    ).select("finished_at", pause_s=pl.col("retry_after_s").fill_null(0.0))
+
+
+def pauses_in_progress(attempts: pl.DataFrame, line: Timeline) -> list[float]:
+    """Mean 429 pauses going on per bin: from a 429's arrival for its ``retry-after``."""
+    pauses = rate_limit_pauses(attempts)
+    start = seconds("finished_at", line)
+    return step_average(_intervals(pauses, line, start, start + pl.col("pause_s")), line)
+
+
+def finish_rate(results: pl.DataFrame, line: Timeline) -> dict[str, list[float]]:
+    """Rows finished per second in each bin, by status (``ok``, ``error``)."""
+    counts = stacked_counts(results, "finished_at", "status", line)
+    return {
+        status: [n / line.width for n in counts.get(status, [0] * (len(line.edges) - 1))]
+        for status in ("ok", "error")
+    }
 
 
 def output_rate(results: pl.DataFrame, line: Timeline) -> list[float]:
