@@ -88,7 +88,7 @@ def configured_concurrency(run: RunData) -> int | None:
 def concurrency(run: RunData, duration_s: float) -> dict[str, Any]:
     """Attempts in flight (the effective concurrency): mean over the active time and peak,
     against the configured limit; and the 429 answers with the pause each asked for."""
-    attempts = run.attempts.drop_nulls(["started_at", "finished_at"])
+    attempts = run.attempts.select("started_at", "finished_at").drop_nulls()
     spans = (attempts["finished_at"] - attempts["started_at"]).dt.total_microseconds()
     busy = float(spans.sum()) / 1e6
     line = series.timeline(run.results)
@@ -110,7 +110,7 @@ def over_time(run: RunData, bins: int = OVER_TIME_BINS) -> dict[str, Any] | None
     if line is None:
         return None
     rates = series.finish_rate(run.results, line)
-    flight = series.attempts_in_flight(run.attempts.drop_nulls(["started_at"]), line)
+    flight = series.attempts_in_flight(run.attempts, line)
     return {
         "bin_s": line.width,
         "ok_per_s": _rounded(rates["ok"]),

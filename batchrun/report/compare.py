@@ -13,6 +13,7 @@ from typing import Any
 
 import polars as pl
 
+from batchrun.report.completions import keyed_scan
 from batchrun.report.load import RunData
 from batchrun.report.summary import summarize
 
@@ -97,8 +98,7 @@ def _sides(run: RunData, keys: pl.DataFrame) -> pl.DataFrame:
         text.str.slice(0, TEXT_LIMIT - 1) + pl.lit("…")
     )
     return (
-        run.scan_results()
-        .join(keys.lazy(), on=_KEYS, how="semi")
+        keyed_scan(run, keys)
         .select(*_KEYS, *_SIDE)
         .with_columns(completion=cut.otherwise(text))
         .collect(engine="streaming")

@@ -143,7 +143,7 @@ def step_average(events: pl.DataFrame, line: Timeline) -> list[float]:
 
 def in_flight(results: pl.DataFrame, line: Timeline) -> list[float]:
     """Mean requests in flight per bin, from each row's ``started_at`` to its ``finished_at``."""
-    rows = results.drop_nulls(["started_at", "finished_at"])
+    rows = results.select("started_at", "finished_at").drop_nulls()
     events = pl.concat(
         [
             rows.select(t=seconds("started_at", line), d=pl.lit(1.0)),
@@ -212,7 +212,8 @@ def output_rate(results: pl.DataFrame, line: Timeline) -> list[float]:
     successful attempt) to ``finished_at``; windows under a millisecond count as one.
     """
     streams = (
-        results.filter(pl.col("output_tokens") > 0)
+        results.select("output_tokens", "finished_at", "e2e_s", "ttft_s")
+        .filter(pl.col("output_tokens") > 0)
         .drop_nulls(["finished_at", "e2e_s", "ttft_s"])
         .select(
             end=seconds("finished_at", line),
@@ -236,7 +237,7 @@ def stacked_counts(
     frame: pl.DataFrame, time_column: str, key: str, line: Timeline, *, top: int = 5
 ) -> dict[str, list[int]]:
     """Rows per bin of ``time_column``, one series per value of ``key`` (the rest as other)."""
-    rows = frame.drop_nulls([time_column, key])
+    rows = frame.select(time_column, key).drop_nulls()
     if rows.is_empty():
         return {}
     order = rows[key].value_counts().sort(["count", key], descending=[True, False])[key].to_list()
@@ -258,11 +259,12 @@ def stacked_counts(
 
 def slowest_rows(results: pl.DataFrame, n: int) -> list[dict[str, Any]]:
     """The ``n`` ok rows with the longest end-to-end latency, slowest first."""
-    rows = results.filter(pl.col("status") == "ok").drop_nulls("e2e_s")
-    return rows.sort("e2e_s", descending=True).head(n).select(ROW_COLUMNS).to_dicts()
+    rows = results.lazy().select(ROW_COLUMNS).filter(pl.col("status") == "ok").drop_nulls("e2e_s")
+    return rows.top_k(n, by="e2e_s").sort("e2e_s", descending=True).collect().to_dicts()
 
 
 def failed_rows(results: pl.DataFrame, n: int) -> list[dict[str, Any]]:
     """The first ``n`` rows that ended in error, in the order they finished."""
-    rows = results.filter(pl.col("status") == "error")
-    return rows.sort("finished_at", nulls_last=True).head(n).select(ROW_COLUMNS).to_dicts()
+    rows = results.lazy().select(*ROW_COLUMNS, "finished_at").filter(pl.col("status") == "error")
+    first = rows.sort("finished_at", nulls_last=True).head(n)  # sorts a projection only
+    return first.select(ROW_COLUMNS).collect().to_dicts()
