@@ -22,6 +22,14 @@ from batchrun.report.completions import TEXT_LIMIT
 from batchrun.report.load import WIDE_COLUMNS
 from batchrun.run import run_job
 from tests.conftest import QUESTIONS, JobWriter, no_sleep
+from tests.test_report import (  # chromium: the fixture, found by its name here
+    ARTIFACTS,
+    _at,
+    _open_in_browser,
+    _row,
+    _write,
+    chromium,  # noqa: F401
+)
 
 FAST = {"ttft_s": 0.002, "token_interval_s": 0.0002}
 # Every first attempt of some requests is refused with 429 (a short retry-after) or 529; the
@@ -216,8 +224,6 @@ async def test_completions_shown_are_the_slowest_failed_and_fixed_random(
 
 def test_completions_are_cut_short_and_escaped(tmp_path: Path) -> None:
     """A long completion is cut to the limit; markup in it is escaped on the page."""
-    from tests.test_report import _at, _row, _write
-
     _write(
         tmp_path,
         [
@@ -376,3 +382,22 @@ async def test_report_a_b_writes_a_side_by_side_page(write_job: JobWriter) -> No
     (run_a / "compare.html").unlink()
     assert _cli(run_a, run_b, "--no-html").returncode == 0
     assert not (run_a / "compare.html").exists()
+
+
+async def test_the_comparison_page_renders_in_chromium_offline(
+    request: pytest.FixtureRequest, write_job: JobWriter
+) -> None:
+    """Headless Chromium shows every chart of compare.html, logs no error, loads nothing else."""
+    port = request.getfixturevalue("chromium")  # skips when chromium is not installed
+    run_a = await _run(write_job, 24, FAULTY)
+    run_b = await _run(write_job, 24, {"sim": {**FAST, "seed": 1}, "output": {"dir": "b"}})
+    assert _cli(run_a, run_b).returncode == 0
+    page = run_a / "compare.html"
+    seen = await _open_in_browser(port, page, ARTIFACTS / "compare.png")
+    assert seen["errors"] == []
+    assert seen["requests"] == [page.as_uri()]
+    assert seen["scripts"] == 0
+    assert len(seen["charts"]) == 8
+    for chart in seen["charts"]:
+        assert chart["width"] > 200, chart
+        assert chart["marks"] > 0, chart
