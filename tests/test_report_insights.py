@@ -19,7 +19,8 @@ from batchrun.job.schema import load_job
 from batchrun.report import breakdown, load_run, render_html, render_summary, summarize
 from batchrun.report.activity import outcome, state_line
 from batchrun.report.completions import TEXT_LIMIT
-from batchrun.report.load import WIDE_COLUMNS
+from batchrun.report.load import WIDE_COLUMNS, RunData
+from batchrun.report.summary import cost as summary_cost
 from batchrun.run import run_job
 from tests.conftest import QUESTIONS, JobWriter, no_sleep
 from tests.test_report import (  # chromium: the fixture, found by its name here
@@ -401,3 +402,33 @@ async def test_the_comparison_page_renders_in_chromium_offline(
     for chart in seen["charts"]:
         assert chart["width"] > 200, chart
         assert chart["marks"] > 0, chart
+
+
+def test_by_joins_on_input_row_and_sums_row_costs(tmp_path: Path) -> None:
+    """Without an id column, results carrying input_row join on it (whatever their ids), and
+    the rows' cost_usd is summed per group and over the run."""
+    (tmp_path / "data.csv").write_text("question,topic\na,x\nb,y\nc,x\n", encoding="utf-8")
+    rows = [
+        _row(id=f"id-{i}", status="ok", stop_reason="end_turn", e2e_s=0.1 * (i + 1))
+        for i in range(3)
+    ]
+    _write(tmp_path / "run", rows)
+    results = pl.DataFrame(rows).with_columns(
+        input_row=pl.Series([2, 0, 1], dtype=pl.Int64), cost_usd=pl.Series([0.5, 0.25, 0.125])
+    )
+    job = {"job_file": str(tmp_path / "job.yaml"), "input": {"path": "data.csv", "id_column": None}}
+    run = RunData(
+        run_dir=tmp_path / "run",
+        results=results,
+        attempts=pl.DataFrame(),
+        manifest={"job": job},
+        state="complete",
+    )
+    by = breakdown(run, "topic")
+    assert by["joined_on"] == "input_row"
+    groups = {g["value"]: g for g in by["groups"]}
+    # input rows 0 and 2 are topic x: id-1 (0.25) and id-0 (0.5)
+    assert (groups["x"]["rows"], groups["x"]["cost_usd"]) == (2, 0.75)
+    assert (groups["y"]["rows"], groups["y"]["cost_usd"]) == (1, 0.125)
+    assert groups["x"]["e2e_s_p50"] == pytest.approx(0.15)
+    assert summary_cost(run)["rows_usd"] == 0.875

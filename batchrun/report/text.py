@@ -76,12 +76,15 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     if s["over_time"]:
         over = s["over_time"]
         peak = max(over["ok_per_s"] + over["error_per_s"], default=0.0)
+        # In flight is drawn against the configured limit: a full block is the limit reached.
+        limit = max([s["concurrency"]["configured"] or 0.0, *over["in_flight"]])
         lines += [
             "",
-            f"over the run ({_span(over['bin_s'])} a column; rows/s peak {_num(peak)})",
+            f"over the run ({_span(over['bin_s'])} a column; a full block is {_num(peak)} "
+            f"rows/s, or {_one(limit)} in flight)",
             f"  ok/s      {sparkline(over['ok_per_s'], peak)}",
             f"  errors/s  {sparkline(over['error_per_s'], peak)}",
-            f"  in flight {sparkline(over['in_flight'])}",
+            f"  in flight {sparkline(over['in_flight'], limit)}",
         ]
     lines += _completions(s["completions"])
     return "\n".join(lines)
