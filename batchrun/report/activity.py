@@ -24,7 +24,15 @@ __all__ = [
 ]
 
 OVER_TIME_BINS = 40  # bins of the ``over_time`` series in the summary (the page draws more)
-_UNFINISHED = {"partial", "interrupted", "aborted", "write_failed", "unreachable", "canceled"}
+_UNFINISHED = {
+    "partial",
+    "interrupted",
+    "aborted",
+    "write_failed",
+    "unreachable",
+    "canceled",
+    "cancel_requested",
+}
 
 
 def outcome(state: str, ok: int, error: int) -> dict[str, Any]:
