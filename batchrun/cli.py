@@ -221,6 +221,11 @@ def _report_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="slowest, failed or changed rows to list (default 20)",
     )
+    parser.add_argument(
+        "--by",
+        metavar="COLUMN",
+        help="also break the summary down by an input column (joined on id), e.g. --by topic",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
@@ -334,7 +339,7 @@ def _report(ns: argparse.Namespace) -> int:
 
     if len(ns.runs) > 2:
         _report_parser().error("give one run folder, or two to compare")
-    return report_command(ns.runs, as_json=ns.json, html=not ns.no_html, rows=ns.rows)
+    return report_command(ns.runs, as_json=ns.json, html=not ns.no_html, rows=ns.rows, by=ns.by)
 
 
 def _sim(ns: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """Two runs side by side: their summaries with deltas, and the rows whose completion changed.
 
-Rows are matched on (``id``, ``sample``). The result is JSON-ready data; this module neither
-prints nor writes files.
+Rows are matched on (``id``, ``sample``). Completions are compared by their hash, in a streaming
+scan, so neither run's text is held in memory; only the changed rows shown are read whole (cut
+to :data:`TEXT_LIMIT` characters). The result is JSON-ready data; this module neither prints
+nor writes files.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from typing import Any
 
 import polars as pl
 
+from batchrun.report.completions import keyed_scan
 from batchrun.report.load import RunData
 from batchrun.report.summary import summarize
 
-__all__ = ["compare_runs", "metrics"]
+__all__ = ["TEXT_LIMIT", "compare_runs", "metrics"]
 
+TEXT_LIMIT = 2000  # characters of each changed completion shown
 _KEYS = ["id", "sample"]
 _SIDE = ["status", "stop_reason", "error_type", "output_tokens", "completion"]
 
@@ -27,7 +31,7 @@ def compare_runs(a: RunData, b: RunData, *, rows: int = 20) -> dict[str, Any]:
         "a": sa,
         "b": sb,
         "metrics": [_delta(name, sa, sb, path) for name, path in metrics(sa, sb)],
-        "completions": _changed(a.results, b.results, rows),
+        "completions": _changed(a, b, rows),
     }
 
 
@@ -46,6 +50,7 @@ def metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, tuple
         ("output tokens", ("tokens", "output")),
         ("duration s", ("duration_s",)),
         ("requests/s", ("requests_per_s",)),
+        ("ok rows/s", ("throughput", "ok_per_s")),
         ("output tokens/s", ("output_tokens_per_s",)),
     ]
     for key, label in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e")):
@@ -76,14 +81,44 @@ def _get(summary: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _changed(a: pl.DataFrame, b: pl.DataFrame, rows: int) -> dict[str, Any]:
-    joined = a.select(_KEYS + _SIDE).join(
-        b.select(_KEYS + _SIDE), on=_KEYS, how="full", coalesce=True, suffix="_b"
+def _fingerprints(run: RunData) -> pl.LazyFrame:
+    """Key, status and a hash of the completion (null stays null): 8 bytes of text a row."""
+    text = pl.col("completion")
+    return run.scan_results().select(
+        *_KEYS,
+        "status",
+        _h=pl.when(text.is_null()).then(None).otherwise(text.hash(seed=15)),
+    )
+
+
+def _sides(run: RunData, keys: pl.DataFrame) -> pl.DataFrame:
+    """The shown columns of the rows with ``keys``, the completion cut short."""
+    text = pl.col("completion")
+    cut = pl.when(text.str.len_chars() > TEXT_LIMIT).then(
+        text.str.slice(0, TEXT_LIMIT - 1) + pl.lit("…")
+    )
+    return (
+        keyed_scan(run, keys)
+        .select(*_KEYS, *_SIDE)
+        .with_columns(completion=cut.otherwise(text))
+        .collect(engine="streaming")
+    )
+
+
+def _changed(a: RunData, b: RunData, rows: int) -> dict[str, Any]:
+    joined = (
+        _fingerprints(a)
+        .join(_fingerprints(b), on=_KEYS, how="full", coalesce=True, suffix="_b")
+        .collect(engine="streaming")
     )
     in_a = pl.col("status").is_not_null()
     in_b = pl.col("status_b").is_not_null()
     both = joined.filter(in_a & in_b)
-    changed = both.filter(pl.col("completion").ne_missing(pl.col("completion_b"))).sort(_KEYS)
+    changed = both.filter(pl.col("_h").ne_missing(pl.col("_h_b"))).sort(_KEYS)
+    shown = changed.head(rows).select(_KEYS)
+    side_a = _sides(a, shown)
+    side_b = _sides(b, shown)
+    pairs = shown.join(side_a, on=_KEYS, how="left").join(side_b, on=_KEYS, how="left", suffix="_b")
     return {
         "compared": both.height,
         "changed": changed.height,
@@ -96,6 +131,6 @@ def _changed(a: pl.DataFrame, b: pl.DataFrame, rows: int) -> dict[str, Any]:
                 "a": {name: row[name] for name in _SIDE},
                 "b": {name: row[f"{name}_b"] for name in _SIDE},
             }
-            for row in changed.head(rows).iter_rows(named=True)
+            for row in pairs.sort(_KEYS).iter_rows(named=True)
         ],
     }

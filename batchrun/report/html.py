@@ -19,17 +19,41 @@ import batchrun.report.svg as svg
 from batchrun import __version__
 from batchrun.models import RunStatus
 from batchrun.record.files import commit, write_temp
+from batchrun.report.completions import output_lengths
 from batchrun.report.load import RunData
-from batchrun.report.page import CSS, cards, facts, row_table
+from batchrun.report.page import (
+    CSS,
+    breakdown_table,
+    cards,
+    completion_table,
+    facts,
+    row_table,
+)
+from batchrun.report.text import tokens_note
 
-__all__ = ["render_html", "write_html"]
+__all__ = [
+    "document",
+    "finish_rate_chart",
+    "grid",
+    "header",
+    "latency_chart",
+    "lengths_chart",
+    "panel",
+    "render_html",
+    "write_html",
+    "write_page",
+]
 
 
 def write_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> Path:
     """Write ``report.html`` into the run folder (atomically) and return its path."""
-    path = run.run_dir / "report.html"
-    page = render_html(run, summary, rows=rows).encode()
-    commit(write_temp(path.parent, path.name, lambda fh: fh.write(page)), path)  # no link followed
+    return write_page(run.run_dir / "report.html", render_html(run, summary, rows=rows))
+
+
+def write_page(path: Path, page: str) -> Path:
+    """Write ``page`` at ``path`` atomically (no link followed) and return the path."""
+    data = page.encode()
+    commit(write_temp(path.parent, path.name, lambda fh: fh.write(data)), path)
     return path
 
 
@@ -38,16 +62,20 @@ def render_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> 
     results = run.results
     failed = summary["status"]["error"]
     sections = [
-        _header(run, summary),
+        header(run, summary),
         cards(summary),
-        _grid(
-            _panel("Time to first token", _histogram(results["ttft_s"], summary["ttft_s"])),
-            _panel("End-to-end latency", _histogram(results["e2e_s"], summary["e2e_s"])),
+        grid(
+            panel("Time to first token", latency_chart(results["ttft_s"], summary["ttft_s"])),
+            panel("End-to-end latency", latency_chart(results["e2e_s"], summary["e2e_s"])),
         ),
-        *_timelines(run),
-        _grid(
-            _panel("Stop reasons", svg.hbar_chart(summary["stop_reasons"], total=summary["rows"])),
-            _panel(
+        *_timelines(run, summary),
+        grid(
+            panel("Output length of ok rows", lengths_chart(run, summary)),
+            panel("Rows finished per second", finish_rate_chart(run)),
+        ),
+        grid(
+            panel("Stop reasons", svg.hbar_chart(summary["stop_reasons"], total=summary["rows"])),
+            panel(
                 "Errors by type",
                 "<h3>rows that ended in error</h3>"
                 + svg.hbar_chart(summary["errors"], color=svg.PALETTE[2], total=summary["rows"])
@@ -55,31 +83,85 @@ def render_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> 
                 + svg.hbar_chart(summary["failed_attempts"], color=svg.PALETTE[1]),
             ),
         ),
-        _panel("Per-request timings and totals", facts(summary), wide=True),
-        _panel(
+        panel("Per-request timings and totals", facts(summary), wide=True),
+        *_breakdown(summary),
+        panel(
+            "Completions: the slowest, the failed and a few at random", _picks(summary), wide=True
+        ),
+        panel(
             f"Slowest {min(rows, summary['e2e_s']['count'])} rows (end-to-end)",
             row_table(series.slowest_rows(results, rows)),
             wide=True,
         ),
-        _panel(
+        panel(
             f"Failed rows ({failed:,})" + (f", first {rows}" if failed > rows else ""),
             row_table(series.failed_rows(results, rows)) if failed else "<p>None.</p>",
             wide=True,
         ),
     ]
+    return document(f"batchrun report · {run.name}", sections)
+
+
+def document(title: str, sections: Sequence[str]) -> str:
+    """A whole self-contained page around ``sections``."""
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>batchrun report · {escape(run.name)}</title><style>{CSS}</style></head>"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
         f"<body><main>{''.join(sections)}<footer>batchrun {escape(__version__)} · generated "
         f"{generated} · this page is self-contained: no scripts, no network</footer>"
         "</main></body></html>\n"
     )
 
 
-def _header(run: RunData, summary: Mapping[str, Any]) -> str:
-    state = summary["state"]
+def lengths_chart(run: RunData, summary: Mapping[str, Any]) -> str:
+    unit, values = output_lengths(run)
+    hist = series.histogram(values.cast(float))
+    if hist is None:
+        return svg.empty_chart("no ok rows: no outputs to measure")
+    stats = summary["output_length"]
+    markers = {"p50": stats["p50"], "p90": stats["p90"], "p99": stats["p99"]}
+    chart = svg.histogram_chart(hist.edges, hist.counts, unit=f"output {unit}", markers=markers)
+    if unit == "characters":
+        chart += '<p class="note">Characters of the completion: the API counted no tokens.</p>'
+    return chart
+
+
+def finish_rate_chart(run: RunData) -> str:
+    line = series.timeline(run.results, bins=60)
+    if line is None:
+        return svg.empty_chart("no timestamps to plot")
+    rates = series.finish_rate(run.results, line)
+    lines = [svg.Line("ok rows/s", rates["ok"], svg.PALETTE[4])]
+    if any(rates["error"]):
+        lines.append(svg.Line("error rows/s", rates["error"], svg.PALETTE[2], fill=False))
+    return svg.line_chart(line.edges, lines, y_label="rows finished per second")
+
+
+def _picks(summary: Mapping[str, Any]) -> str:
+    picked = summary["completions"]
+    names = {
+        "slowest": "slowest ok rows",
+        "failed": "failed rows, with their error",
+        "random": "random rows (the same picks on every report of this folder)",
+    }
+    return "".join(
+        f"<h3>{escape(names.get(kind, kind))}</h3>{completion_table(rows)}"
+        for kind, rows in picked.items()
+    )
+
+
+def _breakdown(summary: Mapping[str, Any]) -> list[str]:
+    by = summary.get("by")
+    if not by:
+        return []
+    title = f"By {by['column']} (input column, joined on {by['joined_on']})"
+    return [panel(title, breakdown_table(by), wide=True)]
+
+
+def header(run: RunData, summary: Mapping[str, Any]) -> str:
+    state, outcome = summary["state"], summary["outcome"]
     meta = [
         " · ".join(summary["models"]) or "model unknown",
         " · ".join(f"{api} API" for api in summary["apis"]),
@@ -95,9 +177,11 @@ def _header(run: RunData, summary: Mapping[str, Any]) -> str:
     elif state != RunStatus.COMPLETE:
         message = run.manifest.get("message") or ""
         banner = f'<p class="banner">The run was {escape(state)}. {escape(str(message))}</p>'
+    badge = f"{summary['state_line']} · {outcome['text']}"
     return (
-        f'<header><h1>{escape(run.name)} <span class="badge {escape(state)}">{escape(state)}'
-        f'</span></h1><p class="meta">{" &nbsp;·&nbsp; ".join(escape(m) for m in meta if m)}</p>'
+        f'<header><h1>{escape(run.name)} <span class="badge {escape(outcome["level"])}" '
+        f'title="{escape(state)}">{escape(badge)}</span></h1>'
+        f'<p class="meta">{" &nbsp;·&nbsp; ".join(escape(m) for m in meta if m)}</p>'
         f'<p class="meta path">{escape(str(run.run_dir.resolve()))}</p>{banner}</header>'
     )
 
@@ -108,7 +192,7 @@ def _span(first: str | None, last: str | None) -> str:
     return f"{first[:19].replace('T', ' ')} → {last[:19].replace('T', ' ')} UTC"
 
 
-def _histogram(values: Any, stats: Mapping[str, Any]) -> str:
+def latency_chart(values: Any, stats: Mapping[str, Any]) -> str:
     hist = series.histogram(values)
     if hist is None:
         return svg.empty_chart("no successful rows to time")
@@ -129,10 +213,10 @@ def _histogram(values: Any, stats: Mapping[str, Any]) -> str:
     return chart
 
 
-def _timelines(run: RunData) -> Sequence[str]:
+def _timelines(run: RunData, summary: Mapping[str, Any]) -> Sequence[str]:
     line = series.timeline(run.results)
     if line is None:
-        return [_panel("Over the run", svg.empty_chart("no timestamps to plot"), wide=True)]
+        return [panel("Over the run", svg.empty_chart("no timestamps to plot"), wide=True)]
     rate = series.output_rate(run.results, line)
     throughput = (
         svg.line_chart(
@@ -142,16 +226,19 @@ def _timelines(run: RunData) -> Sequence[str]:
             width=svg.WIDE,
         )
         if any(rate)
-        else svg.empty_chart("no output token counts (the legacy complete API reports none)")
+        else svg.empty_chart(f"no output token counts ({_no_tokens(summary)})")
     )
-    limit = run.manifest.get("job", {}).get("limits", {}).get("concurrency")
-    reference = (f"concurrency limit {limit}", float(limit)) if isinstance(limit, int) else None
-    flight = svg.line_chart(
-        line.edges,
-        [svg.Line("requests in flight", series.in_flight(run.results, line), svg.PALETTE[3])],
-        y_label="requests in flight",
-        reference=reference,
-    )
+    limit = summary["concurrency"]["configured"]
+    reference = (f"limits.concurrency {limit}", float(limit)) if limit is not None else None
+    flows = [
+        svg.Line(
+            "attempts in flight", series.attempts_in_flight(run.attempts, line), svg.PALETTE[3]
+        )
+    ]
+    if summary["concurrency"]["rate_limited"]:
+        pauses = series.pauses_in_progress(run.attempts, line)
+        flows.append(svg.Line("429 pauses going on", pauses, svg.PALETTE[2], fill=False))
+    flight = svg.line_chart(line.edges, flows, y_label="attempts in flight", reference=reference)
     failures = run.attempts.filter(run.attempts["outcome"] != "ok")
     coarse = series.timeline(run.results, bins=60) or line
     stacked = series.stacked_counts(failures, "finished_at", "outcome", coarse)
@@ -161,19 +248,26 @@ def _timelines(run: RunData) -> Sequence[str]:
         else svg.empty_chart("no failed attempts: nothing was retried")
     )
     return [
-        _panel("Output tokens per second over the run", throughput, wide=True),
-        _grid(
-            _panel("Concurrency: requests in flight (mean per bin)", flight),
-            _panel("Retries: failed attempts over time, by error", retries),
+        panel("Output tokens per second over the run", throughput, wide=True),
+        grid(
+            panel("Effective concurrency: attempts in flight (mean per bin)", flight),
+            panel("Retries: failed attempts over time, by error", retries),
         ),
     ]
 
 
-def _panel(title: str, body: str, *, wide: bool = False) -> str:
+def _no_tokens(summary: Mapping[str, Any]) -> str:
+    note = tokens_note(summary)
+    if note is None:  # tokens were counted, but no stream produced any
+        return "no row produced output"
+    return note.removeprefix("none: ")
+
+
+def panel(title: str, body: str, *, wide: bool = False) -> str:
     return (
         f'<section class="panel{" wide" if wide else ""}"><h2>{escape(title)}</h2>{body}</section>'
     )
 
 
-def _grid(*panels: str) -> str:
+def grid(*panels: str) -> str:
     return f'<div class="grid">{"".join(panels)}</div>'

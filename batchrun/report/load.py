@@ -1,8 +1,11 @@
 """Reading a run folder for the report: results, attempts and the manifest, as they stand.
 
-A run may be finished, aborted, or still going (or killed): ``read_table`` gives the final files
-plus every checkpoint part, so a partial run reads the same way. This module only reads; it never
-writes into the run folder and knows nothing of how the report looks.
+A run may be finished, aborted, or still going (or killed): ``scan_table`` gives the final files
+plus every checkpoint part, so a partial run reads the same way. Only the narrow columns are held
+in memory (ids, statuses, counts, timings: tens of bytes a row); the text columns (completions,
+content blocks, chunk offsets) stay on disk and are scanned lazily, streaming, when a few rows or
+one number per row are needed. This module only reads; it never writes into the run folder and
+knows nothing of how the report looks.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Any
 import polars as pl
 
 from batchrun.errors import JobError
-from batchrun.record.parquet import read_table
+from batchrun.record.parquet import scan_table
 
-__all__ = ["NoResultsError", "RunData", "load_run"]
+__all__ = ["WIDE_COLUMNS", "NoResultsError", "RunData", "load_run"]
+
+# Columns that can hold kilobytes a row: never held in memory for every row.
+WIDE_COLUMNS = ("completion", "content_json", "chunk_offsets_s", "usage_json")
 
 
 class NoResultsError(JobError):
@@ -34,6 +40,26 @@ class RunData:
     manifest: dict[str, Any]
     state: str  # complete | aborted | interrupted (run.json) | partial (parts) | unknown
 
+    def scan_results(self) -> pl.LazyFrame:
+        """Every column of the results, lazily (scan with a filter, a head or a select)."""
+        return scan_table(self.run_dir, "results")
+
+    @property
+    def job(self) -> dict[str, Any]:
+        """The job as run.json resolved it ({} without one)."""
+        job = self.manifest.get("job")
+        return job if isinstance(job, dict) else {}
+
+    @property
+    def api(self) -> str | None:
+        """The run's API (``job.request.api`` in run.json, else the results' only one)."""
+        request = self.job.get("request")
+        api = request.get("api") if isinstance(request, dict) else None
+        if isinstance(api, str):
+            return api
+        apis = self.results["api"].drop_nulls().unique().to_list()
+        return str(apis[0]) if len(apis) == 1 else None
+
     @property
     def name(self) -> str:
         """The job's name from run.json, else the folder's."""
@@ -47,7 +73,9 @@ def load_run(run_dir: Path | str) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NoResultsError(f"{run_dir}: no such run folder")
-    results = read_table(run_dir, "results")
+    scan = scan_table(run_dir, "results")
+    narrow = [c for c in scan.collect_schema().names() if c not in WIDE_COLUMNS]
+    results = scan.select(narrow).collect(engine="streaming")
     if results.is_empty():
         raise NoResultsError(
             f"{run_dir}: no results in this folder (no results.parquet and no checkpoint parts "
@@ -57,7 +85,7 @@ def load_run(run_dir: Path | str) -> RunData:
     return RunData(
         run_dir=run_dir,
         results=results,
-        attempts=read_table(run_dir, "attempts"),
+        attempts=scan_table(run_dir, "attempts").collect(engine="streaming"),
         manifest=manifest,
         state=_state(run_dir, manifest),
     )

@@ -11,7 +11,17 @@ from typing import Any
 
 from batchrun.report.text import cost_line, usd
 
-__all__ = ["CSS", "NONE", "cards", "facts", "ms", "row_table", "seconds"]
+__all__ = [
+    "CSS",
+    "NONE",
+    "breakdown_table",
+    "cards",
+    "completion_table",
+    "facts",
+    "ms",
+    "row_table",
+    "seconds",
+]
 
 NONE = "\u2013"  # an en dash: shown where there is no value
 
@@ -28,8 +38,9 @@ header h1 { margin: 0 0 4px; font-size: 24px; font-weight: 650; }
 .path { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 .badge { display:inline-block; vertical-align: middle; margin-left: 8px; padding: 1px 10px;
   border-radius: 999px; font-size: 12px; font-weight: 600; color: #fff; background: var(--warn); }
-.badge.complete { background: var(--ok); }
-.badge.aborted, .badge.interrupted { background: var(--bad); }
+.badge.ok { background: var(--ok); }
+.badge.warn { background: var(--warn); }
+.badge.bad { background: var(--bad); }
 .banner { margin: 12px 0 0; padding: 8px 12px; border-radius: 6px; background: #fff8c5;
   border: 1px solid #d4a72c66; }
 .cards { display:grid; grid-template-columns: repeat(auto-fit, minmax(128px, 1fr)); gap: 12px;
@@ -72,6 +83,9 @@ td.msg { white-space: normal; min-width: 240px; color: var(--muted); }
 td.ids { font-size: 11px; line-height: 1.35; }
 td.ids span { color: var(--muted); }
 td.error { color: var(--bad); font-weight: 600; }
+td.text { white-space: pre-wrap; min-width: 320px; max-width: 640px; font-size: 12px;
+  word-break: break-word; }
+.side { display:grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 footer { margin-top: 24px; color: var(--muted); font-size: 12px; text-align: center; }
 """
 
@@ -102,8 +116,19 @@ def cards(summary: Mapping[str, Any]) -> str:
     items = [
         ("rows", f"{rows:,}", f"{status['ok']:,} ok · {status['error']:,} error", ""),
         ("success", f"{ok_share:.1f}%", "rows ending ok", "bad" if status["error"] else ""),
+        (
+            "in flight",
+            _rate(summary["concurrency"]["mean"]),
+            _flight(summary["concurrency"]),
+            "",
+        ),
         ("duration", _duration(summary["duration_s"]), "wall time, active", ""),
-        ("requests/s", _rate(summary["requests_per_s"]), "over the run", ""),
+        (
+            "ok rows/s",
+            _rate(summary["throughput"]["ok_per_s"]),
+            f"errors {_rate(summary['throughput']['error_per_s'])}/s",
+            "",
+        ),
         ("output tokens/s", _rate(summary["output_tokens_per_s"]), "over the run", ""),
         _latency_card("TTFT p50", summary["ttft_s"]),
         _latency_card("e2e p50", summary["e2e_s"]),
@@ -183,6 +208,64 @@ def row_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"<td class='msg'>{escape(message[:300])}</td></tr>"
         )
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def completion_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows with their completion (or error), cut short, every value escaped."""
+    if not rows:
+        return "<p>None.</p>"
+    head = (
+        "<tr><th>id</th><th class='n'>sample</th><th>stop / error</th><th class='n'>e2e ms</th>"
+        "<th class='n'>out tokens</th><th>completion, or the error</th></tr>"
+    )
+    body = []
+    for row in rows:
+        error = row["status"] == "error"
+        what = row["error_type"] if error else row["stop_reason"]
+        text = row["error_message"] if error else row["completion"]
+        body.append(
+            f"<tr><td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
+            f"<td class='{'error' if error else ''}'>{escape(str(what or NONE))}</td>"
+            f"<td class='n'>{ms(row['e2e_s'])}</td>"
+            f"<td class='n'>{_count(row['output_tokens'])}</td>"
+            f"<td class='text'>{escape(str(text if text is not None else NONE))}</td></tr>"
+        )
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def breakdown_table(by: Mapping[str, Any]) -> str:
+    """The summary per value of an input column."""
+    groups = by["groups"]
+    priced = any("cost_usd" in g for g in groups)
+    heads = ["rows", "ok", "ok %", "input tokens", "output tokens", "ttft p50 ms"]
+    heads += ["e2e p50 ms", "e2e p90 ms", "e2e p99 ms"] + (["est. cost"] if priced else [])
+    head = f"<tr><th>{escape(by['column'])}</th>" + "".join(
+        f'<th class="n">{escape(h)}</th>' for h in heads
+    )
+    body = []
+    for g in groups:
+        share = NONE if g["ok_share"] is None else f"{100 * g['ok_share']:.1f}"
+        cells = [_count(g["rows"]), _count(g["ok"]), share]
+        cells += [_count(g["input_tokens"]), _count(g["output_tokens"])]
+        cells += [ms(g[k]) for k in ("ttft_s_p50", "e2e_s_p50", "e2e_s_p90", "e2e_s_p99")]
+        cells += [usd(g.get("cost_usd"))] if priced else []
+        body.append(
+            f"<tr><td>{escape(str(g['value']))}</td>"
+            + "".join(f'<td class="n">{escape(c)}</td>' for c in cells)
+            + "</tr>"
+        )
+    more = by["groups_left_off"]
+    note = f'<p class="note">… and {more:,} more values (see --json).</p>' if more else ""
+    return f'<div class="scroll"><table>{head}</tr>{"".join(body)}</table></div>{note}'
+
+
+def _flight(c: Mapping[str, Any]) -> str:
+    text = f"mean; peak {c['peak']:,}"
+    if c["configured"] is not None:
+        text += f" of {c['configured']:,}"
+    if c["rate_limited"]:
+        text += f"; {c['rate_limited']:,} 429 pauses"
+    return text
 
 
 def _latency_card(name: str, stats: Mapping[str, Any]) -> tuple[str, str, str, str]:

@@ -16,10 +16,14 @@ import polars as pl
 __all__ = [
     "Histogram",
     "Timeline",
+    "attempts_in_flight",
     "failed_rows",
+    "finish_rate",
     "histogram",
     "in_flight",
     "output_rate",
+    "peak_level",
+    "rate_limit_pauses",
     "seconds",
     "slowest_rows",
     "stacked_counts",
@@ -139,7 +143,7 @@ def step_average(events: pl.DataFrame, line: Timeline) -> list[float]:
 
 def in_flight(results: pl.DataFrame, line: Timeline) -> list[float]:
     """Mean requests in flight per bin, from each row's ``started_at`` to its ``finished_at``."""
-    rows = results.drop_nulls(["started_at", "finished_at"])
+    rows = results.select("started_at", "finished_at").drop_nulls()
     events = pl.concat(
         [
             rows.select(t=seconds("started_at", line), d=pl.lit(1.0)),
@@ -149,6 +153,58 @@ def in_flight(results: pl.DataFrame, line: Timeline) -> list[float]:
     return step_average(events, line)
 
 
+def _intervals(frame: pl.DataFrame, line: Timeline, start: pl.Expr, end: pl.Expr) -> pl.DataFrame:
+    """+1 at each start, -1 at each end (seconds since the timeline's start)."""
+    spans = frame.select(s=start, e=end).drop_nulls()
+    return pl.concat(
+        [spans.select(t=pl.col("s"), d=pl.lit(1.0)), spans.select(t=pl.col("e"), d=pl.lit(-1.0))]
+    )
+
+
+def attempt_events(attempts: pl.DataFrame, line: Timeline) -> pl.DataFrame:
+    """Steps of the attempts in flight: each attempt from its ``started_at`` to ``finished_at``.
+
+    This is the concurrency the endpoint saw; backoff between attempts holds no stream open.
+    """
+    return _intervals(attempts, line, seconds("started_at", line), seconds("finished_at", line))
+
+
+def attempts_in_flight(attempts: pl.DataFrame, line: Timeline) -> list[float]:
+    """Mean attempts in flight per bin: the effective concurrency."""
+    return step_average(attempt_events(attempts, line), line)
+
+
+def peak_level(events: pl.DataFrame) -> int:
+    """The highest level a +1/-1 step series reaches (ends before starts at the same time)."""
+    if events.is_empty():
+        return 0
+    level = events.sort(["t", "d"]).select(pl.col("d").cum_sum().max()).item()
+    return max(0, round(level or 0))
+
+
+def rate_limit_pauses(attempts: pl.DataFrame) -> pl.DataFrame:
+    """The attempts answered 429 (``rate_limit_error``), with the pause the server asked for."""
+    return attempts.filter(
+        (pl.col("outcome") == "rate_limit_error") | (pl.col("http_status") == 429)
+    ).select("finished_at", pause_s=pl.col("retry_after_s").fill_null(0.0))
+
+
+def pauses_in_progress(attempts: pl.DataFrame, line: Timeline) -> list[float]:
+    """Mean 429 pauses going on per bin: from a 429's arrival for its ``retry-after``."""
+    pauses = rate_limit_pauses(attempts)
+    start = seconds("finished_at", line)
+    return step_average(_intervals(pauses, line, start, start + pl.col("pause_s")), line)
+
+
+def finish_rate(results: pl.DataFrame, line: Timeline) -> dict[str, list[float]]:
+    """Rows finished per second in each bin, by status (``ok``, ``error``)."""
+    counts = stacked_counts(results, "finished_at", "status", line)
+    return {
+        status: [n / line.width for n in counts.get(status, [0] * (len(line.edges) - 1))]
+        for status in ("ok", "error")
+    }
+
+
 def output_rate(results: pl.DataFrame, line: Timeline) -> list[float]:
     """Output tokens per second per bin, each stream's tokens spread over its generation time.
 
@@ -156,7 +212,8 @@ def output_rate(results: pl.DataFrame, line: Timeline) -> list[float]:
     successful attempt) to ``finished_at``; windows under a millisecond count as one.
     """
     streams = (
-        results.filter(pl.col("output_tokens") > 0)
+        results.select("output_tokens", "finished_at", "e2e_s", "ttft_s")
+        .filter(pl.col("output_tokens") > 0)
         .drop_nulls(["finished_at", "e2e_s", "ttft_s"])
         .select(
             end=seconds("finished_at", line),
@@ -180,7 +237,7 @@ def stacked_counts(
     frame: pl.DataFrame, time_column: str, key: str, line: Timeline, *, top: int = 5
 ) -> dict[str, list[int]]:
     """Rows per bin of ``time_column``, one series per value of ``key`` (the rest as other)."""
-    rows = frame.drop_nulls([time_column, key])
+    rows = frame.select(time_column, key).drop_nulls()
     if rows.is_empty():
         return {}
     order = rows[key].value_counts().sort(["count", key], descending=[True, False])[key].to_list()
@@ -202,11 +259,12 @@ def stacked_counts(
 
 def slowest_rows(results: pl.DataFrame, n: int) -> list[dict[str, Any]]:
     """The ``n`` ok rows with the longest end-to-end latency, slowest first."""
-    rows = results.filter(pl.col("status") == "ok").drop_nulls("e2e_s")
-    return rows.sort("e2e_s", descending=True).head(n).select(ROW_COLUMNS).to_dicts()
+    rows = results.lazy().select(ROW_COLUMNS).filter(pl.col("status") == "ok").drop_nulls("e2e_s")
+    return rows.top_k(n, by="e2e_s").sort("e2e_s", descending=True).collect().to_dicts()
 
 
 def failed_rows(results: pl.DataFrame, n: int) -> list[dict[str, Any]]:
     """The first ``n`` rows that ended in error, in the order they finished."""
-    rows = results.filter(pl.col("status") == "error")
-    return rows.sort("finished_at", nulls_last=True).head(n).select(ROW_COLUMNS).to_dicts()
+    rows = results.lazy().select(*ROW_COLUMNS, "finished_at").filter(pl.col("status") == "error")
+    first = rows.sort("finished_at", nulls_last=True).head(n)  # sorts a projection only
+    return first.select(ROW_COLUMNS).collect().to_dicts()

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cost_line", "render_comparison", "render_summary", "usd"]
+__all__ = [
+    "cost_line",
+    "render_breakdown",
+    "render_comparison",
+    "render_summary",
+    "sparkline",
+    "tokens_note",
+    "usd",
+]
 
 NONE = "\u2013"  # an en dash: shown where there is no value
 
@@ -19,9 +27,10 @@ _TIMINGS = [("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"), ("queue", 
 def render_summary(summary: Mapping[str, Any]) -> str:
     """The summary of one run, for stdout."""
     s = summary
-    status, attempts, tokens = s["status"], s["attempts"], s["tokens"]
+    status, attempts = s["status"], s["attempts"]
+    throughput = s["throughput"]
     lines = [
-        f"run       {s['run_dir']} ({_state(s['state'])})",
+        f"run       {s['run_dir']} ({_state(s['state'], s['state_line'])})",
         f"          {' · '.join(s['models'])} · {' · '.join(s['apis'])} API · "
         f"run {', '.join(s['run_ids'])}",
     ]
@@ -29,14 +38,18 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         lines.append(
             f"          {_when(s['first_started_at'])} → {_when(s['last_finished_at'])} UTC"
         )
+    outcome = s["outcome"]
     lines += [
         "",
+        f"outcome   {_LEVELS[outcome['level']]}: {outcome['text']}",
         f"rows      {s['rows']:,}: ok {status['ok']:,} · error {status['error']:,}",
         f"stopped   {_pairs(s['stop_reasons'])}",
-        f"tokens    input {_int(tokens['input'])} · output {_int(tokens['output'])}",
+        f"tokens    {_tokens(s)}",
         f"cost      {cost_line(s['cost'])}",
-        f"duration  {s['duration_s']:.1f} s · {_num(s['requests_per_s'])} requests/s · "
+        f"duration  {s['duration_s']:.1f} s · {_num(throughput['ok_per_s'])} ok rows/s "
+        f"(errors {_num(throughput['error_per_s'])}/s) · "
         f"{_num(s['output_tokens_per_s'])} output tokens/s",
+        f"          {_concurrency(s['concurrency'])}",
         f"attempts  {_int(attempts['total'])}: {_int(attempts['retries'])} retries on "
         f"{attempts['rows_retried']:,} rows, at most {_int(attempts['max_per_row'])} on one row; "
         f"retry wait {_sec(s['retry_wait_s']['total'])} s in all",
@@ -50,14 +63,94 @@ def render_summary(summary: Mapping[str, Any]) -> str:
             + "".join(f"{_ms(d[k]):>10}" for k in ("mean", "p50", "p90", "p99", "max"))
         )
     per_stream = s["stream_output_tokens_per_s"]
+    length = s["output_length"]
     lines += [
         "output tokens/s of one stream: "
         + " · ".join(f"{k} {_one(per_stream[k])}" for k in ("p50", "p90", "p99")),
+        f"output length, {length['unit']} of ok rows: "
+        + " · ".join(f"{k} {_one(length[k])}" for k in ("mean", "p50", "p90", "p99", "max")),
         "",
         f"errors    rows ending in error: {_pairs(s['errors'])}",
         f"          failed attempts: {_pairs(s['failed_attempts'])}",
     ]
+    if s["over_time"]:
+        over = s["over_time"]
+        peak = max(over["ok_per_s"] + over["error_per_s"], default=0.0)
+        # In flight is drawn against the configured limit: a full block is the limit reached.
+        limit = max([s["concurrency"]["configured"] or 0.0, *over["in_flight"]])
+        lines += [
+            "",
+            f"over the run ({_span(over['bin_s'])} a column; a full block is {_num(peak)} "
+            f"rows/s, or {_one(limit)} in flight)",
+            f"  ok/s      {sparkline(over['ok_per_s'], peak)}",
+            f"  errors/s  {sparkline(over['error_per_s'], peak)}",
+            f"  in flight {sparkline(over['in_flight'], limit)}",
+        ]
+    lines += _completions(s["completions"])
     return "\n".join(lines)
+
+
+_LEVELS = {"ok": "OK", "warn": "WARNING", "bad": "FAILED"}
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+_PICKED = {"slowest": "slowest ok", "failed": "failed", "random": "random (fixed picks)"}
+
+
+def sparkline(values: list[float], top: float | None = None) -> str:
+    """One character a value, from blank (0) to a full block (``top``, default the maximum)."""
+    top = max(values, default=0.0) if top is None else top
+    if top <= 0:
+        return _BLOCKS[0] * len(values) + "|"
+    steps = len(_BLOCKS) - 1
+    return (
+        "".join(
+            _BLOCKS[0 if v <= 0 else max(1, min(steps, round(steps * v / top)))] for v in values
+        )
+        + "|"
+    )
+
+
+def tokens_note(summary: Mapping[str, Any]) -> str | None:
+    """Why there are no token counts, in the words of the run's API; None when there are."""
+    if summary["tokens"]["output"] is not None:
+        return None
+    if summary.get("api") == "complete" or summary["apis"] == ["complete"]:
+        return "none: the legacy complete API reports no token counts"
+    if summary["status"]["ok"] == 0:
+        return "none: no row succeeded"
+    return "none reported"
+
+
+def _tokens(s: Mapping[str, Any]) -> str:
+    note = tokens_note(s)
+    if note is not None:
+        return note
+    tokens = s["tokens"]
+    return f"input {_int(tokens['input'])} · output {_int(tokens['output'])}"
+
+
+def _concurrency(c: Mapping[str, Any]) -> str:
+    configured = "" if c["configured"] is None else f" (limits.concurrency {c['configured']:,})"
+    line = f"in flight: mean {_one(c['mean'])} · peak {c['peak']:,}{configured}"
+    if c["rate_limited"]:
+        line += f"; 429 pauses {c['rate_limited']:,} ({_sec(c['pause_s'])} s asked in all)"
+    return line
+
+
+def _completions(picked: Mapping[str, list[Mapping[str, Any]]], shown: int = 3) -> list[str]:
+    lines: list[str] = []
+    for kind, rows in picked.items():
+        if not rows:
+            continue
+        lines += ["", f"completions: {_PICKED.get(kind, kind)}"]
+        for row in rows[:shown]:
+            if row["status"] == "ok":
+                what = f"{row['stop_reason']}, {_ms(row['e2e_s'])} ms"
+                body = _snippet(row["completion"], 80)
+            else:
+                what = str(row["error_type"])
+                body = _snippet(row["error_message"], 80)
+            lines.append(f"  {row['id']} #{row['sample']} ({what}): {body}")
+    return lines
 
 
 def render_comparison(comparison: Mapping[str, Any]) -> str:
@@ -103,6 +196,15 @@ def cost_line(cost: Mapping[str, Any]) -> str:
     )
     if cost["unpriced_models"]:
         line += f"; no price for {', '.join(cost['unpriced_models'])}"
+    if cost.get("cache_read_input_tokens") is not None:
+        line += (
+            f"; cache: read {_int(cost['cache_read_input_tokens'])} · written "
+            f"{_int(cost.get('cache_creation_input_tokens'))} input tokens"
+        )
+        if cost.get("cache_hit_rate") is not None:
+            line += f", hit rate {100 * cost['cache_hit_rate']:.1f}%"
+        if cost.get("cache_saved_usd") is not None:
+            line += f", saved {usd(cost['cache_saved_usd'])}"
     return line
 
 
@@ -113,10 +215,14 @@ def usd(value: float | None) -> str:
     return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.4f}"
 
 
-def _state(state: str) -> str:
+def _state(state: str, line: str | None = None) -> str:
     if state == "partial":
         return "partial: read from checkpoints"
-    return "no run.json" if state == "unknown" else state
+    return "no run.json" if state == "unknown" else line or state
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
 
 
 def _when(iso: str | None) -> str:
@@ -163,3 +269,31 @@ def _snippet(text: str | None, length: int = 90) -> str:
         return "(no completion)"
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= length else flat[: length - 1] + "…")
+
+
+def render_breakdown(by: Mapping[str, Any]) -> str:
+    """The summary per value of an input column, one line each."""
+    groups = by["groups"]
+    width = min(max([len(str(g["value"])) for g in groups] + [len(by["column"])]) + 2, 40)
+    priced = any("cost_usd" in g for g in groups)
+    lines = [
+        f"by {by['column']} (joined on {by['joined_on']})",
+        f"{by['column'][: width - 2]:<{width}}{'rows':>8}{'ok':>8}{'ok %':>8}"
+        f"{'in tok':>11}{'out tok':>11}{'ttft p50':>10}{'e2e p50':>10}{'e2e p90':>10}"
+        f"{'e2e p99':>10}" + (f"{'cost':>11}" if priced else ""),
+    ]
+    for g in groups:
+        value = str(g["value"])
+        value = value if len(value) <= width - 2 else value[: width - 3] + "…"
+        share = NONE if g["ok_share"] is None else f"{100 * g['ok_share']:.1f}"
+        lines.append(
+            f"{value:<{width}}{g['rows']:>8,}{g['ok']:>8,}{share:>8}"
+            f"{_int(g['input_tokens']):>11}{_int(g['output_tokens']):>11}"
+            + "".join(f"{_ms(g[k]):>10}" for k in ("ttft_s_p50", "e2e_s_p50", "e2e_s_p90"))
+            + f"{_ms(g['e2e_s_p99']):>10}"
+            + (f"{usd(g.get('cost_usd')):>11}" if priced else "")
+        )
+    if by["groups_left_off"]:
+        lines.append(f"… and {by['groups_left_off']:,} more values (see --json)")
+    lines.append("(latencies in ms)")
+    return "\n".join(lines)

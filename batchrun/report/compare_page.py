@@ -1,0 +1,122 @@
+"""The comparison page: two runs side by side, as one self-contained ``compare.html``.
+
+Each run's header and headline figures in its own column, the metrics with their deltas, the
+same charts for A and B next to each other, and the rows whose completion changed with A's and
+B's text side by side. Written into the first run's folder. The numbers come from
+``compare_runs``; this module renders and writes, and computes nothing of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from batchrun.report.html import (
+    document,
+    finish_rate_chart,
+    grid,
+    header,
+    latency_chart,
+    lengths_chart,
+    panel,
+    write_page,
+)
+from batchrun.report.load import RunData
+from batchrun.report.page import NONE, cards
+
+__all__ = ["render_comparison_html", "write_comparison_html"]
+
+
+def write_comparison_html(a: RunData, b: RunData, comparison: Mapping[str, Any]) -> Path:
+    """Write ``compare.html`` into ``a``'s folder (atomically) and return its path."""
+    return write_page(a.run_dir / "compare.html", render_comparison_html(a, b, comparison))
+
+
+def render_comparison_html(a: RunData, b: RunData, comparison: Mapping[str, Any]) -> str:
+    """The page as text."""
+    sa, sb = comparison["a"], comparison["b"]
+    sections = [
+        _side(
+            f"A · {a.name}", header(a, sa) + cards(sa), f"B · {b.name}", header(b, sb) + cards(sb)
+        ),
+        panel("Metrics, B against A", _metrics(comparison["metrics"]), wide=True),
+        grid(
+            panel("A: end-to-end latency", latency_chart(a.results["e2e_s"], sa["e2e_s"])),
+            panel("B: end-to-end latency", latency_chart(b.results["e2e_s"], sb["e2e_s"])),
+        ),
+        grid(
+            panel("A: time to first token", latency_chart(a.results["ttft_s"], sa["ttft_s"])),
+            panel("B: time to first token", latency_chart(b.results["ttft_s"], sb["ttft_s"])),
+        ),
+        grid(
+            panel("A: output length of ok rows", lengths_chart(a, sa)),
+            panel("B: output length of ok rows", lengths_chart(b, sb)),
+        ),
+        grid(
+            panel("A: rows finished per second", finish_rate_chart(a)),
+            panel("B: rows finished per second", finish_rate_chart(b)),
+        ),
+        panel("Completions that changed", _changed(comparison["completions"]), wide=True),
+    ]
+    return document(f"batchrun comparison · {a.name} vs {b.name}", sections)
+
+
+def _side(title_a: str, body_a: str, title_b: str, body_b: str) -> str:
+    return (
+        f'<div class="side"><section><h2>{escape(title_a)}</h2>{body_a}</section>'
+        f"<section><h2>{escape(title_b)}</h2>{body_b}</section></div>"
+    )
+
+
+def _metrics(metrics: list[Mapping[str, Any]]) -> str:
+    head = (
+        '<tr><th>metric</th><th class="n">A</th><th class="n">B</th><th class="n">B &minus; A</th>'
+        '<th class="n">change</th></tr>'
+    )
+    body = []
+    for m in metrics:
+        rel = "" if m["relative"] is None else f"{100 * m['relative']:+.1f}%"
+        cells = [_cell(m["a"]), _cell(m["b"]), _cell(m["delta"], signed=True), rel]
+        body.append(
+            f"<tr><td>{escape(m['metric'])}</td>"
+            + "".join(f'<td class="n">{escape(c)}</td>' for c in cells)
+            + "</tr>"
+        )
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _changed(c: Mapping[str, Any]) -> str:
+    intro = (
+        f'<p class="note">{c["changed"]:,} of {c["compared"]:,} (id, sample) pairs in both runs '
+        f"changed; only in A: {c['only_in_a']:,}; only in B: {c['only_in_b']:,}.</p>"
+    )
+    if not c["rows"]:
+        return intro
+    head = "<tr><th>id</th><th class='n'>sample</th><th>A</th><th>B</th></tr>"
+    body = "".join(
+        f"<tr><td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
+        f"{_side_cell(row['a'])}{_side_cell(row['b'])}</tr>"
+        for row in c["rows"]
+    )
+    more = c["changed"] - len(c["rows"])
+    note = f'<p class="note">… and {more:,} more (--rows N shows more).</p>' if more > 0 else ""
+    return f'{intro}<div class="scroll"><table>{head}{body}</table></div>{note}'
+
+
+def _side_cell(row: Mapping[str, Any]) -> str:
+    what = row["stop_reason"] if row["status"] == "ok" else row["error_type"]
+    text = row["completion"]
+    return (
+        f"<td class='text'><b>{escape(str(row['status']))}/{escape(str(what or NONE))}</b>\n"
+        f"{escape(text if text is not None else '(no completion)')}</td>"
+    )
+
+
+def _cell(value: float | int | None, *, signed: bool = False) -> str:
+    if value is None:
+        return NONE
+    if isinstance(value, int):
+        return f"{value:+,}" if signed else f"{value:,}"
+    return f"{value:+,.3f}" if signed else f"{value:,.3f}"
