@@ -107,23 +107,9 @@ def cost(run: RunData) -> dict[str, Any]:
     request = job.get("request")
     mode = request.get("mode") if isinstance(request, dict) else None
     found = estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
-    # Cache figures come with the run (run.json's cost, the rows' own cost_usd) where recorded.
-    recorded = run.manifest.get("cost")
-    if isinstance(recorded, dict):
-        for key in _CACHE_KEYS:
-            if key not in found and recorded.get(key) is not None:
-                found[key] = recorded[key]
     if "cost_usd" in run.results.columns and "rows_usd" not in found:
         found["rows_usd"] = _float_sum(run.results["cost_usd"])
     return found
-
-
-_CACHE_KEYS = (
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-    "cache_saved_usd",
-    "cache_hit_rate",
-)
 
 
 def _float_sum(values: pl.Series) -> float | None:

@@ -196,7 +196,8 @@ def cost_line(cost: Mapping[str, Any]) -> str:
     )
     if cost["unpriced_models"]:
         line += f"; no price for {', '.join(cost['unpriced_models'])}"
-    if cost.get("cache_read_input_tokens") is not None:
+    if cost.get("cache_read_input_tokens") or cost.get("cache_creation_input_tokens"):
+        # the prompt cache's part, when the run used it (reads or writes)
         line += (
             f"; cache: read {_int(cost['cache_read_input_tokens'])} · written "
             f"{_int(cost.get('cache_creation_input_tokens'))} input tokens"
