@@ -163,7 +163,8 @@ class Job(Section):
             known = ", ".join(i.id for i in models() if i.status == "active")
             return (
                 f"request.model: {model} is not in batchrun's model catalogue; it is sent as "
-                f"given, with no output limit checked and no price (current models: {known})",
+                "given, with no output limit checked (give its price under prices: for the "
+                f"cost); current models: {known}",
             )
         if info.status == "deprecated":
             return (
