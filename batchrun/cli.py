@@ -24,6 +24,7 @@ from batchrun.errors import (
 )
 
 if TYPE_CHECKING:
+    from batchrun.job.schema import Job
     from batchrun.models import RunOutcome
 
 __all__ = ["main"]
@@ -277,11 +278,20 @@ def _io_message(exc: RunFolderError | OSError) -> str:
     return f"I/O error: {exc.strerror or exc}{where}; rows written before it are intact"
 
 
-def _validate(ns: argparse.Namespace) -> int:
+def _load(ns: argparse.Namespace) -> Job:
+    """The job file, read and checked; its warnings (an unknown or deprecated model) on stderr."""
     from batchrun.job.schema import load_job
-    from batchrun.load.inputs import check_input
 
     job = load_job(ns.job, ns.overrides)
+    for warning in job.warnings:
+        print(f"batchrun: warning: {warning}", file=sys.stderr)
+    return job
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from batchrun.load.inputs import check_input
+
+    job = _load(ns)
     summary = check_input(job, limit=ns.limit)
     print(
         f"{ns.job}: valid. {summary.rows} input rows, {summary.requests} requests "
@@ -294,10 +304,9 @@ def _validate(ns: argparse.Namespace) -> int:
 def _run(ns: argparse.Namespace) -> int:
     import asyncio
 
-    from batchrun.job.schema import load_job
     from batchrun.run import run_job
 
-    job = load_job(ns.job, ns.overrides)
+    job = _load(ns)
     if ns.cancel:
         from batchrun.run import cancel_job
 

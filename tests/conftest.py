@@ -98,7 +98,7 @@ def write_job(tmp_path: Path) -> JobWriter:
         job: dict[str, Any] = {
             "name": name,
             "input": {"path": "data.csv", "id_column": "id", "prompt": "{question}"},
-            "request": {"api": "messages", "model": "claude-sonnet-4-5", "max_tokens": 64},
+            "request": {"api": "messages", "model": "claude-sonnet-5-5", "max_tokens": 64},
             "endpoint": {"base_url": "sim"},
             "limits": {"concurrency": 4},
             "retry": {"max_attempts": 3, "initial_backoff_s": 0.001, "max_backoff_s": 0.01},

@@ -16,7 +16,7 @@ from batchrun.apis.complete import CompleteFold, complete_prompt, validate_compl
 from batchrun.apis.messages_fold import MessagesFold
 from batchrun.apis.sse import ServerSentEvent, SSEDecoder
 from batchrun.errors import FatalAPIError, PermanentError, RetryableError
-from batchrun.job.sections import RequestConfig
+from batchrun.job.request import RequestConfig
 from batchrun.models import Completion, RequestItem
 from tests.conftest import FIXTURES, STREAM_FILES, fixture_path
 

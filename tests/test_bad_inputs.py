@@ -35,6 +35,7 @@ input:
 request:
   api: messages
   max_tokens: 16
+  model: claude-sonnet-5-5
 endpoint:
   base_url: @URL@
   api_key_env: BATCHRUN_CORPUS_KEY
@@ -141,7 +142,7 @@ CASES = [
     ),
     Case(
         "unknown-key-suggests",
-        ("job.yaml:13:3: limits.concurency: unknown key; did you mean 'concurrency'?",),
+        ("job.yaml:14:3: limits.concurency: unknown key; did you mean 'concurrency'?",),
         edits=(("concurrency:", "concurency:"),),
     ),
     Case(
@@ -164,12 +165,12 @@ CASES = [
     ),
     Case(
         "wrong-type-bool",
-        ("job.yaml:21:20: telemetry.capture_content: Input should be a valid boolean",),
+        ("job.yaml:22:20: telemetry.capture_content: Input should be a valid boolean",),
         edits=(("  traces: none", "  traces: none\n  capture_content: maybe"),),
     ),
     Case(
         "section-not-a-mapping",
-        ("job.yaml:12:9: limits: must be a section, its keys indented on the lines below", "not 4"),
+        ("job.yaml:13:9: limits: must be a section, its keys indented on the lines below", "not 4"),
         edits=(("limits:\n  concurrency: 2\n  requests_per_minute: 6000", "limits: 4"),),
     ),
     Case(
@@ -195,7 +196,7 @@ CASES = [
     ),
     Case(
         "max-tokens-too-large",
-        ("request.max_tokens: Input should be less than or equal to 128000 (got 500000)",),
+        ("request.max_tokens: 500000 is over claude-sonnet-5-5's output limit of 128000",),
         edits=(("max_tokens: 16", "max_tokens: 500000"),),
     ),
     Case(
@@ -205,7 +206,7 @@ CASES = [
     ),
     Case(
         "concurrency-zero",
-        ("job.yaml:13:16: limits.concurrency: Input should be greater than or equal to 1",),
+        ("job.yaml:14:16: limits.concurrency: Input should be greater than or equal to 1",),
         edits=(("concurrency: 2", "concurrency: 0"),),
     ),
     Case(
@@ -215,7 +216,7 @@ CASES = [
     ),
     Case(
         "backoff-out-of-order",
-        ("job.yaml:15:1: retry: initial_backoff_s (90.0) is greater than max_backoff_s",),
+        ("job.yaml:16:1: retry: initial_backoff_s (90.0) is greater than max_backoff_s",),
         edits=(("max_attempts: 1", "max_attempts: 1\n  initial_backoff_s: 90"),),
     ),
     # --- the endpoint and the key -------------------------------------------------------
@@ -243,7 +244,7 @@ CASES = [
     ),
     Case(
         "key-value-in-job-file",
-        ("job.yaml:11:16: endpoint.api_key_env: this looks like an API key",),
+        ("job.yaml:12:16: endpoint.api_key_env: this looks like an API key",),
         edits=(("api_key_env: BATCHRUN_CORPUS_KEY", f"api_key_env: {SECRET}"),),
         absent=("CORPUSSECRET",),
     ),

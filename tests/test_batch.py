@@ -480,12 +480,12 @@ async def test_the_cost_line_in_run_json_and_the_report(
 ) -> None:
     """run.json and the report price the tokens from the job's table: batch at half."""
     server = sim_server()
-    prices = {"claude-sonnet-4-5": {"input": 2.0, "output": 10.0}}
+    prices = {"claude-sonnet-5-5": {"input": 3.0, "output": 15.0}}  # over the catalogue's
     job = load_job(_job_file(write_job, server, prices=prices))
     outcome = await run_job(job)
     results = _results(outcome)
     tokens_in, tokens_out = int(results["input_tokens"].sum()), int(results["output_tokens"].sum())
-    stream_usd = (tokens_in * 2 + tokens_out * 10) / 1e6
+    stream_usd = (tokens_in * 3 + tokens_out * 15) / 1e6
     cost = json.loads((outcome.run_dir / "run.json").read_text())["cost"]
     assert cost["mode"] == "batch"
     assert (cost["input_tokens"], cost["output_tokens"]) == (tokens_in, tokens_out)

@@ -131,7 +131,7 @@ async def test_a_server_that_echoes_the_key_gets_it_written_nowhere(tmp_path: Pa
     job = {
         "name": "hostile",
         "input": {"path": "data.csv", "id_column": "id", "prompt": "{q}"},
-        "request": {"model": "claude-sonnet-4-5", "max_tokens": 8},
+        "request": {"model": "claude-sonnet-5-5", "max_tokens": 8},
         "endpoint": {"base_url": url},
         # One at a time, in input order: the fatal row comes last.
         "limits": {"concurrency": 1, "redis_url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0"},

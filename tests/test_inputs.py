@@ -22,7 +22,9 @@ from batchrun.models import InputSummary, RequestItem
 
 
 def make_job(folder: Path, input_: dict[str, Any], **sections: dict[str, Any]) -> Job:
-    """Write a job file in `folder` with the given input section and load it."""
+    """Write a job file in `folder` with the given input section and load it (the request
+    section gets a model when it names none)."""
+    sections["request"] = {"model": "claude-sonnet-5-5", **sections.get("request", {})}
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "input": input_, **sections}), encoding="utf-8")
     return load_job(path)

@@ -28,6 +28,15 @@ input:
 
 
 def write(tmp_path: Path, text: str, name: str = "eval.yaml") -> Path:
+    """Write a job file. A job must name its model: a text that names none gets
+    ``model: claude-sonnet-5-5`` as its request section's first key, or a request section at
+    the end, so that the lines above keep the numbers the test gives them."""
+    if "model:" not in text and text.strip() and not text.lstrip().startswith(("-", "#")):
+        model = "  model: claude-sonnet-5-5\n"
+        if "request:\n" in text:
+            text = text.replace("request:\n", "request:\n" + model, 1)
+        elif text.endswith("\n") and ":" in text:
+            text += "request:\n" + model
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
@@ -50,16 +59,23 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_defaults_equal_contract() -> None:
-    """Every key of CONTRACT.md's job file exists with exactly the documented default."""
-    job = Job.model_validate({"name": "eval", "input": {"path": "x.csv", "prompt": "{q}"}})
+    """Every key of CONTRACT.md's job file exists with exactly the documented default (the
+    second release's: request.model required, anthropic_version 2026-10-21, the new keys)."""
+    job = Job.model_validate(
+        {
+            "name": "eval",
+            "input": {"path": "x.csv", "prompt": "{q}"},
+            "request": {"model": "claude-sonnet-5-5"},
+        }
+    )
     dumped = job.model_dump(mode="json")
     dumped.pop("sim")
-    assert dumped.pop("prices")["claude-sonnet-4-5"] == {
-        "input": 3.0,
-        "output": 15.0,
-        "cache_write_5m": None,
-        "cache_write_1h": None,
-        "cache_read": None,
+    assert dumped.pop("prices")["claude-sonnet-5-5"] == {
+        "input": 2.0,
+        "output": 10.0,
+        "cache_write_5m": 2.5,
+        "cache_write_1h": 4.0,
+        "cache_read": 0.2,
     }
     assert dumped == {
         "name": "eval",
@@ -72,7 +88,7 @@ def test_defaults_equal_contract() -> None:
         },
         "request": {
             "api": "messages",
-            "model": "claude-sonnet-4-5",
+            "model": "claude-sonnet-5-5",
             "max_tokens": 256,
             "temperature": None,
             "top_p": None,
@@ -80,11 +96,21 @@ def test_defaults_equal_contract() -> None:
             "stop_sequences": [],
             "samples": 1,
             "mode": "stream",
+            "thinking": None,
+            "effort": None,
+            "output_format": None,
+            "tools": [],
+            "tool_choice": None,
+            "prompt_cache": None,
+            "metadata": None,
+            "service_tier": None,
+            "extra": {},
         },
         "endpoint": {
             "base_url": "sim",
             "api_key_env": "ANTHROPIC_API_KEY",
-            "anthropic_version": "2023-06-01",
+            "anthropic_version": "2026-10-21",
+            "betas": [],
         },
         "limits": {
             "concurrency": 16,
@@ -104,10 +130,14 @@ def test_defaults_equal_contract() -> None:
 
 
 def test_contract_example_is_a_valid_job(tmp_path: Path) -> None:
-    """The job file printed in CONTRACT.md loads as it stands, with the values it shows."""
+    """The job file printed in CONTRACT.md loads with the values it shows, once its model,
+    retired since, is the one the second release's example names."""
     block = re.search(r"```yaml\n(.*?)```", CONTRACT.read_text(encoding="utf-8"), re.DOTALL)
     assert block is not None
-    job = load_job(write(tmp_path, block.group(1)))
+    first_release = write(tmp_path, block.group(1))
+    assert "claude-sonnet-4-5 was retired on 2026-11-30" in error_of(first_release)
+    text = block.group(1).replace("model: claude-sonnet-4-5", "model: claude-sonnet-5-5")
+    job = load_job(write(tmp_path, text))
     assert job.input.id_column == "id"
     assert job.input.system == "You answer briefly."
     assert job.endpoint.anthropic_version == "2023-06-01"
@@ -257,7 +287,7 @@ def test_the_stream_flag_points_to_request_mode(in_tmp: Path) -> None:
     """`stream` is batchrun's to set: the message names request.mode instead."""
     write(in_tmp, MINIMAL + "request:\n  stream: false\n")
     assert error_of("eval.yaml") == (
-        "eval.yaml:6:3: request.stream: unknown key; batchrun sets stream itself: request.mode "
+        "eval.yaml:7:3: request.stream: unknown key; batchrun sets stream itself: request.mode "
         "chooses stream (one streamed request per row) or batch (the Message Batches API)"
     )
 
@@ -283,7 +313,7 @@ def test_a_section_inside_a_list_is_offered_its_own_keys() -> None:
 
 def test_the_api_fields_for_request_extra_are_not_keys_of_batchrun() -> None:
     """A field listed for request.extra that batchrun has since named is a stale entry."""
-    from batchrun.job.sections import RequestConfig
+    from batchrun.job.request import RequestConfig
     from batchrun.job.suggest import API_ONLY_FIELDS, OTHER_NAMES
 
     assert API_ONLY_FIELDS.isdisjoint(RequestConfig.model_fields)
@@ -294,7 +324,7 @@ def test_bad_value_points_at_the_value(in_tmp: Path) -> None:
     """A value out of range is reported at the value's column, with the value given."""
     write(in_tmp, MINIMAL + "request:\n  max_tokens: 0\n")
     assert error_of("eval.yaml") == (
-        "eval.yaml:6:15: request.max_tokens: Input should be greater than or equal to 1 (got 0)"
+        "eval.yaml:7:15: request.max_tokens: Input should be greater than or equal to 1 (got 0)"
     )
 
 
@@ -302,7 +332,7 @@ def test_bad_literal_suggests_nearest_choice(in_tmp: Path) -> None:
     """A misspelt choice names the choices and the nearest one."""
     write(in_tmp, MINIMAL + "request:\n  api: mesages\n")
     assert error_of("eval.yaml") == (
-        "eval.yaml:6:8: request.api: Input should be 'messages' or 'complete' "
+        "eval.yaml:7:8: request.api: Input should be 'messages' or 'complete' "
         "(got 'mesages'; did you mean 'messages'?)"
     )
 
@@ -315,9 +345,9 @@ def test_several_problems_are_listed_one_per_line_in_file_order(in_tmp: Path) ->
     )
     lines = error_of("eval.yaml").splitlines()
     assert lines == [
-        "eval.yaml:6:10: request.top_k: Input should be greater than or equal to 1 (got 0)",
-        "eval.yaml:7:16: request.temperature: Input should be less than or equal to 1 (got 2)",
-        "eval.yaml:9:3: limits.concurency: unknown key; did you mean 'concurrency'?",
+        "eval.yaml:7:10: request.top_k: Input should be greater than or equal to 1 (got 0)",
+        "eval.yaml:8:16: request.temperature: Input should be less than or equal to 1 (got 2)",
+        "eval.yaml:10:3: limits.concurency: unknown key; did you mean 'concurrency'?",
     ]
 
 
@@ -335,14 +365,14 @@ def test_missing_required_keys(in_tmp: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "where", "fragment"),
     [
-        ("request:\n  temperature: 1.5\n", "6:16: request.temperature", "less than or equal to 1"),
-        ("request:\n  top_p: -0.1\n", "6:10: request.top_p", "greater than or equal to 0"),
-        ("request:\n  top_k: 0\n", "6:10: request.top_k", "greater than or equal to 1"),
-        ("request:\n  samples: 0\n", "6:12: request.samples", "greater than or equal to 1"),
-        ("request:\n  max_tokens: 128001\n", "6:15: request.max_tokens", "less than or equal"),
-        ("request:\n  max_tokens: '256'\n", "6:15: request.max_tokens", "valid integer"),
+        ("request:\n  temperature: 1.5\n", "7:16: request.temperature", "less than or equal to 1"),
+        ("request:\n  top_p: -0.1\n", "7:10: request.top_p", "greater than or equal to 0"),
+        ("request:\n  top_k: 0\n", "7:10: request.top_k", "greater than or equal to 1"),
+        ("request:\n  samples: 0\n", "7:12: request.samples", "greater than or equal to 1"),
+        ("request:\n  max_tokens: 128001\n", "7:15: request.max_tokens", "output limit of 128000"),
+        ("request:\n  max_tokens: '256'\n", "7:15: request.max_tokens", "valid integer"),
         ("request:\n  model: ''\n", "6:10: request.model", "at least 1 character"),
-        ("request:\n  stop_sequences: ['']\n", "6:19: request.stop_sequences", "empty"),
+        ("request:\n  stop_sequences: ['']\n", "7:19: request.stop_sequences", "empty"),
         ("limits:\n  concurrency: 0\n", "6:16: limits.concurrency", "greater than or equal"),
         ("limits:\n  concurrency: 10001\n", "6:16: limits.concurrency", "less than or equal"),
         ("limits:\n  requests_per_minute: 0\n", "6:24: limits.requests_per_minute", "than 0"),
@@ -514,7 +544,7 @@ def test_duplicate_key_is_an_error(in_tmp: Path) -> None:
     """A key given twice in one mapping is reported where it repeats."""
     write(in_tmp, MINIMAL + "request:\n  samples: 2\n  samples: 3\n")
     assert error_of("eval.yaml") == (
-        "eval.yaml:7:3: request.samples: duplicate key (first on line 6); keep one"
+        "eval.yaml:8:3: request.samples: duplicate key (first on line 7); keep one"
     )
 
 
@@ -609,7 +639,7 @@ def test_override_errors_and_file_errors_together(in_tmp: Path) -> None:
     assert error_of("eval.yaml", ("limits.concurency=3",)).splitlines() == [
         "--set limits.concurency=3: unknown key 'limits.concurency'; "
         "did you mean 'limits.concurrency'?",
-        "eval.yaml:6:10: request.top_k: Input should be greater than or equal to 1 (got 0)",
+        "eval.yaml:7:10: request.top_k: Input should be greater than or equal to 1 (got 0)",
     ]
 
 
@@ -686,7 +716,9 @@ def test_resolved_is_json_and_holds_no_secrets(tmp_path: Path) -> None:
 def test_job_built_in_code_lives_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Job built without a file resolves paths against the working directory."""
     monkeypatch.chdir(tmp_path)
-    job = Job.model_validate({"name": "x", "input": {"path": "a.csv", "prompt": "{q}"}})
+    job = Job.model_validate(
+        {"name": "x", "input": {"path": "a.csv", "prompt": "{q}"}, "request": {"model": "m"}}
+    )
     assert job.path == Path.cwd() / "job.yaml"
     moved = job.with_path(tmp_path / "sub" / "j.yaml")
     assert moved.base_dir == tmp_path.resolve() / "sub"
@@ -724,7 +756,7 @@ def test_yaml_syntax_errors_say_the_likely_fix(
     [
         (
             "request:\n  max_tokens: '64'\n",
-            "eval.yaml:6:15: request.max_tokens: Input should be a valid integer (got '64'); "
+            "eval.yaml:7:15: request.max_tokens: Input should be a valid integer (got '64'); "
             "write the value without quotes",
         ),
         (
@@ -744,7 +776,7 @@ def test_yaml_syntax_errors_say_the_likely_fix(
         ),
         (
             "request:\n  stop_sequences: '###'\n",
-            "eval.yaml:6:19: request.stop_sequences: must be a list, e.g. [a, b] (got '###')",
+            "eval.yaml:7:19: request.stop_sequences: must be a list, e.g. [a, b] (got '###')",
         ),
         (
             "concurrency: 4\n",

@@ -265,6 +265,7 @@ def test_a_good_redis_url_is_kept_and_its_password_never_reaches_run_json() -> N
         {
             "name": "eval",
             "input": {"path": "x.csv", "prompt": "{q}"},
+            "request": {"model": "claude-sonnet-5-5"},
             "limits": {"redis_url": "rediss://batch:hunter2@cache.internal:6380/2"},
         }
     )

@@ -90,16 +90,19 @@ async def test_a_clean_request_is_a_client_span_with_genai_attributes(
     """Run span, one CLIENT span per request in its own trace (linked to the run), one attempt
     child with the HTTP status, request-id and a first-token event."""
     server = sim_server()
-    results = await _run(write_job, server, captured, request={"api": api, "temperature": 0.5})
+    # temperature: a model that takes it, on the version that has it.
+    asked = {"api": api, "model": "claude-haiku-4-5", "temperature": 0.5}
+    endpoint = {"anthropic_version": "2023-06-01"}
+    results = await _run(write_job, server, captured, request=asked, endpoint=endpoint)
     spans = _by_name(captured.finished())
     (run,) = spans["batchrun.run"]
-    (request,) = spans[f"{operation} claude-sonnet-4-5"]
+    (request,) = spans[f"{operation} claude-haiku-4-5"]
     (attempt,) = spans["attempt 1"]
     assert request.kind == SpanKind.CLIENT
     attrs = dict(request.attributes or {})
     assert attrs["gen_ai.operation.name"] == operation
     assert attrs["gen_ai.provider.name"] == "anthropic"
-    assert attrs["gen_ai.request.model"] == "claude-sonnet-4-5"
+    assert attrs["gen_ai.request.model"] == "claude-haiku-4-5"
     assert attrs["gen_ai.request.max_tokens"] == 64
     assert attrs["gen_ai.request.temperature"] == 0.5
     assert attrs["server.address"] == "127.0.0.1"
@@ -141,7 +144,7 @@ async def test_a_retried_request_has_one_child_per_attempt(
     assert first.status.status_code == StatusCode.ERROR
     assert "error.type" not in dict(second.attributes or {})
     assert dict(second.attributes or {})["batchrun.backoff_s"] > 0
-    (request,) = spans["chat claude-sonnet-4-5"]
+    (request,) = spans["chat claude-sonnet-5-5"]
     assert "error.type" not in dict(request.attributes or {})
     metrics = captured.metric_names()
     retries = metrics["batchrun.client.retries"].data.data_points
@@ -156,7 +159,7 @@ async def test_a_failed_request_carries_error_type(
     """A 400: the request span has error.type and an error status; the errors counter counts it."""
     server = sim_server(faults=[{"kind": "invalid_request"}])
     await _run(write_job, server, captured)
-    (request,) = _by_name(captured.finished())["chat claude-sonnet-4-5"]
+    (request,) = _by_name(captured.finished())["chat claude-sonnet-5-5"]
     assert dict(request.attributes or {})["error.type"] == "invalid_request_error"
     assert request.status.status_code == StatusCode.ERROR
     errors = captured.metric_names()["batchrun.client.errors"].data.data_points
@@ -202,7 +205,7 @@ async def test_content_is_captured_only_when_asked(
     """capture_content: true puts the prompt and the completion on the request span."""
     server = sim_server()
     results = await _run(write_job, server, captured, telemetry={"capture_content": True})
-    (request,) = _by_name(captured.finished())["chat claude-sonnet-4-5"]
+    (request,) = _by_name(captured.finished())["chat claude-sonnet-5-5"]
     attrs = dict(request.attributes or {})
     assert json.loads(str(attrs["gen_ai.input.messages"]))[0]["role"] == "user"
     output = json.loads(str(attrs["gen_ai.output.messages"]))
@@ -283,7 +286,7 @@ async def test_spans_reach_an_otlp_http_receiver(
         for ss in rs.scope_spans
         for span in ss.spans
     ]
-    assert names.count("chat claude-sonnet-4-5") == 2
+    assert names.count("chat claude-sonnet-5-5") == 2
     assert "batchrun.run" in names
     service = {
         a.key: a.value.string_value for a in received[0].resource_spans[0].resource.attributes

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from batchrun.apis.complete import COMPLETE
@@ -38,10 +38,13 @@ class Api(Protocol):
     text_only: bool  # conversations may hold text blocks only
     batchable: bool  # has a batch form (request.mode: batch)
     accepts: frozenset[str]  # the request.* keys it can send
+    named_fields: Mapping[str, str]  # body fields batchrun sets -> the job key that sets them
+    default_version: str  # the anthropic-version a job gets when it names none
+    versions: frozenset[str] | None  # the anthropic-versions it speaks; None: any
     count_tokens_path: str | None  # where exact input counts come from, if anywhere
 
-    def headers(self, api_key: str, version: str) -> dict[str, str]:
-        """Authentication and versioning headers of every request."""
+    def headers(self, api_key: str, version: str, betas: Sequence[str] = ()) -> dict[str, str]:
+        """Authentication, versioning and beta headers of every request."""
         ...
 
     def body(self, item: RequestItem, params: Mapping[str, Any]) -> dict[str, Any]:

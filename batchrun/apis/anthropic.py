@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchrun.errors import AttemptError, FatalAPIError, PermanentError, RetryableError
 from batchrun.models import Completion
 
-__all__ = ["SAMPLING_KEYS", "AnthropicApi", "classify", "classify_event"]
+__all__ = [
+    "FIRST_VERSION",
+    "LATEST_VERSION",
+    "SAMPLING_KEYS",
+    "AnthropicApi",
+    "classify",
+    "classify_event",
+]
+
+# anthropic-version values: the first (2023-06-01, the only one of the legacy Text Completions
+# API) and the latest, on which temperature, top_p and top_k are gone: sending any is a 400.
+FIRST_VERSION, LATEST_VERSION = "2023-06-01", "2026-10-21"
 
 _FATAL_TYPES = {"authentication_error", "permission_error", "billing_error"}
 _RETRYABLE_TYPES = {
@@ -89,9 +100,12 @@ class AnthropicApi:
     request_id_header = "request-id"
 
     @staticmethod
-    def headers(api_key: str, version: str) -> dict[str, str]:
-        """The headers of every request: the key and the API version."""
-        return {"x-api-key": api_key, "anthropic-version": version}
+    def headers(api_key: str, version: str, betas: Sequence[str] = ()) -> dict[str, str]:
+        """The headers of every request: the key, the API version and any betas."""
+        headers = {"x-api-key": api_key, "anthropic-version": version}
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
+        return headers
 
     @staticmethod
     def budget_headers(headers: Mapping[str, str]) -> dict[str, str]:

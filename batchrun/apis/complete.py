@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batchrun.apis.anthropic import SAMPLING_KEYS, AnthropicApi
+from batchrun.apis.anthropic import FIRST_VERSION, SAMPLING_KEYS, AnthropicApi
 from batchrun.apis.fold import Classify, FoldBase, payload_str, stream_error
 from batchrun.apis.tokens import text_tokens
 from batchrun.models import Completion, RequestItem
@@ -38,7 +38,10 @@ class Complete(AnthropicApi):
     operation = "text_completion"
     text_only = True
     batchable = False
-    accepts = SAMPLING_KEYS
+    accepts = SAMPLING_KEYS | {"metadata"}
+    named_fields: Mapping[str, str] = {}  # it takes no request.extra
+    default_version = FIRST_VERSION
+    versions: frozenset[str] | None = frozenset({FIRST_VERSION})  # the legacy API's only one
 
     def __str__(self) -> str:
         return self.name

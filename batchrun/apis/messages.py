@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from batchrun.apis.anthropic import SAMPLING_KEYS, AnthropicApi
+from batchrun.apis.anthropic import LATEST_VERSION, SAMPLING_KEYS, AnthropicApi
 from batchrun.apis.fold import payload_str
 from batchrun.apis.messages_fold import MessagesFold, blocks_text, usage_fields
 from batchrun.apis.tokens import MESSAGE_OVERHEAD, content_tokens, json_tokens
@@ -20,6 +20,29 @@ __all__ = ["MESSAGES", "Messages"]
 
 # What /v1/messages/count_tokens counts of a body.
 _COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+# Request keys sent under their own name, as given.
+_AS_GIVEN = (
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "thinking",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "service_tier",
+)
+# Every body field batchrun sets, and the job key that sets it: request.extra may not set one.
+_NAMED_FIELDS = {
+    "model": "request.model",
+    "max_tokens": "request.max_tokens",
+    "messages": "input.prompt (or input.messages_column)",
+    "system": "input.system",
+    "stream": "request.mode (every streamed request sends stream: true)",
+    **{key: f"request.{key}" for key in _AS_GIVEN},
+    "output_config": "request.effort and request.output_format",
+    "cache_control": "request.prompt_cache",
+}
 
 
 class Messages(AnthropicApi):
@@ -31,21 +54,53 @@ class Messages(AnthropicApi):
     operation = "chat"
     text_only = False
     batchable = True
-    accepts = SAMPLING_KEYS
+    accepts = SAMPLING_KEYS | {
+        "thinking",
+        "effort",
+        "output_format",
+        "tools",
+        "tool_choice",
+        "prompt_cache",
+        "metadata",
+        "service_tier",
+        "extra",
+    }
+    named_fields: Mapping[str, str] = _NAMED_FIELDS
+    default_version = LATEST_VERSION
+    versions: frozenset[str] | None = None  # any; the job checks what each version refuses
 
     def __str__(self) -> str:
         return self.name
 
     def body(self, item: RequestItem, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The streaming request body: ``params`` (request keys, ``None`` left out) with the
-        item's conversation."""
+        """The streaming request body: the item's conversation with ``params`` (the request
+        keys by their job names, unset ones left out) as the API takes them: ``effort`` and
+        ``output_format`` in ``output_config``, ``prompt_cache`` as a top-level
+        ``cache_control``, ``extra`` merged in as is (the job refuses an extra key that
+        collides with one set here)."""
         body: dict[str, Any] = {"model": params["model"], "max_tokens": params["max_tokens"]}
         body["messages"] = list(item.messages)
         if item.system:
             body["system"] = item.system
-        for key, value in params.items():
-            if key not in body and value is not None:
-                body[key] = value
+        for key in _AS_GIVEN:
+            if params.get(key) is not None:
+                body[key] = params[key]
+        if isinstance(body.get("tools"), str):  # a path: load_job reads it before any body
+            raise TypeError(f"tools is {body['tools']!r}, not a list: load the job first")
+        output_config: dict[str, Any] = {}
+        if params.get("effort") is not None:
+            output_config["effort"] = params["effort"]
+        if params.get("output_format") is not None:
+            schema = params["output_format"]
+            if not isinstance(schema, Mapping):  # a path: load_job reads it before any body
+                raise TypeError(f"output_format is {schema!r}, not a schema: load the job first")
+            output_config["format"] = {"type": "json_schema", "schema": schema}
+        if output_config:
+            body["output_config"] = output_config
+        if params.get("prompt_cache") is not None:
+            ttl = params["prompt_cache"]
+            body["cache_control"] = {"type": "ephemeral", **({"ttl": ttl} if ttl != "5m" else {})}
+        body.update(params.get("extra") or {})
         body["stream"] = True
         return body
 

@@ -110,7 +110,9 @@ async def http_client(
             fingerprint=hashlib.sha256(f"{api_key}\n{base_url}".encode()).hexdigest(),
             scrubber=scrubber,
             headers={
-                **job.request.api_spec.headers(api_key, job.endpoint.anthropic_version),
+                **job.request.api_spec.headers(
+                    api_key, job.endpoint.anthropic_version, job.endpoint.betas
+                ),
                 "content-type": "application/json",
                 "user-agent": f"batchrun/{__version__}",
             },

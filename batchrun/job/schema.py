@@ -18,18 +18,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from batchrun.apis import APIS
+from batchrun.apis.anthropic import FIRST_VERSION, LATEST_VERSION
 from batchrun.errors import JobError
+from batchrun.job.catalogue import lookup, models
+from batchrun.job.files import read_request_files
 from batchrun.job.messages import model_in
 from batchrun.job.prices import DEFAULT_PRICES, ModelPrice
 from batchrun.job.reader import load_model
+from batchrun.job.request import RequestConfig, sampling_set
 from batchrun.job.sections import (
     EndpointConfig,
     InputConfig,
     LimitsConfig,
     OutputConfig,
-    RequestConfig,
     RetryConfig,
     Section,
     TelemetryConfig,
@@ -56,8 +67,11 @@ class Job(Section):
     input: InputConfig = Field(
         description='the rows to send, e.g. input: {path: data.csv, prompt: "{question}"}'
     )
-    request: RequestConfig = RequestConfig()
+    # endpoint comes before request: request's checks need the API version.
     endpoint: EndpointConfig = EndpointConfig()
+    request: RequestConfig = Field(
+        description="what to ask, e.g. request: {model: claude-sonnet-5-5, max_tokens: 256}"
+    )
     limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -73,10 +87,49 @@ class Job(Section):
     @classmethod
     def _empty_sections(cls, data: Any) -> Any:
         # `limits:` with every key commented out reads as null: it means "all defaults".
-        if isinstance(data, dict):
-            sections = [k for k, f in cls.model_fields.items() if model_in(f.annotation)]
-            return {k: ({} if k in sections and v is None else v) for k, v in data.items()}
+        if not isinstance(data, dict):
+            return data
+        sections = [k for k, f in cls.model_fields.items() if model_in(f.annotation)]
+        data = {k: ({} if k in sections and v is None else v) for k, v in data.items()}
+        # A job naming no version gets its API's default (api: complete: 2023-06-01).
+        request, endpoint = data.get("request"), data.get("endpoint", {})
+        name = request.get("api", "messages") if isinstance(request, dict) else None
+        api = APIS.get(name) if isinstance(name, str) else None
+        if api is not None and isinstance(endpoint, dict) and "anthropic_version" not in endpoint:
+            data["endpoint"] = {**endpoint, "anthropic_version": api.default_version}
         return data
+
+    @field_validator("request")
+    @classmethod
+    def _fits_version(cls, request: RequestConfig, info: ValidationInfo) -> RequestConfig:
+        endpoint = info.data.get("endpoint")
+        if endpoint is None:
+            return request
+        version, api = endpoint.anthropic_version, request.api_spec
+        if api.versions is not None and version not in api.versions:
+            only = ", ".join(sorted(api.versions))
+            raise ValueError(
+                f"api: {api.name} speaks anthropic_version {only} only (got "
+                f"endpoint.anthropic_version: {version!r}); set endpoint.anthropic_version: "
+                f'"{only}", or remove it'
+            )
+        sampling = sampling_set(request)
+        if sampling and version >= LATEST_VERSION:
+            raise ValueError(
+                f"sets {', '.join(sampling)}, but anthropic_version {version} has no temperature, "
+                "top_p or top_k (the API answers 400 even at their defaults); remove them from "
+                "request, or pin endpoint.anthropic_version: "
+                f'"{FIRST_VERSION}" with a model that takes them (e.g. claude-haiku-4-5)'
+            )
+        model = lookup(request.model)
+        non_default = sampling_set(request, non_default=True)
+        if model is not None and not model.sampling and non_default:
+            raise ValueError(
+                f"sets {', '.join(non_default)}, but {request.model} refuses sampling values "
+                "other than the defaults on every API version (the API answers 400); remove "
+                "them from request, or use a model that takes them (e.g. claude-haiku-4-5)"
+            )
+        return request
 
     @field_validator("prices", mode="before")
     @classmethod
@@ -99,6 +152,26 @@ class Job(Section):
                 "digit (it names folders and traces)"
             )
         return value
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is valid but worth saying before a run: a model the catalogue does not know
+        (new models appear: it is sent as given), one that is deprecated."""
+        model = self.request.model
+        info = lookup(model)
+        if info is None:
+            known = ", ".join(i.id for i in models() if i.status == "active")
+            return (
+                f"request.model: {model} is not in batchrun's model catalogue; it is sent as "
+                "given, with no output limit checked (give its price under prices: for the "
+                f"cost); current models: {known}",
+            )
+        if info.status == "deprecated":
+            return (
+                f"request.model: {model} is deprecated and retires on {info.retired_on}; "
+                f"move to model: {info.successor}",
+            )
+        return ()
 
     @property
     def path(self) -> Path:
@@ -164,4 +237,17 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
     ``overrides`` are ``KEY=VALUE`` strings (``--set``): a dotted key of the schema and a YAML
     value, applied in order after the file is read.
     """
-    return load_model(path, Job, overrides, secret_keys=_SECRET_KEYS).with_path(path)
+    job = load_model(path, Job, overrides, secret_keys=_SECRET_KEYS).with_path(path)
+    if not job.request.files():
+        return job
+    data = read_request_files(job.request, job.base_dir, shown=str(path))
+    try:
+        request = RequestConfig.model_validate({**job.request.model_dump(), **data})
+    except ValidationError as exc:
+        read = ", ".join(f"{key}: {name}" for key, name in job.request.files().items())
+        lines = []
+        for err in exc.errors(include_url=False):
+            key = ".".join(map(str, ("request", *err["loc"])))
+            lines.append(f"{path}: {key}: {err['msg'].removeprefix('Value error, ')} ({read})")
+        raise JobError("\n".join(lines)) from None
+    return job.model_copy(update={"request": request})

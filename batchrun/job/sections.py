@@ -1,19 +1,16 @@
-"""The job file's sections: every key of ``input``, ``request``, ``endpoint``, ``limits``,
-``retry``, ``timeouts``, ``output`` and ``telemetry``, its default and its limits, as frozen
-pydantic models (the whole job is :class:`batchrun.job.schema.Job`).
+"""The job file's sections: every key of ``input``, ``endpoint``, ``limits``, ``retry``,
+``timeouts``, ``output`` and ``telemetry``, its default and its limits, as frozen pydantic models
+(``request`` is :mod:`batchrun.job.request`'s; the whole job is :class:`batchrun.job.schema.Job`).
 
-Validates at the boundary, then freezes. ``request.api``'s choices come from the API registry
-(:data:`batchrun.apis.APIS`), and whether a request fits its API is the API's to say. It must
-not read the input data, touch the network or read the API key (it only holds the name of the
-variable that holds it).
+Validates at the boundary, then freezes. It must not read the input data, touch the network or
+read the API key (it only holds the name of the variable that holds it).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import date
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from pydantic import (
@@ -25,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from batchrun.apis import APIS, Api, get_api
+from batchrun.apis.anthropic import LATEST_VERSION
 from batchrun.job.messages import looks_like_key
 from batchrun.job.templates import TemplatePart, columns_of, parse_template
 
@@ -34,7 +31,6 @@ __all__ = [
     "InputConfig",
     "LimitsConfig",
     "OutputConfig",
-    "RequestConfig",
     "RetryConfig",
     "Section",
     "TelemetryConfig",
@@ -42,6 +38,7 @@ __all__ = [
 ]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BETA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class Section(BaseModel):
@@ -103,68 +100,6 @@ class InputConfig(Section):
         return list(dict.fromkeys(self.prompt_columns + self.system_columns))
 
 
-if TYPE_CHECKING:
-    ApiName = str
-else:
-    ApiName = Literal[tuple(APIS)]  # the registry's names: a new API is a new choice
-
-# The request keys that go on the wire, in the order a body holds them.
-_WIRE_KEYS = ("model", "max_tokens", "stop_sequences", "temperature", "top_p", "top_k")
-
-
-class RequestConfig(Section):
-    """What each request asks the model for."""
-
-    api: ApiName = "messages"
-    model: str = Field(default="claude-sonnet-4-5", min_length=1)
-    max_tokens: int = Field(default=256, ge=1, le=128_000)
-    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=1)
-    stop_sequences: tuple[str, ...] = Field(default=(), strict=False)
-    samples: int = Field(default=1, ge=1)
-    # stream: one streamed request per row, with timing; batch: the Message Batches API (half
-    # the price, results within 24 hours, no timing columns).
-    mode: Literal["stream", "batch"] = "stream"
-
-    @field_validator("stop_sequences")
-    @classmethod
-    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not s for s in value):
-            raise ValueError("stop sequences must not be empty strings")
-        return value
-
-    @model_validator(mode="after")
-    def _fits_api(self) -> RequestConfig:
-        api = get_api(self.api)
-        if self.mode == "batch" and not api.batchable:
-            batchable = " or ".join(f"api: {a.name}" for a in APIS.values() if a.batchable)
-            raise ValueError(
-                f"mode: batch needs {batchable}; {api.title} (api: {api.name}) has no batch "
-                f"form: use mode: stream, or {batchable}"
-            )
-        refused = [key for key in self.params if key not in api.accepts]
-        if refused:
-            raise ValueError(f"api: {api.name} does not take {', '.join(refused)}")
-        return self
-
-    @property
-    def api_spec(self) -> Api:
-        """The API this job speaks (its path, body, folds and error table)."""
-        return get_api(self.api)
-
-    @cached_property
-    def params(self) -> dict[str, Any]:
-        """The request keys sent with every request, as the API takes them: unset ones (null,
-        an empty list) left out. Made once per job, not per request."""
-        values = ((key, getattr(self, key)) for key in _WIRE_KEYS)
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in values
-            if value is not None and value != ()
-        }
-
-
 def _split_url(value: str) -> SplitResult:
     """A URL's parts; a port that is not a number in 0-65535 is a validation error."""
     parts = urlsplit(value)
@@ -180,7 +115,11 @@ class EndpointConfig(Section):
 
     base_url: str = "sim"
     api_key_env: str = "ANTHROPIC_API_KEY"
-    anthropic_version: str = Field(default="2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    # The default for api: messages; a job with another API gets that API's default_version
+    # (api: complete: 2023-06-01, its only one; batchrun.job.schema fills it in).
+    anthropic_version: str = Field(default=LATEST_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    # Sent as the anthropic-beta header, comma-joined.
+    betas: tuple[str, ...] = Field(default=(), strict=False)
 
     @field_validator("base_url")
     @classmethod
@@ -210,6 +149,17 @@ class EndpointConfig(Section):
                 "must be the name of an environment variable (letters, digits and _, "
                 "not starting with a digit), e.g. ANTHROPIC_API_KEY"
             )
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _beta_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _BETA.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a beta name; give one name per item, letters, digits, "
+                    "'-' and '.', e.g. betas: [context-1m-2025-08-07]"
+                )
         return value
 
     @field_validator("anthropic_version", mode="before")

@@ -98,9 +98,6 @@ OTHER_NAMES: dict[str, tuple[str, ...]] = {
 API_ONLY_FIELDS = frozenset(
     {"container", "context_management", "inference_geo", "mcp_servers", "speed"}
 )
-# API fields batchrun builds from keys of its own; without those keys, request.extra takes them.
-_API_FIELDS_BUILT = frozenset({"cache_control", "output_config"})
-
 # How alike two names must be to call one a near spelling of the other (difflib's ratio); a
 # looser match (difflib's 0.6) is offered only in the key's own section, after an exact key
 # elsewhere: `seed` in limits is sim.seed, not limits.shared.
@@ -210,7 +207,7 @@ def suggest(root: type[BaseModel], section: Loc, key: str) -> Suggestion | None:
         return Suggestion((*ours, *(t for t in targets if (*section, t[-1]) not in ours)))
     if norm == "stream":
         return Suggestion(stream=True)
-    if norm in API_ONLY_FIELDS or norm in _API_FIELDS_BUILT:  # 3. an API field with no key
+    if norm in API_ONLY_FIELDS:  # 3. an API field with no key
         return Suggestion(extra=True)
     close = difflib.get_close_matches(norm, list(by_norm), n=1, cutoff=_CLOSE)
     if close:  # 4. a near spelling here

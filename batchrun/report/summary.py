@@ -106,14 +106,7 @@ def cost(run: RunData) -> dict[str, Any]:
         }
     request = job.get("request")
     mode = request.get("mode") if isinstance(request, dict) else None
-    found = estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
-    if "cost_usd" in run.results.columns and "rows_usd" not in found:
-        found["rows_usd"] = _float_sum(run.results["cost_usd"])
-    return found
-
-
-def _float_sum(values: pl.Series) -> float | None:
-    return None if values.null_count() == values.len() else round(float(values.sum()), 6)
+    return estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
 
 
 def active_duration_s(results: pl.DataFrame) -> float:
