@@ -26,6 +26,9 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "run_id": pl.String,
     "id": pl.String,
     "sample": pl.Int64,
+    # The input row's 0-based position across the input files (null in rows recorded before
+    # the column existed); compaction orders results.parquet by it, then by sample.
+    "input_row": pl.Int64,
     "model": pl.String,
     "api": pl.String,
     "status": pl.String,
@@ -59,6 +62,7 @@ ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "run_id": pl.String,
     "id": pl.String,
     "sample": pl.Int64,
+    "input_row": pl.Int64,
     "attempt": pl.Int64,
     "outcome": pl.String,
     "http_status": pl.Int64,
@@ -90,6 +94,7 @@ def attempt_row(
         "run_id": run_id,
         "id": item.id,
         "sample": item.sample,
+        "input_row": item.row,
         "attempt": number,
         "outcome": "ok" if err is None else err.error_type,
         "http_status": a.http_status,
@@ -127,6 +132,7 @@ def result_row(
         run_id=run_id,
         id=item.id,
         sample=item.sample,
+        input_row=item.row,
         model=model,
         api=api,
         status="ok" if error is None else "error",
