@@ -113,10 +113,24 @@ class _Version(argparse.Action):
 def _validate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun validate",
-        description="Check a job file and its input without sending anything. "
-        "Prints a summary on stdout; exit 0 when valid, 2 when not.",
+        description="Make every check the run makes before its first request (the job, its "
+        "input, the API key variable, the run folder and its lock, whether the folder's "
+        "results are this job's), sending nothing and writing nothing; then say what the run "
+        "would do: requests to send, done already, to send again, estimated input tokens, and "
+        "the estimated cost at list prices in stream and batch mode. Takes the options that "
+        "shape a run. Exit 0 when the run would start; otherwise the code the run would exit "
+        "with (2 invalid, 74 unusable run folder, 75 folder in use).",
     )
     _job_args(parser)
+    parser.add_argument(
+        "--fresh", action="store_true", help="as the run would with --fresh: start over"
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="as the run would with --retry-errors: send again the rows that ended in error",
+    )
+    parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
     return parser
 
 
@@ -209,16 +223,21 @@ def _io_message(exc: RunFolderError | OSError) -> str:
 
 
 def _validate(ns: argparse.Namespace) -> int:
-    from batchrun.job.schema import load_job
-    from batchrun.load.inputs import check_input
+    import asyncio
 
+    from batchrun.job.schema import load_job
+    from batchrun.preflight import describe, predict
+    from batchrun.telemetry.setup import configure_logging
+
+    configure_logging()  # an unreadable checkpoint part is a warning on stderr, never stdout
     job = load_job(ns.job, ns.overrides)
-    summary = check_input(job, limit=ns.limit)
-    print(
-        f"{ns.job}: valid. {summary.rows} input rows, {summary.requests} requests "
-        f"({job.request.api} API, {job.request.mode} mode, model {job.request.model}, "
-        f"{job.request.samples} sample(s) per row), endpoint {job.endpoint.base_url}"
-    )
+    seen = asyncio.run(predict(job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors))
+    if ns.json:
+        import json
+
+        print(json.dumps(seen.as_json(), indent=2))
+    else:
+        print(describe(seen, shown=ns.job, retry_errors=ns.retry_errors))
     return 0
 
 
