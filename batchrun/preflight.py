@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from batchrun.apis import build_request
 from batchrun.call.endpoint import api_key
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
@@ -190,7 +189,7 @@ def forecast(job: Job, plan: Preflight, *, limit: int | None = None) -> Forecast
     to_send = tokens_in = tokens_out = 0
     for batch in plan.done.filter(job, iter_batches(job, limit=limit)):
         for item in batch:
-            body, _ = build_request(api, item, params)
+            body = api.body(item, params)
             to_send += 1
             tokens_in += api.estimate_input_tokens(body)
             tokens_out += api.output_reservation(body)

@@ -26,9 +26,6 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "run_id": pl.String,
     "id": pl.String,
     "sample": pl.Int64,
-    # The input row's 0-based position across the input files (null in rows recorded before
-    # the column existed); compaction orders results.parquet by it, then by sample.
-    "input_row": pl.Int64,
     "model": pl.String,
     "api": pl.String,
     "status": pl.String,
@@ -56,13 +53,15 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     # An addition to the contract: sha256 of the request as sent (API path and JSON body), so a
     # resumed run can tell that the job still asks for the same thing.
     "request_hash": pl.String,
+    # The input row's 0-based position across the input files (null in rows recorded before
+    # the column existed); compaction orders results.parquet by it, then by sample.
+    "input_row": pl.Int64,
 }
 
 ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "run_id": pl.String,
     "id": pl.String,
     "sample": pl.Int64,
-    "input_row": pl.Int64,
     "attempt": pl.Int64,
     "outcome": pl.String,
     "http_status": pl.Int64,
@@ -74,6 +73,7 @@ ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "output_tokens_seen": pl.Int64,
     "retry_after_s": pl.Float64,
     "error_message": pl.String,
+    "input_row": pl.Int64,
 }
 
 
