@@ -84,12 +84,9 @@ async def preflight(
     exists = run_dir.is_dir()
     if exists:
         check_entries(run_dir)  # the lock file included: a folder there is refused
-    hold: contextlib.AbstractContextManager[Any] = (
-        RunLock(run_dir) if not dry else contextlib.nullcontext()
-    )
     if dry and exists:
         check_free(run_dir)
-    with hold:
+    with contextlib.nullcontext() if dry else RunLock(run_dir):
         if dry:
             mode.check(run_dir, fresh)
         else:
@@ -98,11 +95,10 @@ async def preflight(
             with translated(run_dir, "clearing it for --fresh"):
                 clear(run_dir)
         done = Done()
-        if exists and not fresh:  # --fresh: the run clears the folder before planning
-            plan = await asyncio.to_thread(
+        if exists and not fresh:  # --fresh: nothing to plan in the folder, once cleared
+            done = await asyncio.to_thread(
                 resume_plan, job, run_dir, limit, retry_errors, quarantine=not dry
             )
-            done = plan
         busy = await mode.in_flight(run_dir) if exists else set()
         yield Preflight(summary, key, run_dir, done.also(busy), len(busy), exists)
 
