@@ -16,8 +16,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.batch.state import BatchRecord, BatchState, save_state
+from batchrun.batch.entries import make_entry
+from batchrun.batch.state import BatchRecord, BatchState, save_state, write_batch_files
 from batchrun.cli import main
+from batchrun.job.schema import load_job
+from batchrun.load.inputs import iter_batches
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import ResultsWriter
 from batchrun.sim import SimServer
@@ -280,3 +283,28 @@ def test_batch_fresh_with_a_batch_still_open_is_refused(
     save_state(run_dir, BatchState(records=[record]))
     err = _same_refusal(capsys, job, "--fresh", code=2)
     assert "may still be running on the API" in err
+
+
+def test_batch_requests_still_in_a_batch_are_not_to_send(
+    write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Batch mode: the requests of a batch not collected yet are neither done nor to send;
+    validate says how many wait in a batch, and writes nothing."""
+    job_file = write_job(rows=5, extra={"request": {"mode": "batch"}})
+    job = load_job(job_file)
+    run_dir = tmp_path / "out"
+    run_dir.mkdir()
+    state = BatchState()
+    items = [item for batch in iter_batches(job) for item in batch][1:3]  # r1, r2
+    made = [make_entry(job, item, state.salt) for item in items]
+    record = BatchRecord(seq=1, count=2, bytes=100, intent_at=T0.isoformat(), status="open")
+    write_batch_files(run_dir, record, [e for e, _ in made], [w for _, w in made])
+    state.records.append(record)
+    save_state(run_dir, state)
+    before = _tree(run_dir)
+    seen = _predict(capsys, job_file)
+    assert (seen["in_batches"], seen["done"], seen["to_send"]) == (2, 0, 3)
+    code, out, _ = _cli(capsys, "validate", job_file)
+    assert code == 0
+    assert "2 still in a batch, to collect" in out
+    assert _tree(run_dir) == before
