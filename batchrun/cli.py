@@ -175,10 +175,24 @@ def _validate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun validate",
         parents=[_output_options()],
-        description="Check a job file and its input without sending anything. "
-        "Prints a summary on stdout; exit 0 when valid, 2 when not.",
+        description="Make every check the run makes before its first request (the job, its "
+        "input, the API key variable, the run folder and its lock, whether the folder's "
+        "results are this job's), sending nothing and writing nothing; then say what the run "
+        "would do: requests to send, done already, to send again, estimated input tokens, and "
+        "the estimated cost at list prices in stream and batch mode. Takes the options that "
+        "shape a run. Exit 0 when the run would start; otherwise the code the run would exit "
+        "with (2 invalid, 74 unusable run folder, 75 folder in use).",
     )
     _job_args(parser)
+    parser.add_argument(
+        "--fresh", action="store_true", help="as the run would with --fresh: start over"
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="as the run would with --retry-errors: send again the rows that ended in error",
+    )
+    parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
     return parser
 
 
@@ -242,11 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": (_run_parser, _run),
     }[command]
     ns = parser().parse_args(args)  # --help and usage errors end here, before anything loads
-    if command != "validate":  # validate logs nothing, and structlog takes ~70 ms to import
-        from batchrun.telemetry.setup import configure_logging
+    # validate logs too (a damaged checkpoint part is a warning on stderr, never on stdout)
+    from batchrun.telemetry.setup import configure_logging
 
-        json_lines = None if ns.log_format is None else ns.log_format == "json"
-        configure_logging(json_lines=json_lines, verbosity=ns.verbosity)
+    json_lines = None if ns.log_format is None else ns.log_format == "json"
+    configure_logging(json_lines=json_lines, verbosity=ns.verbosity)
     try:
         return handler(ns)
     except JobError as exc:
@@ -289,15 +303,18 @@ def _load(ns: argparse.Namespace) -> Job:
 
 
 def _validate(ns: argparse.Namespace) -> int:
-    from batchrun.load.inputs import check_input
+    import asyncio
+
+    from batchrun.preflight import describe, predict
 
     job = _load(ns)
-    summary = check_input(job, limit=ns.limit)
-    print(
-        f"{ns.job}: valid. {summary.rows} input rows, {summary.requests} requests "
-        f"({job.request.api} API, {job.request.mode} mode, model {job.request.model}, "
-        f"{job.request.samples} sample(s) per row), endpoint {job.endpoint.base_url}"
-    )
+    seen = asyncio.run(predict(job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors))
+    if ns.json:
+        import json
+
+        print(json.dumps(seen.as_json(), indent=2))
+    else:
+        print(describe(seen, shown=ns.job, retry_errors=ns.retry_errors))
     return 0
 
 

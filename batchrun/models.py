@@ -36,7 +36,8 @@ class RequestItem:
 
     ``messages`` is a list of ``{"role": "user" | "assistant", "content": str | list}`` as the
     Messages API takes it; a prompt template yields one user message. ``row`` is the 0-based
-    position of the input row, for error messages.
+    position of the input row across the input files, in the order they are read: the
+    ``input_row`` column.
     """
 
     id: str

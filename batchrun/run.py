@@ -22,7 +22,7 @@ import structlog
 from opentelemetry.trace import Span
 
 from batchrun.call.checkpoints import WRITE_RETRY_S
-from batchrun.call.endpoint import ApiClient, api_key, base_url, http_client
+from batchrun.call.endpoint import ApiClient, base_url, http_client
 from batchrun.call.reachability import UNREACHABLE_WINDOW_S
 from batchrun.call.stream import StreamMode
 from batchrun.clock import Clock, Sleep
@@ -37,15 +37,15 @@ from batchrun.errors import (
     RunLockedError,
 )
 from batchrun.job.schema import Job
-from batchrun.load.inputs import check_input, count_rows
-from batchrun.load.resume import pending_items, resume_plan
+from batchrun.load.inputs import count_rows
+from batchrun.load.resume import pending_items
 from batchrun.models import RequestItem, RunOutcome, RunStatus, Stop
+from batchrun.preflight import preflight
 from batchrun.record.cost import cost_text
-from batchrun.record.folder import check_entries, compact, open_run_dir, translated
-from batchrun.record.lock import RunLock
+from batchrun.record.folder import compact, translated
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
-from batchrun.record.rundir import clear, make_run_dir, new_run_id
+from batchrun.record.rundir import new_run_id
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:
@@ -64,6 +64,10 @@ class Mode(Protocol):
     @property
     def grace_s(self) -> float | None:
         """After a signal, how long requests in flight may finish (``None``: no grace)."""
+        ...
+
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """What :meth:`prepare` would refuse, found without writing (``batchrun validate``)."""
         ...
 
     def prepare(self, run_dir: Path, fresh: bool) -> None:
@@ -141,16 +145,8 @@ async def run_job(
     :class:`RunFolderError`). When no attempt reaches the endpoint for ``unreachable_s``
     (stream mode), the run ends with exit 69 and records nothing of the rows in flight.
     """
-    summary = check_input(job, limit=limit)
-    # A limit the input's end came before left nothing out: no need to count the rest. An
-    # input that cannot be counted past the limit (total None) was cut by it all the same.
-    total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
-    limited = total is None or summary.rows < total
-    options = {"limit": limit, "fresh": fresh, "retry_errors": retry_errors}
     clock = clock or Clock()
     started = clock.now()
-    key = api_key(job)
-    run_dir = open_run_dir(make_run_dir, job.run_dir(clock.wall(started)))
     stop = Stop()
 
     def on_fatal(exc: FatalAPIError) -> None:
@@ -181,14 +177,15 @@ async def run_job(
             write_retry_s=write_retry_s,
             unreachable_s=unreachable_s,
         )
-    check_entries(run_dir)  # the lock file included: a folder there is refused, not a traceback
-    with RunLock(run_dir):
-        mode.prepare(run_dir, fresh)
-        if fresh:
-            with translated(run_dir, "clearing it for --fresh"):
-                clear(run_dir)
-        done = await asyncio.to_thread(resume_plan, job, run_dir, limit, retry_errors)
-        done = done.also(await mode.in_flight(run_dir))
+    async with preflight(
+        job, mode, now=clock.wall(started), limit=limit, fresh=fresh, retry_errors=retry_errors
+    ) as plan:  # the checks `batchrun validate` makes too; the folder's lock held from here
+        summary, key, run_dir, done = plan.summary, plan.key, plan.run_dir, plan.done
+        # A limit the input's end came before left nothing out: no need to count the rest. An
+        # input that cannot be counted past the limit (total None) was cut by it all the same.
+        total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
+        limited = total is None or summary.rows < total
+        options = {"limit": limit, "fresh": fresh, "retry_errors": retry_errors}
         run_id = new_run_id(clock.wall(started))
         structlog.contextvars.bind_contextvars(run_id=run_id)
         log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun.job.schema import load_job
+from batchrun.record import parquet
 from batchrun.record.parquet import (
     KeyHash,
     ResultsWriter,
@@ -21,7 +24,9 @@ from batchrun.record.parquet import (
     write_json_atomic,
 )
 from batchrun.record.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
-from tests.conftest import stored_result
+from batchrun.run import run_job
+from batchrun.sim import SimServer
+from tests.conftest import JobWriter, no_sleep, stored_result
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -263,3 +268,92 @@ def test_a_run_folder_whose_final_files_are_empty_compacts_again(tmp_path: Path)
     writer.add(_result("a"), [_attempt("a")])
     assert writer.finalize() == {"ok": 1}
     assert read_table(tmp_path, "results")["id"].to_list() == ["a"]
+
+
+# --- input_row and the order of results.parquet --------------------------------------------
+
+
+@pytest.mark.parametrize("sort_rows", [1_000, 3], ids=["at once", "by ranges"])
+def test_compaction_orders_results_by_input_row_then_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sort_rows: int
+) -> None:
+    """results.parquet comes out ordered by input_row, then sample, whatever order the parts
+    hold (sorted at once, or a range of rows at a time); a later row still wins its key."""
+    monkeypatch.setattr(parquet, "SORT_ROWS", sort_rows)
+    writer = ResultsWriter(tmp_path)
+    done = [(5, 1), (0, 1), (9, 0), (5, 0), (2, 0), (0, 0), (7, 1), (9, 1), (2, 1), (7, 0)]
+    for n, (row, sample) in enumerate(done):
+        writer.add(_result(f"q{row}", sample, input_row=row, status="error"), [])
+        if n % 3 == 2:
+            writer.flush()
+    writer.add(_result("q5", 1, input_row=5, completion="again"), [])  # resent: wins
+    writer.finalize()
+    results = pl.read_parquet(tmp_path / "results.parquet")
+    assert results.select("input_row", "sample").rows() == sorted(done)
+    assert results.filter(pl.col("id") == "q5")["status"].to_list() == ["error", "ok"]
+    assert results["id"].to_list() == [f"q{r}" for r, _ in sorted(done)]
+    assert not list(tmp_path.glob(".*"))  # no temporary file of a range is left
+
+
+def test_rows_from_before_input_row_go_last_in_stored_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder written before input_row existed resumes: its rows read as null, and
+    compaction puts them after the rows that have one, in the order they were stored."""
+    monkeypatch.setattr(parquet, "SORT_ROWS", 2)
+    old = [_result(i) for i in ("z", "a", "m")]
+    pl.DataFrame(old, schema=RESULT_SCHEMA, orient="row").drop("input_row").write_parquet(
+        tmp_path / "results.parquet"
+    )
+    writer = ResultsWriter(tmp_path)
+    for row in (4, 3, 1):
+        writer.add(_result(f"q{row}", input_row=row), [])
+    writer.finalize()
+    results = pl.read_parquet(tmp_path / "results.parquet")
+    assert results.schema == pl.Schema(RESULT_SCHEMA)
+    assert results.select("id", "input_row").rows() == [
+        ("q1", 1),
+        ("q3", 3),
+        ("q4", 4),
+        ("z", None),
+        ("a", None),
+        ("m", None),
+    ]
+
+
+async def test_a_concurrent_run_is_stored_in_input_order(write_job: JobWriter) -> None:
+    """A run with 8 streams at once, whose answers end out of order (attempts.parquet keeps
+    that order), stores results.parquet by input_row, then sample: row i is input row i."""
+    sim = {"token_interval_s": 0.001, "min_output_tokens": 1, "max_output_tokens": 60}
+    job = load_job(
+        write_job(
+            rows=30,
+            extra={"request": {"samples": 2}, "limits": {"concurrency": 8}, "sim": sim},
+        )
+    )
+    outcome = await run_job(job, sleep=no_sleep)
+    assert outcome.exit_code == 0
+    finished = pl.read_parquet(outcome.run_dir / "attempts.parquet")
+    expected = [(f"r{row}", row, sample) for row in range(30) for sample in range(2)]
+    assert finished.select("id", "input_row", "sample").rows() != expected  # out of order
+    results = pl.read_parquet(outcome.run_dir / "results.parquet")
+    assert results.select("id", "input_row", "sample").rows() == expected
+
+
+async def test_batch_mode_records_input_row(
+    write_job: JobWriter, sim_server: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch mode carries each request's input row through the batch into both tables."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    server = sim_server(batch_processing_s=0.05)
+    job = load_job(
+        write_job(
+            rows=7,
+            extra={"endpoint": {"base_url": server.base_url}, "request": {"mode": "batch"}},
+        )
+    )
+    outcome = await run_job(job, sleep=no_sleep)
+    assert outcome.exit_code == 0
+    for table in ("results", "attempts"):
+        stored = pl.read_parquet(outcome.run_dir / f"{table}.parquet").sort("id")
+        assert stored.select("id", "input_row").rows() == [(f"r{i}", i) for i in range(7)]

@@ -276,6 +276,27 @@ async def test_the_plan_skips_exactly_the_requests_done(
     every = [(f"r{row}", sample) for row in range(4) for sample in range(2)]
     assert await _pending(job, done) == [k for k in every if k not in skipped]
     assert len(done) == len(skipped - {("gone", 0)})
+    assert done.again == len([k for k in every if k in folder and k not in skipped])
+
+
+async def test_a_folder_from_before_input_row_resumes(write_job: JobWriter, tmp_path: Path) -> None:
+    """A results.parquet without the input_row column resumes: its rows are done, the rest is
+    sent, and the compacted file keeps its rows (input_row null, after the new rows)."""
+    job = load_job(write_job(rows=4))
+    run_dir = tmp_path / "out"
+    _write_folder(job, run_dir, {("r1", 0): "ok", ("r3", 0): "ok"})
+    ResultsWriter(run_dir).finalize()
+    old = pl.read_parquet(run_dir / "results.parquet").drop("input_row")
+    old.write_parquet(run_dir / "results.parquet")
+    outcome = await run_job(job, sleep=no_sleep)
+    assert (outcome.exit_code, outcome.sent) == (0, 2)
+    stored = pl.read_parquet(run_dir / "results.parquet")
+    assert stored.select("id", "input_row").rows() == [
+        ("r0", 0),
+        ("r2", 2),
+        ("r1", None),
+        ("r3", None),
+    ]
 
 
 async def test_a_limit_plans_only_the_rows_it_sends(write_job: JobWriter, tmp_path: Path) -> None:

@@ -90,7 +90,11 @@ async def test_a_clean_run_writes_the_contract(write_job: JobWriter) -> None:
     outcome, results, attempts = await _run(_job(write_job, rows=6))
     assert outcome.exit_code == 0
     assert outcome.status == "complete"
-    assert results.columns[: len(RESULT_COLUMNS) + 1] == [*RESULT_COLUMNS, "request_hash"]
+    assert results.columns[: len(RESULT_COLUMNS) + 2] == [
+        *RESULT_COLUMNS,
+        "request_hash",
+        "input_row",
+    ]
     assert attempts.columns[: len(ATTEMPT_COLUMNS)] == ATTEMPT_COLUMNS
     assert sorted(results["id"].to_list()) == [f"r{i}" for i in range(6)]
     assert results["status"].unique().to_list() == ["ok"]

@@ -57,13 +57,17 @@ class BatchMode:
     _busy: set[tuple[str, int]] = field(default_factory=set)
     _nothing_to_cancel: bool = False
 
-    def prepare(self, run_dir: Path, fresh: bool) -> None:
-        """Before the resume plan: the folder's batches; ``--fresh`` only when none may still be
-        running (their results would be lost)."""
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """Read the folder's batches, writing nothing; refuse ``--fresh`` while one may still
+        be running (its results would be lost)."""
         self.state = load_state(run_dir)
+        if fresh and self.state.unfinished():
+            raise JobError(_still_open(run_dir, self.state, "--fresh would lose their results"))
+
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Before the resume plan: :meth:`check`, then ``--fresh`` forgets the batches."""
+        self.check(run_dir, fresh)
         if fresh:
-            if self.state.unfinished():
-                raise JobError(_still_open(run_dir, self.state, "--fresh would lose their results"))
             clear_batch_state(run_dir)
             self.state = BatchState()
         if not self.cancel:

@@ -49,7 +49,8 @@ class Entry:
 
     ``request_hash`` is stream mode's hash of the same request, so a run folder can switch
     modes and still resume. ``first_at`` is when the request was first submitted (ISO 8601), for
-    the row's ``started_at`` after retries. The request itself travels as its wire form.
+    the row's ``started_at`` after retries. ``input_row`` is the item's row (``None`` in batch
+    state written before it was kept). The request itself travels as its wire form.
     """
 
     custom_id: str
@@ -58,6 +59,7 @@ class Entry:
     request_hash: str
     attempt: int = 1
     first_at: str | None = None
+    input_row: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,11 +69,12 @@ class Entry:
             "request_hash": self.request_hash,
             "attempt": self.attempt,
             "first_at": self.first_at,
+            "input_row": self.input_row,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
-        first_at = data.get("first_at")
+        first_at, input_row = data.get("first_at"), data.get("input_row")
         return cls(
             custom_id=str(data["custom_id"]),
             id=str(data["id"]),
@@ -79,6 +82,7 @@ class Entry:
             request_hash=str(data["request_hash"]),
             attempt=int(data["attempt"]),
             first_at=first_at if isinstance(first_at, str) else None,
+            input_row=input_row if isinstance(input_row, int) else None,
         )
 
     def retry(self, first_at: str | None) -> Entry:
@@ -91,7 +95,13 @@ def make_entry(job: Job, item: RequestItem, salt: str) -> tuple[Entry, bytes]:
     ``{"custom_id": ..., "params": ...}`` object a batch body carries."""
     params, request_hash = build_request(job.request.api_spec, item, job.request.params)
     params.pop("stream", None)
-    entry = Entry(custom_id(salt, item.id, item.sample), item.id, item.sample, request_hash)
+    entry = Entry(
+        custom_id(salt, item.id, item.sample),
+        item.id,
+        item.sample,
+        request_hash,
+        input_row=item.row,
+    )
     # ASCII-only JSON: a lone surrogate in a prompt stays an escape, never invalid UTF-8 that
     # would make the whole batch unreadable. custom_id comes first (see wire_custom_id).
     wire = json.dumps({"custom_id": entry.custom_id, "params": params}, separators=(",", ":"))

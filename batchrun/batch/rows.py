@@ -107,7 +107,9 @@ def settle(
     item = RequestItem(id=entry.id, sample=entry.sample, messages=())
     final = Attempt(request_id=times.request_id, completion=completion, error=error)
     attempt = attempt_row(run_id, item, entry.attempt, 0.0, final, clock)
-    attempt.update(started_at=times.created, finished_at=times.ended, ttft_s=None)
+    # Batch state written before input_row was kept: the row is not known (null, not 0).
+    input_row = {"input_row": entry.input_row}
+    attempt.update(started_at=times.created, finished_at=times.ended, ttft_s=None, **input_row)
     if may_retry and isinstance(error, RetryableError):
         return Settled(None, attempt, error)
     row = result_row(
@@ -126,6 +128,6 @@ def settle(
         clock=clock,
         rates=rates,
     )
-    row.update(dict.fromkeys(_TIMING))
+    row.update(dict.fromkeys(_TIMING), **input_row)
     row.update(started_at=parse_time(entry.first_at) or times.created, finished_at=times.ended)
     return Settled(row, attempt, error)

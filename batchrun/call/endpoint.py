@@ -27,7 +27,6 @@ import msgspec
 
 from batchrun import __version__
 from batchrun.call.secrets import NO_SECRETS, Scrubber, redis_password
-from batchrun.call.transport import AiohttpTransport
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
 from batchrun.telemetry.setup import scrubbed_logs
@@ -102,6 +101,8 @@ async def http_client(
     concurrency = job.limits.concurrency
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     if transport is None:
+        from batchrun.call.transport import AiohttpTransport  # aiohttp: ~0.3 s, not for validate
+
         transport = AiohttpTransport(limits=limits)
     scrubber = Scrubber([api_key, *redis_password(job.limits.redis_url)])
     with scrubbed_logs(scrubber.text):

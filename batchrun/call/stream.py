@@ -159,6 +159,9 @@ class StreamMode:
     interrupted_note = "no new requests; those in flight may finish; send again to exit at once"
     progress: Progress | None = None
 
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder to refuse."""
+
     def prepare(self, run_dir: Path, fresh: bool) -> None:
         """Nothing of its own in the run folder."""
 

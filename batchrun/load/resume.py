@@ -88,7 +88,9 @@ class Done:
     order :func:`iter_batches` yields them (a bit each: 125 kB for a million, where a set of
     the done keys held ~470 MB all run), with a check that each block of requests is still the
     one planned; and any (id, sample) given to :meth:`also`. ``len``: the requests skipped as
-    done. ``block``: the requests planned and checked together (as :func:`resume_plan` had it).
+    done. ``again``: the requests the folder has a row for that are sent again (a transient
+    error, or any error with ``retry_errors``). ``block``: the requests planned and checked
+    together (as :func:`resume_plan` had it).
     """
 
     def __init__(
@@ -97,12 +99,14 @@ class Done:
         marks: list[int] | None = None,
         also: frozenset[tuple[str, int]] = frozenset(),
         *,
+        again: int = 0,
         block: int = _BLOCK,
     ) -> None:
         self._block = block
         self._skip = skip
         self._marks = marks or []
         self._also = also
+        self.again = again
         self._count = int(skip.sum()) if skip is not None else 0
 
     def __len__(self) -> int:
@@ -110,7 +114,8 @@ class Done:
 
     def also(self, keys: Iterable[tuple[str, int]]) -> Done:
         """These (id, sample) pairs skipped too (batch mode's requests still in a batch)."""
-        return Done(self._skip, self._marks, self._also | frozenset(keys), block=self._block)
+        also = self._also | frozenset(keys)
+        return Done(self._skip, self._marks, also, again=self.again, block=self._block)
 
     def filter(self, job: Job, batches: Iterator[list[RequestItem]]) -> Iterator[list[RequestItem]]:
         """The requests of ``batches`` (the input as planned) not to skip, a block at a time."""
@@ -155,11 +160,13 @@ def resume_plan(
     limit: int | None,
     retry_errors: bool,
     *,
+    quarantine: bool = True,
     key_hash: KeyHash = hash_keys,
     block: int = _BLOCK,
 ) -> Done:
     """The requests to skip; refuses to resume when the job now asks otherwise, or when a final
-    file of the folder is damaged (checkpoint parts that are get quarantined instead).
+    file of the folder is damaged (checkpoint parts that are get quarantined instead, unless
+    not ``quarantine``: ``batchrun validate`` only leaves them out, moving nothing).
 
     A request is compared by the hash of what would be sent. Any difference (model, template,
     max_tokens, input text, ...) means the folder's rows answer another question. The folder's
@@ -168,16 +175,18 @@ def resume_plan(
     """
     for final in ("results.parquet", "attempts.parquet"):
         check_final(run_dir / final)  # damaged: refused, never read as empty
-    index = resume_index(run_dir, key_hash=key_hash)
+    index = resume_index(run_dir, key_hash=key_hash, quarantine=quarantine)
     if index.is_empty():
         return Done(block=block)
     columns = _skip_rule(job, run_dir, index, retry_errors, key_hash)
     table = _Keyed(columns, key_hash)
     del index
     flags, marks, count, changed = list[pl.Series](), list[int](), 0, list[str]()
+    again = 0
     for items in _blocks(iter_batches(job, limit=limit), block):
         found = table.match(items)
         flags.append(found["skip"].fill_null(False))
+        again += int((~found["skip"]).sum())  # a row, not done: sent again (nulls: no row)
         marks.append(_mark(items))
         stored = found["request"]
         rows = stored.is_not_null().arg_true()
@@ -196,7 +205,8 @@ def resume_plan(
             f"input changed), e.g. {', '.join(changed)}. Run with --fresh to start over, or "
             "set output.dir to a new folder."
         )
-    return Done(pl.concat(flags) if flags else pl.Series(dtype=pl.Boolean), marks, block=block)
+    skip = pl.concat(flags) if flags else pl.Series(dtype=pl.Boolean)
+    return Done(skip, marks, again=again, block=block)
 
 
 def _skip_rule(

@@ -21,7 +21,7 @@ from types import TracebackType
 
 from batchrun.errors import JobError, RunLockedError
 
-__all__ = ["RunLock"]
+__all__ = ["RunLock", "check_free"]
 
 
 class RunLock:
@@ -36,12 +36,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise RunLockedError(
-                f"{self.path.parent}: another batchrun run is using this run folder ({holder}); "
-                "wait for it to finish, or give this run another output.dir"
-            ) from None
+            raise _held(self.path, fd) from None
         os.ftruncate(fd, 0)
         stamp = {"pid": os.getpid(), "started_at": datetime.now(UTC).isoformat()}
         os.write(fd, json.dumps(stamp).encode())
@@ -60,11 +55,40 @@ class RunLock:
             self._fd = None
 
 
-def _open_own(path: Path) -> int:
+def check_free(run_dir: Path) -> None:
+    """What ``RunLock(run_dir)`` would refuse, found without creating or writing anything
+    (``batchrun validate``): a lock file that is not batchrun's (JobError), or a run holding
+    the folder (RunLockedError). The check takes a shared lock for an instant; a run starting
+    in that instant is refused as if another run held the folder."""
+    path = run_dir / ".batchrun.lock"
+    if not path.exists() and not path.is_symlink():
+        return
+    fd = _open_own(path, create=False)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _held(path, fd) from None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _held(path: Path, fd: int) -> RunLockedError:
+    """The error for a lock another process holds; closes ``fd``."""
+    holder = _read_holder(fd)
+    os.close(fd)
+    return RunLockedError(
+        f"{path.parent}: another batchrun run is using this run folder ({holder}); "
+        "wait for it to finish, or give this run another output.dir"
+    )
+
+
+def _open_own(path: Path, *, create: bool = True) -> int:
     """The lock file, opened only if it is a plain file of this user's with no other name: a
     symbolic or hard link planted under its name would have the stamp written into, and
-    truncate, another file. ``O_NONBLOCK``: a FIFO planted there must not hang the open."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    truncate, another file. ``O_NONBLOCK``: a FIFO planted there must not hang the open.
+    Without ``create``, opened read-only (it must exist)."""
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:

@@ -5,8 +5,9 @@ Finished requests are buffered and written as numbered part files under ``parts/
 to a new temporary file, fsynced and renamed, so a crash never leaves a half-written part under
 a real name, and a link planted under a name is replaced, never written through; each part's
 name carries its checksum, which ``record.verify`` checks before its rows are read).
-``finalize`` compacts the earlier final files and the parts into ``results.parquet`` and
-``attempts.parquet``, one row per (id, sample), atomically. This is the only module that writes
+``finalize`` compacts the earlier final files and the parts into ``results.parquet`` (ordered
+by ``input_row``, then ``sample``) and ``attempts.parquet``, one row per (id, sample),
+atomically. This is the only module that writes
 Parquet; it defines no column (``record.schema`` does) and knows nothing of HTTP or of the job
 file's shape.
 """
@@ -41,6 +42,7 @@ __all__ = [
 # Row groups small enough that reading a file back streams in bounded memory: polars' default
 # (~260k rows) made compacting a million rows take ~900 MB, 10k rows takes ~200 MB.
 ROW_GROUP_ROWS = 10_000
+SORT_ROWS = 10_000  # result rows compaction sorts at once (see _write_in_input_order)
 MERGE_AFTER_PARTS = 64  # small checkpoint parts per table before they are merged into one
 _SEED = 0x6B657973  # of the key hashes that find a key written twice, or a request done
 _REQUEST_SEED = 0x72657175  # of the request hashes a resume compares, 8 bytes a row
@@ -142,7 +144,10 @@ class ResultsWriter:
         for name in _TABLES:
             table = scan_table(self.run_dir, name, key_hash=self._key_hash, quarantine=True)
             path = self.run_dir / f"{name}.parquet"
-            commit(_write_parquet_temp(table, self.run_dir, path.name), path)
+            if name == "results":
+                commit(_write_in_input_order(table, self.run_dir, path.name), path)
+            else:
+                commit(_write_parquet_temp(table, self.run_dir, path.name), path)
         for part in self.parts_dir.glob("*.parquet"):
             part.unlink()
         counts = (
@@ -222,18 +227,21 @@ def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame:
     return pl.scan_parquet(path).with_columns(missing).select(list(schema))
 
 
-def resume_index(run_dir: Path, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:
+def resume_index(
+    run_dir: Path, *, key_hash: KeyHash = hash_keys, quarantine: bool = True
+) -> pl.DataFrame:
     """Every (id, sample) with a result in this run folder, keyed as :func:`resume_keys` keys
     it (``_hash``, ``id``, ``sample``), with ``ok`` (its status is ok) and ``request``, its
     ``request_hash`` as :func:`request_keys` hashes it (null where it has none). Parts that
-    fail their checksum are quarantined: call it under the run folder's lock.
+    fail their checksum are quarantined (unless not ``quarantine``: then only left out): call
+    it under the run folder's lock.
 
     About 40 bytes a row, where a dict of Python tuples took ~800: read streaming, only these
     columns.
     """
     stored = pl.col("request_hash")
     return (
-        scan_table(run_dir, "results", key_hash=key_hash, quarantine=True)
+        scan_table(run_dir, "results", key_hash=key_hash, quarantine=quarantine)
         .select(
             key_hash(_KEYS["results"]),
             "id",
@@ -272,6 +280,40 @@ def _json_default(value: object) -> str:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _write_in_input_order(table: pl.LazyFrame, folder: Path, name: str) -> Path:
+    """``table`` (results) ordered by ``input_row``, then ``sample``, in a new temporary file;
+    rows recorded before ``input_row`` existed (null) go last, in the order they were stored.
+
+    Sorted :data:`SORT_ROWS` rows at a time: each range of input rows is filtered from the
+    scan (row groups whose statistics lie outside it are skipped), sorted and written to a
+    temporary file of its own, and the files are then streamed into one. Sorting a million
+    rows of short answers at once took ~1 GB; by ranges of 10k ~150 MB, as compaction without
+    a sort, in ~8 s instead of ~1 s. Rows finish in about input order, so a range reads few
+    row groups; in random order every range reads them all (300k rows: 8 s).
+    """
+    order = ("input_row", "sample")
+    stats = table.select(
+        pl.col("input_row").max().alias("top"), pl.col("input_row").count().alias("n")
+    ).collect(engine="streaming")
+    top, rows = stats.row(0)
+    if rows <= SORT_ROWS:
+        return _write_parquet_temp(
+            table.sort(*order, nulls_last=True, maintain_order=True), folder, name
+        )
+    span = max(1, SORT_ROWS * (top + 1) // rows)  # input rows a range holds, by their density
+    pieces: list[Path] = []
+    try:
+        row = pl.col("input_row")
+        for start in range(0, top + 1, span):
+            part = table.filter(row.is_between(start, start + span, closed="left"))
+            pieces.append(_write_parquet_temp(part.sort(*order), folder, name))
+        pieces.append(_write_parquet_temp(table.filter(row.is_null()), folder, name))
+        return _write_parquet_temp(pl.concat([pl.scan_parquet(p) for p in pieces]), folder, name)
+    finally:
+        for piece in pieces:
+            piece.unlink(missing_ok=True)
 
 
 def _write_parquet_temp(frame: pl.DataFrame | pl.LazyFrame, folder: Path, name: str) -> Path:

@@ -55,6 +55,9 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     # An addition to the contract: sha256 of the request as sent (API path and JSON body), so a
     # resumed run can tell that the job still asks for the same thing.
     "request_hash": pl.String,
+    # The input row's 0-based position across the input files (null in rows recorded before
+    # the column existed); compaction orders results.parquet by it, then by sample.
+    "input_row": pl.Int64,
     # Second release (CONTRACT.md, Additions), after the first release's columns. From the
     # final usage (the stream's, or the batch result's); null where it had none.
     "cache_read_input_tokens": pl.Int64,
@@ -82,6 +85,7 @@ ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "output_tokens_seen": pl.Int64,
     "retry_after_s": pl.Float64,
     "error_message": pl.String,
+    "input_row": pl.Int64,
 }
 
 
@@ -102,6 +106,7 @@ def attempt_row(
         "run_id": run_id,
         "id": item.id,
         "sample": item.sample,
+        "input_row": item.row,
         "attempt": number,
         "outcome": "ok" if err is None else err.error_type,
         "http_status": a.http_status,
@@ -141,6 +146,7 @@ def result_row(
         run_id=run_id,
         id=item.id,
         sample=item.sample,
+        input_row=item.row,
         model=model,
         api=api,
         status="ok" if error is None else "error",

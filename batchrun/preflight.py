@@ -1,0 +1,268 @@
+"""Before the first request: every check a run makes, shared by the run and ``batchrun validate``.
+
+:func:`preflight` is the start of :func:`batchrun.run.run_job`: the input, the API key, the run
+folder (its path, its entries, its lock), the mode's own state in it, ``--fresh`` and the
+resume plan (which refuses a folder holding another job's results). ``dry`` is the same
+sequence without writing: the folder is looked at, never created, locked, cleared or
+quarantined, so ``validate`` refuses what the run would refuse, with the same message and exit
+code. :func:`forecast` then says what the run would send and what it may cost. Nothing here
+sends a request; with ``dry`` nothing here writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from batchrun.call.endpoint import api_key
+from batchrun.errors import JobError
+from batchrun.job.schema import Job
+from batchrun.load.inputs import check_input, iter_batches
+from batchrun.load.resume import Done, resume_plan
+from batchrun.models import InputSummary
+from batchrun.record.cost import BATCH_DISCOUNT, price_for
+from batchrun.record.files import check_private
+from batchrun.record.folder import check_entries, open_run_dir, translated
+from batchrun.record.lock import RunLock, check_free
+from batchrun.record.rundir import clear, make_run_dir
+
+__all__ = ["Forecast", "Preflight", "describe", "dry_mode", "forecast", "predict", "preflight"]
+
+
+class FolderMode(Protocol):
+    """What a mode (``run.Mode``) keeps in the run folder, as far as the checks go."""
+
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """What :meth:`prepare` would refuse, found without writing."""
+        ...
+
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Under the lock, before the resume plan: the mode's own state in the run folder."""
+        ...
+
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
+        """Requests sent by an earlier process and not collected yet: not to send again."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """A run that passed every check: its input, key, folder, and what it skips."""
+
+    summary: InputSummary
+    key: str
+    run_dir: Path
+    done: Done  # skipped: done, or still in a batch (``in_flight`` of them)
+    in_flight: int = 0
+    folder_exists: bool = True
+
+
+@contextlib.asynccontextmanager
+async def preflight(
+    job: Job,
+    mode: FolderMode,
+    *,
+    now: datetime,
+    limit: int | None = None,
+    fresh: bool = False,
+    retry_errors: bool = False,
+    dry: bool = False,
+) -> AsyncIterator[Preflight]:
+    """Check ``job`` as its run does before the first request, holding the run folder's lock
+    while the context lasts (``dry``: only checking that it is free). Raises what the run
+    raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
+    summary = check_input(job, limit=limit)
+    key = api_key(job)
+    run_dir = open_run_dir(_look if dry else make_run_dir, job.run_dir(now))
+    exists = run_dir.is_dir()
+    if exists:
+        check_entries(run_dir)  # the lock file included: a folder there is refused
+    if dry and exists:
+        check_free(run_dir)
+    with contextlib.nullcontext() if dry else RunLock(run_dir):
+        if dry:
+            mode.check(run_dir, fresh)
+        else:
+            mode.prepare(run_dir, fresh)
+        if fresh and not dry:
+            with translated(run_dir, "clearing it for --fresh"):
+                clear(run_dir)
+        done = Done()
+        if exists and not fresh:  # --fresh: nothing to plan in the folder, once cleared
+            done = await asyncio.to_thread(
+                resume_plan, job, run_dir, limit, retry_errors, quarantine=not dry
+            )
+        busy = await mode.in_flight(run_dir) if exists else set()
+        yield Preflight(summary, key, run_dir, done.also(busy), len(busy), exists)
+
+
+def _look(path: Path) -> Path:
+    """``record.rundir.make_run_dir`` without creating anything: the run folder it would make
+    or use, refused as it would refuse it (its message, with the reason it would meet)."""
+    run_dir = path.resolve()
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(run_dir))
+        nearest = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+        if not nearest.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(nearest))
+        if nearest == run_dir:
+            check_private(run_dir)
+            check_private(run_dir / "parts", what="run folder's parts/ folder")
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(nearest))
+    except OSError as exc:  # make_run_dir's words for what its mkdir would meet
+        raise JobError(
+            f"output.dir: cannot write the run folder {run_dir}: {exc.strerror}; "
+            "choose a folder you can write with --set output.dir=..."
+        ) from exc
+    return run_dir
+
+
+def dry_mode(job: Job) -> FolderMode:
+    """The job's mode, made only to be checked (its ``check`` and ``in_flight``)."""
+    from batchrun.clock import Clock
+    from batchrun.models import Stop
+
+    if job.request.mode == "batch":
+        from batchrun.batch import BatchMode
+
+        return BatchMode(job, Clock(), asyncio.sleep, Stop())
+    from batchrun.call.stream import StreamMode
+
+    return StreamMode(job, Clock(), asyncio.sleep, Stop(), on_fatal=lambda exc: None)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """What a run would do now (see :func:`forecast`). Token counts are of the requests to
+    send; ``output_tokens`` is their ``max_tokens``: a ceiling, not an estimate. Costs are
+    ``None`` when the model has no price."""
+
+    job: str
+    run_dir: Path
+    folder_exists: bool
+    api: str
+    mode: str
+    model: str
+    samples: int
+    endpoint: str
+    input_rows: int
+    requests: int
+    done: int
+    in_batches: int
+    to_send: int
+    new: int
+    again: int
+    input_tokens: int
+    output_tokens: int
+    price: tuple[float, float] | None
+    stream_usd: float | None
+    batch_usd: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["run_dir"] = str(self.run_dir)
+        out["price"] = (
+            None if self.price is None else {"input": self.price[0], "output": self.price[1]}
+        )
+        return out
+
+
+def forecast(job: Job, plan: Preflight, *, limit: int | None = None) -> Forecast:
+    """What the run would send after ``plan``: the requests (counted from the input, as the run
+    will read it), their input tokens (the API's estimate, as the rate budget takes it: not
+    ``count_tokens``, which would send) and their output ceiling (``max_tokens``), priced at
+    the job's list prices at the stream and the batch rate. Reads the input once more."""
+    api, params = job.request.api_spec, job.request.params
+    to_send = tokens_in = tokens_out = 0
+    for batch in plan.done.filter(job, iter_batches(job, limit=limit)):
+        for item in batch:
+            body = api.body(item, params)
+            to_send += 1
+            tokens_in += api.estimate_input_tokens(body)
+            tokens_out += api.output_reservation(body)
+    price = price_for(job.request.model, job.prices)
+    stream_usd = None if price is None else (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+    return Forecast(
+        job=str(job.path),
+        run_dir=plan.run_dir,
+        folder_exists=plan.folder_exists,
+        api=job.request.api,
+        mode=job.request.mode,
+        model=job.request.model,
+        samples=job.request.samples,
+        endpoint=str(job.endpoint.base_url),
+        input_rows=plan.summary.rows,
+        requests=plan.summary.requests,
+        done=len(plan.done),
+        in_batches=plan.in_flight,
+        to_send=to_send,
+        new=to_send - plan.done.again,
+        again=plan.done.again,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        price=price,
+        stream_usd=None if stream_usd is None else round(stream_usd, 6),
+        batch_usd=None if stream_usd is None else round(stream_usd * BATCH_DISCOUNT, 6),
+    )
+
+
+async def predict(
+    job: Job,
+    *,
+    limit: int | None = None,
+    fresh: bool = False,
+    retry_errors: bool = False,
+    now: datetime | None = None,
+) -> Forecast:
+    """``batchrun validate``: :func:`preflight` with ``dry``, then :func:`forecast`."""
+    when = now or datetime.now(UTC)
+    mode = dry_mode(job)
+    async with preflight(
+        job, mode, now=when, limit=limit, fresh=fresh, retry_errors=retry_errors, dry=True
+    ) as plan:
+        return await asyncio.to_thread(forecast, job, plan, limit=limit)
+
+
+def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
+    """The prediction as a few lines for people (``shown``: the job file as they named it)."""
+    lines = [
+        f"{shown}: valid. {seen.input_rows} input rows, {seen.requests} requests ({seen.api} "
+        f"API, {seen.mode} mode, model {seen.model}, {seen.samples} sample(s) per row), "
+        f"endpoint {seen.endpoint}",
+        f"run folder: {seen.run_dir}" + ("" if seen.folder_exists else " (not created yet)"),
+    ]
+    why = "ended in error" if retry_errors else "ended in a transient error"
+    lines.append(
+        f"to send:    {seen.to_send:,} requests: {seen.new:,} new, {seen.again:,} again "
+        f"(their rows {why})"
+    )
+    held = f"; {seen.in_batches:,} still in a batch, to collect" if seen.in_batches else ""
+    lines.append(f"done:       {seen.done:,} requests, not sent again{held}")
+    if seen.to_send:
+        lines.append(
+            f"tokens:     ~{seen.input_tokens:,} input (batchrun's estimate, not the API's "
+            f"count); at most {seen.output_tokens:,} output (max_tokens of every request: a "
+            "worst case)"
+        )
+    if seen.price is None:
+        lines.append(f"cost:       model {seen.model} has no list price (add it under prices:)")
+    elif seen.stream_usd is not None and seen.batch_usd is not None:
+        lines.append(
+            f"cost:       at most {_usd(seen.stream_usd)} in stream mode, "
+            f"{_usd(seen.batch_usd)} in batch mode, at list prices (${seen.price[0]:g} in, "
+            f"${seen.price[1]:g} out per million tokens), output at its worst case"
+        )
+    return "\n".join(lines)
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
