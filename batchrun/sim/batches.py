@@ -217,8 +217,8 @@ def _answer(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
             _, error_type, message = HTTP_FAULTS[fault.kind.removesuffix("_midstream")]
             return _errored(error_type, message.format(model=req.model))
         return _errored("api_error", "Internal server error")
-    reply = model_reply(config, req)  # the Messages route's reply to this request
-    answer = message_json(req, reply, make_id("msg_", config.seed, req.key))
+    reply = model_reply(config, req, attempt)  # the Messages route's reply to this request
+    answer = message_json(req, reply, make_id("msg_", config.seed, req.key, attempt))
     return {"type": "succeeded", "message": answer}
 
 

@@ -145,7 +145,7 @@ async def _route(
         )
         if fault is not None:
             state.stats.record_fault(fault.kind)
-        return await _reply(call, req, fault, headers, admission)
+        return await _reply(call, req, fault, headers, admission, attempt)
     finally:
         state.limits.finish(admission)
 
@@ -166,6 +166,7 @@ async def _reply(
     fault: Fault | None,
     headers: dict[str, str],
     admission: Admission,
+    draw: int,
 ) -> web.StreamResponse:
     config, request = call.state.config, call.request
     kind: str | None = fault.kind if fault is not None else None
@@ -190,9 +191,9 @@ async def _reply(
             limits=call.state.limits,
             retry_after_s=fault.retry_after_s,
         )
-    reply = model_reply(config, req)
+    reply = model_reply(config, req, draw)
     admission.output_tokens = len(reply.tokens)  # what the rate limit is charged in the end
-    object_id = make_id("msg_" if req.api == "messages" else "compl_", config.seed, req.key)
+    object_id = make_id("msg_" if req.api == "messages" else "compl_", config.seed, req.key, draw)
     if not req.stream:
         return await _reply_json(call, req, reply, object_id, kind, headers)
     if req.api == "messages":

@@ -37,8 +37,9 @@ class SimState:
 STATE = web.AppKey("batchrun_sim_state", SimState)
 
 
-def model_reply(config: SimConfig, req: GenRequest) -> Reply:
-    """The "model"'s reply to a validated request, whichever route it came by."""
+def model_reply(config: SimConfig, req: GenRequest, draw: int = 1) -> Reply:
+    """The "model"'s reply to a validated request, whichever route it came by. ``draw`` is how
+    many times this exact body has been seen on its route: each sighting gets another reply."""
     legacy = req.api == "complete"
     return generate(
         config.seed,
@@ -49,4 +50,5 @@ def model_reply(config: SimConfig, req: GenRequest) -> Reply:
         stop_sequences=req.stop_sequences,
         natural_stop="stop_sequence" if legacy else "end_turn",
         leading_space=legacy,
+        draw=draw,
     )
