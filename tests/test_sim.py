@@ -26,6 +26,7 @@ from batchrun.sim.events import messages_script
 from batchrun.sim.faults import select_fault
 from batchrun.sim.stream import plan
 from batchrun.sim.text import generate
+from batchrun.sim.turn import model_turn
 from batchrun.sim.validate import GenRequest
 from tests.conftest import wait_until
 
@@ -263,7 +264,9 @@ def test_messages_stream_wire_format(server: SimServer) -> None:
     assert start["content"] == []
     assert start["stop_reason"] is None
     assert start["usage"]["output_tokens"] == 1
-    assert payloads[-2]["usage"] == {"output_tokens": n}
+    # The final usage is whole (it supersedes message_start's), with n output tokens.
+    assert payloads[-2]["usage"] == {**start["usage"], "output_tokens": n}
+    assert start["usage"]["service_tier"] == "standard"
     assert payloads[-2]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     deltas = [p["delta"]["text"] for p in payloads if p["type"] == "content_block_delta"]
     assert all(t.startswith(" ") or t in ".,!?" for t in deltas[1:])  # a token is a word
@@ -816,8 +819,8 @@ def test_every_fault_kind_is_covered() -> None:
 def test_plan_with_zero_delays_is_due_at_once() -> None:
     """With zero delays every step is due at 0 (one write); a stall shifts what follows it."""
     req = GenRequest("messages", "claude-x", 10, (), True, 1, b"k")
-    reply = generate(0, b"k", min_tokens=5, max_tokens=5, cap=10)
-    script = messages_script(req, reply, "msg_1")
+    turn = model_turn(SimConfig(min_output_tokens=5, max_output_tokens=5), req)
+    script = messages_script(req, turn, "msg_1")
     steps, ending = plan(script, None, ttft_s=0, interval_s=0, stall_s=9)
     assert ending == "complete"
     assert {s.at for s in steps} == {0.0}

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Reply", "content_key", "estimate_tokens", "generate", "random_for"]
+__all__ = ["Reply", "content_key", "estimate_tokens", "generate", "random_for", "words"]
 
 # Fields that cut or transport the reply but do not change what the "model" would say.
 _NOT_CONTENT = frozenset({"stream", "max_tokens", "max_tokens_to_sample", "stop_sequences"})
@@ -57,8 +57,19 @@ class Reply:
 
 
 def content_key(body: dict[str, Any]) -> bytes:
-    """A digest of the request's content: the body without the fields that only cut or carry it."""
+    """A digest of the request's content: the body without the fields that only cut or carry it.
+
+    ``output_config.effort`` is left out too: effort scales the reply's length (``scale``), so
+    the same prompt at a lower effort gets a shorter reply of the same text.
+    """
     content = {k: v for k, v in body.items() if k not in _NOT_CONTENT}
+    config = content.get("output_config")
+    if isinstance(config, dict) and "effort" in config:
+        rest = {k: v for k, v in config.items() if k != "effort"}
+        if rest:
+            content["output_config"] = rest
+        else:
+            del content["output_config"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).digest()
 
@@ -74,7 +85,7 @@ def estimate_tokens(chars: int) -> int:
     return max(1, math.ceil(chars / 4))
 
 
-def _words(rng: random.Random) -> Iterator[str]:
+def words(rng: random.Random) -> Iterator[str]:
     """Endless English-looking tokens, each word with its leading space, punctuation bare."""
     while True:
         length = rng.randint(4, 16)
@@ -97,6 +108,7 @@ def generate(
     natural_stop: str = "end_turn",
     leading_space: bool = False,
     draw: int = 1,
+    scale: float = 1.0,
 ) -> Reply:
     """The reply to the request whose :func:`content_key` is ``key``.
 
@@ -104,12 +116,14 @@ def generate(
     cuts it with ``max_tokens``; the first stop sequence the text would contain cuts it just
     before that sequence with ``stop_sequence``. ``leading_space`` keeps the space before the
     first word, as the legacy API does; the Messages API starts with the bare word. ``draw``
-    (1-based) is the sighting of this body: each one gets another reply.
+    (1-based) is the sighting of this body: each one gets another reply. ``scale`` multiplies
+    the natural length (effort).
     """
     rng = random_for(seed, key, draw)
     natural = rng.randint(min_tokens, max(min_tokens, max_tokens))
-    words = _words(rng)
-    tokens = [next(words) for _ in range(natural)]
+    natural = max(1, round(natural * scale))
+    stream = words(rng)
+    tokens = [next(stream) for _ in range(natural)]
     if tokens[-1] not in _ENDINGS:
         tokens[-1] = "."
     if not leading_space:
