@@ -495,3 +495,24 @@ async def test_the_samples_of_a_row_differ_and_replay(
     first = await completions("job")
     assert {len(texts) for texts in first.values()} == {3}
     assert await completions("job") == first
+
+
+def test_a_retry_gets_the_interrupted_reply_and_a_new_request_another(
+    start: Callable[..., SimServer],
+) -> None:
+    """A faulted attempt takes no reply: the retry of its body gets the text the fault cut off,
+    the next sighting of that body (another sample) gets other text."""
+    sim = start(faults=[{"kind": "overloaded_midstream", "attempts": [1], "after_deltas": 2}])
+    payload = body("Retry me", stream=True)
+    cut = sse(post(sim, payload).text)
+    assert cut[-1]["type"] == "error"
+    texts = []
+    for _ in range(2):
+        events = sse(post(sim, payload).text)
+        texts.append(
+            "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+        )
+    partial = "".join(e["delta"]["text"] for e in cut if e["type"] == "content_block_delta")
+    assert partial
+    assert texts[0].startswith(partial)
+    assert texts[1] != texts[0]

@@ -226,7 +226,8 @@ def _answer(state: SimState, params: dict[str, Any], version: str) -> dict[str, 
             _, error_type, message = HTTP_FAULTS[fault.kind.removesuffix("_midstream")]
             return _errored(error_type, message.format(model=req.model))
         return _errored("api_error", "Internal server error")
-    turn = message_turn(state, req, attempt, tier="batch")  # as the Messages route's reply
+    draw = state.attempts.draw(digest, take=True)
+    turn = message_turn(state, req, draw, tier="batch")  # as the Messages route's reply
     answer = message_json(req, turn, make_id("msg_", config.seed, req.key, attempt))
     return {"type": "succeeded", "message": answer}
 

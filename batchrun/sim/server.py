@@ -159,7 +159,8 @@ async def _route(
         )
         if fault is not None:
             state.stats.record_fault(fault.kind)
-        return await _reply(call, req, fault, headers, admission, attempt)
+        draw = state.attempts.draw(digest, take=fault is None)
+        return await _reply(call, req, fault, headers, admission, attempt, draw)
     finally:
         state.limits.finish(admission)
 
@@ -180,6 +181,7 @@ async def _reply(
     fault: Fault | None,
     headers: dict[str, str],
     admission: Admission,
+    attempt: int,
     draw: int,
 ) -> web.StreamResponse:
     config, request = call.state.config, call.request
@@ -205,7 +207,8 @@ async def _reply(
             limits=call.state.limits,
             retry_after_s=fault.retry_after_s,
         )
-    object_id = make_id("msg_" if req.api == "messages" else "compl_", config.seed, req.key, draw)
+    prefix = "msg_" if req.api == "messages" else "compl_"
+    object_id = make_id(prefix, config.seed, req.key, attempt)
     if req.api == "messages":
         turn = message_turn(call.state, req, draw)
         admission.output_tokens = turn.output_tokens  # what the rate limit is charged in the end

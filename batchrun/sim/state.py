@@ -45,8 +45,8 @@ STATE = web.AppKey("batchrun_sim_state", SimState)
 
 def message_turn(state: SimState, req: GenRequest, draw: int, *, tier: str = "standard") -> Turn:
     """The Messages reply to a validated request, whichever route it came by: its prompt meets
-    the cache now (reading and writing it), then the model answers. ``draw`` is how many times
-    this exact body has been seen on its route: each sighting gets another reply."""
+    the cache now (reading and writing it), then the model answers. ``draw`` numbers the
+    replies to this exact body on its route (``AttemptCounter.draw``): each is another reply."""
     use = state.cache.use(req.model, segments(req.body), state.clock())
     return model_turn(state.config, req, draw=draw, cache=use, tier=tier)
 

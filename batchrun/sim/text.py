@@ -2,9 +2,10 @@
 
 Pure functions, no I/O and no clock. The text is a function of the simulator's seed, the
 request's content (not ``stream``, the token cap or the stop sequences, so a capped or stopped
-reply is a prefix of the uncapped one) and the draw: how many times the simulator has seen that
-exact body. So the samples of one request differ, as on the API at its default temperature, and
-a run is reproducible for a fixed seed and order. It must not know about HTTP or SSE.
+reply is a prefix of the uncapped one) and the draw: the number of the reply the simulator
+gives that exact body (a faulted attempt takes none). So the samples of one request differ, as on
+the API at its default temperature, a retry after a fault gets the reply the fault interrupted,
+and a run is reproducible for a fixed seed and order. It must not know about HTTP or SSE.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def generate(
     cuts it with ``max_tokens``; the first stop sequence the text would contain cuts it just
     before that sequence with ``stop_sequence``. ``leading_space`` keeps the space before the
     first word, as the legacy API does; the Messages API starts with the bare word. ``draw``
-    (1-based) is the sighting of this body: each one gets another reply. ``scale`` multiplies
+    (1-based) numbers the replies to this body: each one is another reply. ``scale`` multiplies
     the natural length (effort).
     """
     rng = random_for(seed, key, draw)
