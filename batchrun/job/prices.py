@@ -1,7 +1,7 @@
 """The price table of the cost line: what a model costs per million tokens.
 
-Part of the job file (its ``prices:`` section overrides or extends :data:`DEFAULT_PRICES`).
-Pure data: no I/O.
+Part of the job file (its ``prices:`` section overrides or extends :data:`DEFAULT_PRICES`, which
+is the model catalogue's, :mod:`batchrun.job.catalogue`). Pure data: no I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from batchrun.job.catalogue import models
 from batchrun.job.sections import Section
 
 __all__ = ["DEFAULT_PRICES", "CacheRates", "ModelPrice"]
@@ -65,20 +66,9 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-# Anthropic's list prices (USD per million tokens) when this table was written; the job's
+# The catalogue's list prices (USD per million tokens), under every name of each model; the job's
 # ``prices:`` section overrides or extends it. A model matches its own key or the longest key
-# followed by "-" (claude-sonnet-4-5-20250929 takes claude-sonnet-4-5's price).
+# followed by "-" (claude-sonnet-5-5-20261201 takes claude-sonnet-5-5's price).
 DEFAULT_PRICES: dict[str, ModelPrice] = {
-    name: ModelPrice(input=rates[0], output=rates[1])
-    for name, rates in {
-        "claude-opus-4-5": (5.0, 25.0),
-        "claude-opus-4-1": (15.0, 75.0),
-        "claude-opus-4": (15.0, 75.0),
-        "claude-sonnet-4-5": (3.0, 15.0),
-        "claude-sonnet-4": (3.0, 15.0),
-        "claude-3-7-sonnet": (3.0, 15.0),
-        "claude-haiku-4-5": (1.0, 5.0),
-        "claude-3-5-haiku": (0.8, 4.0),
-        "claude-3-haiku": (0.25, 1.25),
-    }.items()
+    name: info.price for info in models() if info.price is not None for name in info.names
 }
