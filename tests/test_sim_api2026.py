@@ -249,8 +249,8 @@ def test_thinking_is_off_by_default_and_on_for_adaptive_always_models(server: Si
 
 
 def test_enabled_thinking_checks_its_budget(server: SimServer) -> None:
-    """thinking enabled: a budget under 1024 or not under max_tokens is a 400; a valid one
-    thinks within it."""
+    """thinking enabled: a budget under 1024 or not under max_tokens is a 400, and so is enabled
+    on a model of adaptive thinking (the catalogue's kind); a valid one thinks within it."""
     low = post(server, body(thinking={"type": "enabled", "budget_tokens": 100}))
     assert low.status_code == 400
     assert "greater than or equal to 1024" in low.text
@@ -260,6 +260,13 @@ def test_enabled_thinking_checks_its_budget(server: SimServer) -> None:
         400,
         "invalid_request_error",
         "`max_tokens` must be greater than `thinking.budget_tokens`.",
+    )
+    adaptive_only = post(server, body(thinking={"type": "enabled", "budget_tokens": 1024}))
+    assert_error(
+        adaptive_only,
+        400,
+        "invalid_request_error",
+        "thinking.type: 'enabled' is not supported on claude-sonnet-5-5; use 'adaptive'",
     )
     ok = post(
         server, body(model="claude-haiku-4-5", thinking={"type": "enabled", "budget_tokens": 1024})

@@ -217,6 +217,8 @@ def validate(
         cap_name = "max_tokens"
     if spec is not None and spec.max_output is not None:
         max_tokens_limit = spec.max_output
+    if spec is not None and spec.context_window is not None:
+        context_window = spec.context_window
     cap = 1
     if api != "count_tokens":
         cap = _required(body, cap_name, int)
@@ -460,8 +462,8 @@ def _check_thinking(body: dict[str, Any], spec: ModelSpec, cap: int, api: Api) -
     kind = thinking.get("type")
     if kind not in ("adaptive", "enabled", "disabled"):
         raise _invalid("thinking.type: Input should be 'adaptive', 'enabled' or 'disabled'")
-    if kind == "adaptive" and spec.thinking == "none":
-        raise _invalid("thinking.type: adaptive thinking is not supported on this model")
+    if kind != "disabled" and spec.thinking == "none":
+        raise _invalid(f"thinking.type: thinking is not supported on {spec.id}")
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
         if budget is None:
@@ -473,6 +475,10 @@ def _check_thinking(body: dict[str, Any], spec: ModelSpec, cap: int, api: Api) -
             )
         if api != "count_tokens" and budget >= cap:
             raise _invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
+        if spec.thinking in ("adaptive", "adaptive_always"):
+            raise _invalid(
+                f"thinking.type: 'enabled' is not supported on {spec.id}; use 'adaptive'"
+            )
     choice = body.get("tool_choice") or {}
     if kind != "disabled" and choice.get("type") in ("any", "tool"):
         raise _invalid("Thinking may not be enabled when tool_choice forces tool use.")
