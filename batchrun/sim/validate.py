@@ -5,9 +5,12 @@ Pure: no HTTP objects, no clock. Error messages imitate the API's (``messages: F
 and "assistant" ...``, ``prompt is too long: N tokens > M maximum``) so that clients are tested
 against what the real service says. Stricter than today's API in one place, on purpose: the
 first message is ``user`` and roles alternate (the API used to require it and now merges
-consecutive turns; batchrun never sends such a conversation). Every input is answered with a
-:class:`Rejected` or a :class:`GenRequest`, never another exception. It must not generate text
-or pick faults.
+consecutive turns; batchrun never sends such a conversation). The request's
+``anthropic-version`` matters: on 2026-10-21 ``temperature``, ``top_p`` and ``top_k`` are extra
+inputs, and so are a ``document`` block from the assistant and a cited user text block; a model
+of the catalogue (``models``) brings its output limit, context window, kind of thinking and
+whether it takes non-default sampling values. Every input is answered with a :class:`Rejected`
+or a :class:`GenRequest`, never another exception. It must not generate text or pick faults.
 """
 
 from __future__ import annotations
