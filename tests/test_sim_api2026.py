@@ -523,3 +523,23 @@ def test_a_retry_gets_the_interrupted_reply_and_a_new_request_another(
     assert partial
     assert texts[0].startswith(partial)
     assert texts[1] != texts[0]
+
+
+def test_service_tier_is_reported_and_checked(server: SimServer) -> None:
+    """service_tier auto or standard_only is served on the standard tier; another value is a 400."""
+    for tier in ("auto", "standard_only"):
+        answer = post(server, body("Tier?", service_tier=tier)).json()
+        assert answer["usage"]["service_tier"] == "standard"
+    bad = post(server, body(service_tier="priority"))
+    assert_error(
+        bad, 400, "invalid_request_error", "service_tier: Input should be 'auto' or 'standard_only'"
+    )
+
+
+def test_declared_server_tools_add_server_tool_use_to_usage(server: SimServer) -> None:
+    """A server tool among the tools (web search) makes usage carry server_tool_use; the
+    simulator runs no searches, so its counts are zero."""
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    answer = post(server, body("Search?", tools=[search])).json()
+    assert answer["usage"]["server_tool_use"] == {"web_search_requests": 0, "web_fetch_requests": 0}
+    assert [b["type"] for b in answer["content"]] == ["text"]

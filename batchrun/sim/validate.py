@@ -401,7 +401,8 @@ def _check_default_sampling(body: dict[str, Any], model: str) -> None:
 
 
 def _check_features(body: dict[str, Any], spec: ModelSpec) -> int:
-    """``tools``, ``tool_choice``, ``output_config`` and ``cache_control``: their shapes.
+    """``tools``, ``tool_choice``, ``output_config``, ``service_tier`` and ``cache_control``:
+    their shapes.
 
     Returns the characters the tool definitions add to the prompt.
     """
@@ -447,6 +448,8 @@ def _check_features(body: dict[str, Any], spec: ModelSpec) -> int:
                 raise _invalid("output_config.format.type: Input should be 'json_schema'")
             if not isinstance(form.get("schema"), dict):
                 raise _invalid("output_config.format.json_schema.schema: Field required")
+    if body.get("service_tier", "auto") not in ("auto", "standard_only"):
+        raise _invalid("service_tier: Input should be 'auto' or 'standard_only'")
     marker = body.get("cache_control")
     if marker is not None:
         _check(marker, dict, "cache_control")
