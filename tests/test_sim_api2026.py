@@ -536,10 +536,37 @@ def test_service_tier_is_reported_and_checked(server: SimServer) -> None:
     )
 
 
-def test_declared_server_tools_add_server_tool_use_to_usage(server: SimServer) -> None:
-    """A server tool among the tools (web search) makes usage carry server_tool_use; the
-    simulator runs no searches, so its counts are zero."""
-    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
-    answer = post(server, body("Search?", tools=[search])).json()
-    assert answer["usage"]["server_tool_use"] == {"web_search_requests": 0, "web_fetch_requests": 0}
-    assert [b["type"] for b in answer["content"]] == ["text"]
+def test_a_declared_web_search_is_drawn_and_streamed_as_server_tool_blocks(
+    sdk: anthropic.Anthropic,
+) -> None:
+    """A web_search server tool: some replies search first (a server_tool_use block streamed as
+    input_json_delta, a web_search_tool_result block, then the text) and count the search in
+    usage.server_tool_use; the others count none."""
+    search: Any = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    counts = []
+    for i in range(8):
+        with sdk.messages.stream(
+            model=MODEL,
+            max_tokens=500,
+            messages=[{"role": "user", "content": f"Search {i}?"}],
+            tools=[search],
+        ) as stream:
+            final = stream.get_final_message()
+        assert final.usage.server_tool_use is not None
+        searches = final.usage.server_tool_use.web_search_requests
+        counts.append(searches)
+        kinds = [b.type for b in final.content]
+        if searches:
+            assert kinds == ["server_tool_use", "web_search_tool_result", "text"]
+            use, found = final.content[0], final.content[1]
+            assert use.type == "server_tool_use"
+            assert found.type == "web_search_tool_result"
+            assert use.name == "web_search"
+            assert isinstance(use.input["query"], str)
+            assert found.tool_use_id == use.id
+            assert isinstance(found.content, list)
+            assert all(r.url.startswith("https://") for r in found.content)
+        else:
+            assert kinds == ["text"]
+        assert final.stop_reason == "end_turn"
+    assert set(counts) == {0, 1}

@@ -1,7 +1,9 @@
 """Simulator: a Messages reply as the API composes it today. Content blocks, stop reason, usage.
 
 From a checked request: a ``thinking`` block (deltas, then a signature) when thinking is on,
-optionally a ``redacted_thinking`` block; then the answer, either text from ``text.generate``,
+optionally a ``redacted_thinking`` block; a web search (``server_tool_use`` and
+``web_search_tool_result`` blocks, made-up results) when a web_search tool is declared and drawn;
+then the answer, either text from ``text.generate``,
 JSON of the ``output_config.format`` schema's shape (``schema.instance``), or a ``tool_use``
 block whose input has the tool's ``input_schema`` shape (after a short text when the model
 chose the tool itself). ``output_config.effort`` scales thinking and text; ``max_tokens`` cuts
@@ -35,12 +37,13 @@ _CHUNK = 12  # characters of JSON per input_json_delta / text_delta
 class Block:
     """One content block: its type, the pieces its deltas carry, and its other fields."""
 
-    type: str  # thinking | redacted_thinking | text | tool_use
+    type: str  # thinking | redacted_thinking | text | tool_use | server_tool_use | *_tool_result
     pieces: tuple[str, ...] = ()
     signature: str = ""
     data: str = ""
     tool_id: str = ""
     tool_name: str = ""
+    result_json: str = ""  # a server tool result's content, as JSON
 
     @property
     def text(self) -> str:
@@ -52,15 +55,18 @@ class Block:
             return {"type": "thinking", "thinking": "", "signature": ""}
         if self.type == "redacted_thinking":
             return {"type": "redacted_thinking", "data": self.data}
-        if self.type == "tool_use":
-            return {"type": "tool_use", "id": self.tool_id, "name": self.tool_name, "input": {}}
+        if self.type in ("tool_use", "server_tool_use"):
+            return {"type": self.type, "id": self.tool_id, "name": self.tool_name, "input": {}}
+        if self.type.endswith("_tool_result"):
+            content = json.loads(self.result_json)
+            return {"type": self.type, "tool_use_id": self.tool_id, "content": content}
         return {"type": "text", "text": ""}
 
     def final(self) -> dict[str, Any]:
         """The whole block, as a non-streamed message holds it."""
         if self.type == "thinking":
             return {"type": "thinking", "thinking": self.text, "signature": self.signature}
-        if self.type == "tool_use":
+        if self.type in ("tool_use", "server_tool_use"):
             try:
                 tool_input = json.loads(self.text)
             except ValueError:  # cut by max_tokens
@@ -75,7 +81,7 @@ class Block:
         if self.type == "thinking":
             out = [{"type": "thinking_delta", "thinking": p} for p in self.pieces]
             return [*out, {"type": "signature_delta", "signature": self.signature}]
-        if self.type == "tool_use":
+        if self.type in ("tool_use", "server_tool_use"):
             return [{"type": "input_json_delta", "partial_json": p} for p in self.pieces]
         if self.type == "text":
             return [{"type": "text_delta", "text": p} for p in self.pieces]
@@ -152,8 +158,58 @@ def _pick_tool(config: SimConfig, req: GenRequest, draw: int) -> tuple[dict[str,
     return None
 
 
+def _search(config: SimConfig, req: GenRequest, draw: int) -> tuple[Block, Block] | None:
+    """A web search the reply makes first, when a web_search server tool is declared and
+    ``tool_choice`` is auto: by the same draw rate as custom tools. Nothing is searched; the
+    results are made up (example.com), as the blocks' shapes are what a client reads."""
+    tools = [
+        t for t in req.body.get("tools") or () if str(t.get("type", "")).startswith("web_search")
+    ]
+    choice = req.body.get("tool_choice") or {"type": "auto"}
+    if not tools or choice.get("type") != "auto":
+        return None
+    rng = random_for(config.seed, req.key, draw, b"search")
+    if rng.random() >= config.tool_use_rate:
+        return None
+    stream = words(rng)
+    query = "".join(next(stream) for _ in range(4)).strip(" ,.!?")
+    tool_id = "srvtoolu_01" + _alnum(
+        _signature(b"search", b"%d" % config.seed, req.key, b"%d" % draw)
+    )
+    results = []
+    for i in range(2):
+        title = "".join(next(stream) for _ in range(5)).strip(" ,.!?")
+        slug = "-".join(w.lower() for w in title.split() if w.isalpha())
+        results.append(
+            {
+                "type": "web_search_result",
+                "title": title,
+                "url": f"https://www.example.com/{slug}",
+                "encrypted_content": _signature(b"page", tool_id.encode(), b"%d" % i),
+                "page_age": f"{i + 1} weeks ago",
+            }
+        )
+    use = Block(
+        "server_tool_use",
+        _chunks(json.dumps({"query": query})),
+        tool_id=tool_id,
+        tool_name=tools[0].get("name", "web_search"),
+    )
+    found = Block("web_search_tool_result", tool_id=tool_id, result_json=json.dumps(results))
+    return use, found
+
+
+def _alnum(text: str) -> str:
+    return "".join(c for c in text if c.isalnum())[:22]
+
+
 def _usage(
-    req: GenRequest, use: CacheUse, output_tokens: int, thinking_tokens: int | None, tier: str
+    req: GenRequest,
+    use: CacheUse,
+    output_tokens: int,
+    thinking_tokens: int | None,
+    tier: str,
+    searches: int = 0,
 ) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "input_tokens": req.input_tokens - use.read - use.written,
@@ -169,7 +225,7 @@ def _usage(
     if thinking_tokens is not None:
         usage["output_tokens_details"] = {"thinking_tokens": thinking_tokens}
     if any(t.get("type", "custom") != "custom" for t in req.body.get("tools") or ()):
-        usage["server_tool_use"] = {"web_search_requests": 0, "web_fetch_requests": 0}
+        usage["server_tool_use"] = {"web_search_requests": searches, "web_fetch_requests": 0}
     return usage
 
 
@@ -196,6 +252,10 @@ def model_turn(
             data = _signature(b"redacted", b"%d" % config.seed, req.key, b"%d" % draw)
             blocks.append(Block("redacted_thinking", data=data))
     stop_reason, stop_sequence = "end_turn", None
+    search = _search(config, req, draw) if left > 0 else None
+    if search is not None:
+        blocks += search
+        left -= _tokens(search[0].pieces)
     picked = _pick_tool(config, req, draw)
     form = output_config.get("format")
     if left <= 0:
@@ -233,10 +293,11 @@ def model_turn(
         if _tokens(pieces) > left:
             pieces, stop_reason = _cut(pieces, left), "max_tokens"
         tool_id = _signature(b"tool", b"%d" % config.seed, req.key, b"%d" % draw)
-        tool_id = "toolu_01" + "".join(c for c in tool_id if c.isalnum())[:22]
+        tool_id = "toolu_01" + _alnum(tool_id)
         blocks.append(Block("tool_use", pieces, tool_id=tool_id, tool_name=picked[0]["name"]))
         left -= _tokens(pieces)
-    usage = _usage(req, cache or CacheUse(), req.max_tokens - left, cost, tier)
+    output = req.max_tokens - left
+    usage = _usage(req, cache or CacheUse(), output, cost, tier, 0 if search is None else 1)
     return Turn(tuple(blocks), stop_reason, stop_sequence, usage)
 
 
