@@ -6,6 +6,7 @@ from httpx on the wire, and from batchrun's own client in a whole run.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,10 +14,13 @@ import anthropic
 import httpx
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchrun.job.schema import load_job
 from batchrun.run import run_job
 from batchrun.sim import SimConfig, SimServer
+from batchrun.sim.schema import instance
 from tests.conftest import JobWriter, no_sleep
 
 KEY = "sk-sim-2026"
@@ -570,3 +574,94 @@ def test_a_declared_web_search_is_drawn_and_streamed_as_server_tool_blocks(
             assert kinds == ["text"]
         assert final.stop_reason == "end_turn"
     assert set(counts) == {0, 1}
+
+
+# The schema generator, on schemas drawn at random
+
+_LEAVES = st.one_of(
+    st.builds(
+        lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span},
+        st.integers(-50, 50),
+        st.integers(0, 20),
+    ),
+    st.just({"type": "number", "minimum": 0.5, "maximum": 2.5}),
+    st.just({"type": "boolean"}),
+    st.just({"type": "null"}),
+    st.builds(
+        lambda lo, span: {"type": "string", "minLength": lo, "maxLength": lo + span},
+        st.integers(0, 10),
+        st.integers(0, 30),
+    ),
+    st.lists(st.text(max_size=5), min_size=1, max_size=4, unique=True).map(lambda e: {"enum": e}),
+)
+
+
+def _compound(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    objects = st.dictionaries(
+        st.text("abcxyz", min_size=1, max_size=4), children, max_size=4
+    ).flatmap(
+        lambda props: st.builds(
+            lambda required: {"type": "object", "properties": props, "required": required},
+            st.lists(st.sampled_from(sorted(props)), unique=True) if props else st.just([]),
+        )
+    )
+    arrays = st.builds(
+        lambda items, lo, span: {
+            "type": "array",
+            "items": items,
+            "minItems": lo,
+            "maxItems": lo + span,
+        },
+        children,
+        st.integers(0, 3),
+        st.integers(0, 3),
+    )
+    choices = st.lists(children, min_size=1, max_size=3).map(lambda options: {"anyOf": options})
+    return st.one_of(objects, arrays, choices)
+
+
+SCHEMAS = st.recursive(_LEAVES, _compound, max_leaves=12)
+
+
+def conforms(value: Any, schema: dict[str, Any]) -> bool:
+    """A hand check of the keywords the generator promises (not a general validator)."""
+    if "anyOf" in schema:
+        return any(conforms(value, option) for option in schema["anyOf"])
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema["type"]
+    if kind == "object":
+        props = schema["properties"]
+        return (
+            isinstance(value, dict)
+            and set(schema["required"]) <= set(value) <= set(props)
+            and all(conforms(v, props[k]) for k, v in value.items())
+        )
+    if kind == "array":
+        return (
+            isinstance(value, list)
+            and schema["minItems"] <= len(value) <= schema["maxItems"]
+            and all(conforms(v, schema["items"]) for v in value)
+        )
+    if kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return ok and schema["minimum"] <= value <= schema["maximum"]
+    if kind == "number":
+        return isinstance(value, float) and schema["minimum"] <= value <= schema["maximum"]
+    if kind == "string":
+        return isinstance(value, str) and schema["minLength"] <= len(value) <= schema["maxLength"]
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return value is None
+
+
+@given(schema=SCHEMAS, seed=st.integers(0, 2**32))
+def test_the_schema_generator_makes_values_of_the_schemas_shape(
+    schema: dict[str, Any], seed: int
+) -> None:
+    """Whatever the schema (nested objects, arrays, anyOf, enums, bounds), the value conforms,
+    survives a JSON round trip, and the same seed makes the same value."""
+    value = instance(schema, random.Random(seed))
+    assert conforms(value, schema), (schema, value)
+    assert json.loads(json.dumps(value)) == value
+    assert instance(schema, random.Random(seed)) == value
