@@ -665,3 +665,33 @@ def test_the_schema_generator_makes_values_of_the_schemas_shape(
     assert conforms(value, schema), (schema, value)
     assert json.loads(json.dumps(value)) == value
     assert instance(schema, random.Random(seed)) == value
+
+
+def test_a_growing_conversation_reads_its_earlier_prefix(server: SimServer) -> None:
+    """Automatic caching on a conversation: the next turn reads what the previous turn wrote
+    (found by the lookback from the new breakpoint) and writes only the new part."""
+    first_turn = [{"role": "user", "content": "Tell me about rivers. " * 30}]
+    first = post(server, body(messages=first_turn, cache_control={"type": "ephemeral"})).json()
+    written = first["usage"]["cache_creation_input_tokens"]
+    assert written > 0
+    assert first["usage"]["cache_read_input_tokens"] == 0
+    reply = first["content"][0]["text"]
+    second_turn = [
+        *first_turn,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And lakes?"},
+    ]
+    second = post(server, body(messages=second_turn, cache_control={"type": "ephemeral"})).json()
+    usage = second["usage"]
+    assert usage["cache_read_input_tokens"] == written
+    assert usage["cache_creation_input_tokens"] > 0
+    total = usage["input_tokens"] + usage["cache_read_input_tokens"]
+    assert (
+        total + usage["cache_creation_input_tokens"]
+        == httpx.post(
+            server.base_url + "/v1/messages/count_tokens",
+            json={"model": MODEL, "messages": second_turn},
+            headers=NEW,
+            timeout=10,
+        ).json()["input_tokens"]
+    )
