@@ -54,7 +54,8 @@ async def _results(client: httpx.AsyncClient, batch_id: str) -> dict[str, Any]:
 async def test_a_batch_answers_as_the_messages_api_would(
     sim_server: StartSim, client_for: Callable[[SimServer], httpx.AsyncClient]
 ) -> None:
-    """Each succeeded result is the non-streaming Messages answer to the same params."""
+    """Each succeeded result is the non-streaming Messages answer to the same params, served
+    on the batch tier."""
     client = client_for(sim_server())
     requests = _requests("Why is the sky blue?", "Name three primes.")
     created = await client.post("/v1/messages/batches", json={"requests": requests})
@@ -67,7 +68,10 @@ async def test_a_batch_answers_as_the_messages_api_would(
     for request in requests:
         alone = await client.post("/v1/messages", json=request["params"])
         result = results[request["custom_id"]]
-        assert result == {"type": "succeeded", "message": alone.json()}
+        expected = alone.json()
+        assert expected["usage"]["service_tier"] == "standard"
+        expected["usage"]["service_tier"] = "batch"
+        assert result == {"type": "succeeded", "message": expected}
 
 
 async def test_the_schedule_counts_and_results_url(

@@ -1,12 +1,15 @@
 """The built-in simulator of the Anthropic API: a real HTTP server on loopback.
 
-It speaks the Messages and legacy Complete APIs (streaming and not), validates requests as the
-API does, writes deterministic text on a configurable schedule and injects the faults that
-:class:`SimConfig` asks for. Modules, in request order: ``server`` (routes) → ``validate`` →
-``faults`` → ``text`` (the model) → ``events`` (wire bytes) → ``stream`` (timing); ``responses``
-holds the API's error shapes, ``stats`` what happened, ``background`` the thread runner;
-``batches`` serves the Message Batches API, and ``state`` is what it and ``server`` share.
-It must not import batchrun's client side: the simulator is an independent party.
+It speaks the Messages and legacy Complete APIs (streaming and not) as of version 2026-10-21,
+validates requests as the API does, writes deterministic replies on a configurable schedule and
+injects the faults that :class:`SimConfig` asks for. Modules, in request order: ``server``
+(routes) → ``validate`` (with ``models``, the catalogue's view) → ``faults`` → ``cache`` (prompt
+caching) → ``turn`` (the reply's blocks: thinking, text from ``text``, JSON from ``schema``, tool
+use) → ``events`` (wire bytes) → ``stream`` (timing); ``responses`` holds the API's error
+shapes, ``stats`` what happened, ``background`` the thread runner; ``batches`` serves the
+Message Batches API, and ``state`` is what it and ``server`` share.
+It must not import batchrun's client side: the simulator is an independent party (the model
+catalogue, ``batchrun.job.catalogue``, is data both sides read).
 """
 
 from __future__ import annotations

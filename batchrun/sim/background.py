@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 
 from aiohttp import web
@@ -25,13 +27,20 @@ class SimServer:
 
     ``start()`` returns once the server accepts connections; ``stop()`` cancels whatever is still
     streaming and waits for the thread. It can be started again after a stop; ``stats`` carry on,
-    attempt counts start afresh.
+    attempt counts and the prompt cache start afresh. ``clock`` (seconds, any origin) times
+    prompt-cache entries; a test passes its own to move time.
     """
 
     def __init__(
-        self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config if config is not None else SimConfig()
+        self.clock = clock
         self.host = host
         self.port = port
         self.stats = SimStats()
@@ -102,7 +111,7 @@ class SimServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         runner = web.AppRunner(
-            create_app(self.config, stats=self.stats),
+            create_app(self.config, stats=self.stats, clock=self.clock),
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=1.0,

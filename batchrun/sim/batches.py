@@ -26,7 +26,7 @@ from aiohttp import web
 from batchrun.sim.events import message_json
 from batchrun.sim.faults import select_fault
 from batchrun.sim.responses import HTTP_FAULTS, error_body, error_response, make_id
-from batchrun.sim.state import SimState, model_reply
+from batchrun.sim.state import SimState, message_turn
 from batchrun.sim.validate import Rejected, check_headers, parse_body, validate
 
 __all__ = ["add_batch_routes"]
@@ -34,6 +34,7 @@ __all__ = ["add_batch_routes"]
 BASE = "/v1/messages/batches"
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_VERSION = web.RequestKey("batchrun_sim_version", str)
 
 
 @dataclass
@@ -112,7 +113,8 @@ def add_batch_routes(app: web.Application, state: SimState) -> None:
             state.stats.record_request(resource.canonical if resource else request.path)
             request_id = store.next_id("req_")
             try:
-                check_headers(request.headers, api_key=state.config.api_key)
+                version = check_headers(request.headers, api_key=state.config.api_key)
+                request[_VERSION] = version
                 response = await handler(request, state, store, request_id)
             except Rejected as exc:
                 response = error_response(exc.status, exc.error_type, exc.message, request_id)
@@ -191,19 +193,26 @@ async def _create(
         created_wall=datetime.now(UTC),
         duration=config.batch_processing_s,
         custom_ids=custom_ids,
-        answers=[_answer(state, item["params"]) for item in requests],
+        answers=[_answer(state, item["params"], request[_VERSION]) for item in requests],
     )
     store.batches[batch.id] = batch
     return _json(batch.view(batch.created, _origin(request)), request_id)
 
 
-def _answer(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
-    """The result of one request, as if sent alone to /v1/messages without a stream."""
+def _answer(state: SimState, params: dict[str, Any], version: str) -> dict[str, Any]:
+    """The result of one request, as if sent alone to /v1/messages without a stream (on the
+    batch tier)."""
     config = state.config
     try:
         if params.get("stream") is not None:
             raise Rejected(400, "invalid_request_error", "stream: not supported in batches")
-        req = validate("messages", params, max_tokens_limit=config.max_tokens_limit)
+        req = validate(
+            "messages",
+            params,
+            max_tokens_limit=config.max_tokens_limit,
+            version=version,
+            known_models_only=config.models == "known",
+        )
     except Rejected as exc:
         return _errored(exc.error_type, exc.message)
     body = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
@@ -217,8 +226,9 @@ def _answer(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
             _, error_type, message = HTTP_FAULTS[fault.kind.removesuffix("_midstream")]
             return _errored(error_type, message.format(model=req.model))
         return _errored("api_error", "Internal server error")
-    reply = model_reply(config, req)  # the Messages route's reply to this request
-    answer = message_json(req, reply, make_id("msg_", config.seed, req.key))
+    draw = state.attempts.draw(digest, take=True)
+    turn = message_turn(state, req, draw, tier="batch")  # as the Messages route's reply
+    answer = message_json(req, turn, make_id("msg_", config.seed, req.key, attempt))
     return {"type": "succeeded", "message": answer}
 
 

@@ -72,6 +72,16 @@ class SimConfig(_Frozen):
     )  # a larger max_tokens is a 400, as per model
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)  # a larger body is a 413
     faults: list[Fault] = Field(default_factory=list)
+    # The API since 2026. `known`: a model the simulator's table does not know, or knows as
+    # retired, answers 404 as on the API; `any` serves every claude-* id (test models too).
+    models: Literal["any", "known"] = "any"
+    # Thinking, when a request turns it on: its length in tokens (scaled by effort, capped by
+    # budget_tokens); redacted_thinking adds a redacted_thinking block after the thinking one.
+    min_thinking_tokens: int = Field(default=16, ge=1)
+    max_thinking_tokens: int = Field(default=64, ge=1)
+    redacted_thinking: bool = False
+    # With tool_choice auto (or none given) and tools, the share of replies that call a tool.
+    tool_use_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     # Server-side rate limits (null: unlimited), enforced with 429 + retry-after and reported in
     # the anthropic-ratelimit-* headers. Buckets hold rate_limit_burst_s seconds of their rate
     # (the API's hold a full minute) and refill continuously.

@@ -15,6 +15,7 @@ from typing import Any
 
 from batchrun.sim.responses import error_body
 from batchrun.sim.text import Reply
+from batchrun.sim.turn import Block, Turn
 from batchrun.sim.validate import GenRequest
 
 __all__ = ["Script", "complete_json", "complete_script", "message_json", "messages_script", "sse"]
@@ -45,70 +46,86 @@ class Script:
 
 
 @functools.lru_cache(maxsize=8192)
-def _text_delta(text: str) -> bytes:
+def _text_delta(text: str, index: int) -> bytes:
     """``sse("content_block_delta", ...)`` of one text delta. Tokens repeat (the model's words
     are few), so each is encoded once: the simulator must not be what limits a benchmark."""
     return sse(
         "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "text_delta", "text": text},
+        },
     )
 
 
-def _usage(req: GenRequest, output_tokens: int) -> dict[str, int]:
-    return {
-        "input_tokens": req.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "output_tokens": output_tokens,
-    }
-
-
-def message_json(req: GenRequest, reply: Reply, message_id: str) -> dict[str, Any]:
+def message_json(req: GenRequest, turn: Turn, message_id: str) -> dict[str, Any]:
     """The non-streaming Messages answer."""
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": [{"type": "text", "text": reply.text}],
-        "stop_reason": reply.stop_reason,
-        "stop_sequence": reply.stop_sequence,
-        "usage": _usage(req, len(reply.tokens)),
+        "content": [block.final() for block in turn.blocks],
+        "stop_reason": turn.stop_reason,
+        "stop_sequence": turn.stop_sequence,
+        "usage": turn.usage,
     }
 
 
-def messages_script(req: GenRequest, reply: Reply, message_id: str) -> Script:
-    """The Messages stream: message_start, one text block, message_delta, message_stop."""
-    start = message_json(req, reply, message_id)
-    start.update(content=[], stop_reason=None, stop_sequence=None, usage=_usage(req, 1))
-    head = (
-        sse("message_start", {"type": "message_start", "message": start}),
-        sse(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        PING,
+def _block_events(index: int, block: Block) -> list[tuple[bytes, bool]]:
+    """A block's events, each marked True when it is a delta (a timed step of the stream)."""
+    start = {"type": "content_block_start", "index": index, "content_block": block.start()}
+    out = [(sse("content_block_start", start), False)]
+    if block.type == "text":
+        out += [(_text_delta(piece, index), True) for piece in block.pieces]
+    else:
+        out += [
+            (
+                sse(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": d},
+                ),
+                True,
+            )
+            for d in block.deltas()
+        ]
+    out.append((sse("content_block_stop", {"type": "content_block_stop", "index": index}), False))
+    return out
+
+
+def messages_script(req: GenRequest, turn: Turn, message_id: str) -> Script:
+    """The Messages stream: message_start, each block (start, deltas, stop), message_delta with
+    the final usage, message_stop. Events between two deltas (a block's stop, the next one's
+    start) go out with the delta after them."""
+    start = message_json(req, turn, message_id)
+    start.update(
+        content=[], stop_reason=None, stop_sequence=None, usage={**turn.usage, "output_tokens": 1}
     )
-    deltas = tuple(_text_delta(t) for t in reply.tokens)
-    tail = (
-        sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        sse(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
-                "usage": {"output_tokens": len(reply.tokens)},
-            },
-        ),
-        sse("message_stop", {"type": "message_stop"}),
-    )
+    events = [(sse("message_start", {"type": "message_start", "message": start}), False)]
+    blocks = turn.blocks or (Block("text"),)
+    for index, block in enumerate(blocks):
+        events += _block_events(index, block)
+        if index == 0:
+            events.insert(2, (PING, False))
+    head: list[bytes] = []
+    deltas: list[bytes] = []
+    pending: list[bytes] = []
+    for data, is_delta in events:
+        if is_delta:
+            deltas.append(b"".join([*pending, data]))
+            pending = []
+        else:
+            (pending if deltas else head).append(data)
+    final = {
+        "type": "message_delta",
+        "delta": {"stop_reason": turn.stop_reason, "stop_sequence": turn.stop_sequence},
+        "usage": turn.usage,
+    }
+    tail = (*pending, sse("message_delta", final), sse("message_stop", {"type": "message_stop"}))
     error = sse("error", error_body("overloaded_error", "Overloaded"))
     malformed = b"event: content_block_delta\ndata: {not json\n\n"
-    return Script(head, deltas, tail, error, malformed)
+    return Script(tuple(head), tuple(deltas), tail, error, malformed)
 
 
 def _stop(reply: Reply) -> str:

@@ -23,13 +23,25 @@ MIDSTREAM: frozenset[FaultKind] = frozenset(
 
 
 class AttemptCounter:
-    """Counts how often each (path, body) was seen. One event loop owns it: no lock needed.
+    """Counts how often each (path, body) was seen, and how many replies it was given. One event
+    loop owns it: no lock needed.
 
     Keys are 16-byte digests, so a million distinct requests cost tens of megabytes.
     """
 
     def __init__(self) -> None:
         self._seen: dict[bytes, int] = {}
+        self._replies: dict[bytes, int] = {}
+
+    def draw(self, digest: bytes, *, take: bool) -> int:
+        """The 1-based number of the reply this body gets now: one more than the replies given
+        so far. ``take`` counts it as given; a faulted attempt does not take it, so that the
+        retry gets the reply the fault interrupted while the samples of a row (the same body,
+        answered each time) get one each."""
+        number = self._replies.get(digest, 0) + 1
+        if take:
+            self._replies[digest] = number
+        return number
 
     def next(self, path: str, body: bytes) -> tuple[bytes, int]:
         """Record one more sighting; return the body's digest and its 1-based attempt number."""

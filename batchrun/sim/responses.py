@@ -1,8 +1,8 @@
 """Simulator: the API's HTTP shapes. Ids, error bodies, faults answered before any stream, headers.
 
 Builds ``aiohttp`` responses but never sends them and never sleeps. Rate limits come through a
-:class:`RateLimits` seam: :class:`StaticLimits` admits everything and reports fixed, plausible
-numbers; :class:`~batchrun.sim.ratelimit.ServerLimiter` enforces the configured limits.
+:class:`RateLimits` seam: :class:`StaticLimits` admits everything and sends no limit
+headers; :class:`~batchrun.sim.ratelimit.ServerLimiter` enforces the configured limits.
 It must not validate requests, pick faults or stream events.
 """
 
@@ -110,13 +110,9 @@ def make_limits(config: SimConfig) -> RateLimits:
 
 
 class StaticLimits:
-    """The headers of a simulator with no limits configured: limits too large to bind, never
-    exhausted, so a client that learns from them is never slowed (set ``sim.*_per_minute``
-    to simulate real ones)."""
-
-    def __init__(self, requests: int = 1_000_000, tokens: int = 1_000_000_000) -> None:
-        self.requests = requests
-        self.tokens = tokens
+    """A simulator with no limits configured: it admits everything and, like an endpoint
+    without limits, sends no ``anthropic-ratelimit-*`` headers, so that a client shows no limit
+    it never met (set ``sim.*_per_minute`` to simulate real ones)."""
 
     def admit(self, *, input_tokens: int, max_tokens: int) -> Admission:
         return Admission()
@@ -128,17 +124,7 @@ class StaticLimits:
         return HTTP_FAULTS["rate_limited"][2]
 
     def headers(self, *, exhausted: bool = False) -> dict[str, str]:
-        reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        out: dict[str, str] = {
-            "anthropic-ratelimit-requests-limit": str(self.requests),
-            "anthropic-ratelimit-requests-remaining": "0" if exhausted else str(self.requests - 1),
-            "anthropic-ratelimit-requests-reset": reset,
-        }
-        for kind in ("tokens", "input-tokens", "output-tokens"):
-            out[f"anthropic-ratelimit-{kind}-limit"] = str(self.tokens)
-            out[f"anthropic-ratelimit-{kind}-remaining"] = "0" if exhausted else str(self.tokens)
-            out[f"anthropic-ratelimit-{kind}-reset"] = reset
-        return out
+        return {}
 
 
 def error_body(error_type: str, message: str, request_id: str | None = None) -> dict[str, object]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -34,10 +35,9 @@ from batchrun.sim.responses import (
     make_limits,
     rate_limit_response,
 )
-from batchrun.sim.state import STATE, SimState, model_reply
+from batchrun.sim.state import STATE, SimState, message_turn, model_reply
 from batchrun.sim.stats import SimStats
 from batchrun.sim.stream import plan, play
-from batchrun.sim.text import Reply
 from batchrun.sim.validate import (
     Api,
     GenRequest,
@@ -69,10 +69,18 @@ class _Call:
     arrived: float  # loop.time(), the origin of the stream's schedule
 
 
-def create_app(config: SimConfig, *, stats: SimStats | None = None) -> web.Application:
-    """The simulator as an aiohttp application (one catch-all route)."""
+def create_app(
+    config: SimConfig,
+    *,
+    stats: SimStats | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """The simulator as an aiohttp application (one catch-all route). ``clock`` (seconds) times
+    prompt-cache entries, so that a test can move time."""
     app = web.Application(client_max_size=config.max_body_bytes)
-    app[STATE] = SimState(config, stats=stats or SimStats(), limits=make_limits(config))
+    app[STATE] = SimState(
+        config, stats=stats or SimStats(), limits=make_limits(config), clock=clock
+    )
     add_batch_routes(app, app[STATE])
     app.router.add_route("*", "/{tail:.*}", _handle)
     app.on_shutdown.append(_cancel_inflight)
@@ -125,13 +133,19 @@ async def _route(
         raise Rejected(404, "not_found_error", "Not Found")
     if request.method != "POST":
         raise Rejected(405, "invalid_request_error", f"Method Not Allowed: {request.method}")
-    check_headers(request.headers, api_key=config.api_key)
+    version = check_headers(request.headers, api_key=config.api_key)
     if too_large:
         raise Rejected(
             413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
         )
     payload = parse_body(body)
-    req = validate(api, payload, max_tokens_limit=config.max_tokens_limit)
+    req = validate(
+        api,
+        payload,
+        max_tokens_limit=config.max_tokens_limit,
+        version=version,
+        known_models_only=config.models == "known",
+    )
     if api == "count_tokens":
         headers = {"request-id": call.request_id, **state.limits.headers()}
         return web.json_response({"input_tokens": req.input_tokens}, headers=headers)
@@ -145,7 +159,8 @@ async def _route(
         )
         if fault is not None:
             state.stats.record_fault(fault.kind)
-        return await _reply(call, req, fault, headers, admission)
+        draw = state.attempts.draw(digest, take=fault is None)
+        return await _reply(call, req, fault, headers, admission, attempt, draw)
     finally:
         state.limits.finish(admission)
 
@@ -166,6 +181,8 @@ async def _reply(
     fault: Fault | None,
     headers: dict[str, str],
     admission: Admission,
+    attempt: int,
+    draw: int,
 ) -> web.StreamResponse:
     config, request = call.state.config, call.request
     kind: str | None = fault.kind if fault is not None else None
@@ -190,15 +207,20 @@ async def _reply(
             limits=call.state.limits,
             retry_after_s=fault.retry_after_s,
         )
-    reply = model_reply(config, req)
-    admission.output_tokens = len(reply.tokens)  # what the rate limit is charged in the end
-    object_id = make_id("msg_" if req.api == "messages" else "compl_", config.seed, req.key)
-    if not req.stream:
-        return await _reply_json(call, req, reply, object_id, kind, headers)
+    prefix = "msg_" if req.api == "messages" else "compl_"
+    object_id = make_id(prefix, config.seed, req.key, attempt)
     if req.api == "messages":
-        script = messages_script(req, reply, object_id)
+        turn = message_turn(call.state, req, draw)
+        admission.output_tokens = turn.output_tokens  # what the rate limit is charged in the end
+        script = messages_script(req, turn, object_id)
+        answer = message_json(req, turn, object_id)
     else:
+        reply = model_reply(config, req, draw)
+        admission.output_tokens = len(reply.tokens)
         script = complete_script(req, reply)
+        answer = complete_json(req, reply, object_id)
+    if not req.stream:
+        return await _reply_json(call, answer, len(script.deltas), kind, headers)
     steps, ending = plan(
         script,
         fault,
@@ -225,24 +247,20 @@ async def _reply(
 
 async def _reply_json(
     call: _Call,
-    req: GenRequest,
-    reply: Reply,
-    object_id: str,
+    answer: dict[str, object],
+    deltas: int,
     kind: str | None,
     headers: dict[str, str],
 ) -> web.StreamResponse:
-    """The non-streaming answer, after as long as the stream would have taken.
+    """The non-streaming answer, after as long as its stream of ``deltas`` would have taken.
 
     ``malformed`` sends a body that is not JSON, ``truncated`` the first half of the JSON.
     """
     config = call.state.config
-    delay = config.ttft_s + max(len(reply.tokens) - 1, 0) * config.token_interval_s
+    delay = config.ttft_s + max(deltas - 1, 0) * config.token_interval_s
     if delay > 0:
         await asyncio.sleep(delay)
-    if req.api == "messages":
-        text = json.dumps(message_json(req, reply, object_id))
-    else:
-        text = json.dumps(complete_json(req, reply, object_id))
+    text = json.dumps(answer)
     if kind == "malformed":
         text = "{not json"
     elif kind == "truncated":

@@ -1,9 +1,11 @@
 """Simulator: the deterministic "model". Request content in, tokens and a stop reason out.
 
-Pure functions, no I/O and no clock. The text is a function of the simulator's seed and the
-request's content alone (not of ``stream``, the token cap, the stop sequences or the attempt), so
-a capped or stopped reply is a prefix of the uncapped one, and a retried request gets the same
-reply. It must not know about HTTP or SSE.
+Pure functions, no I/O and no clock. The text is a function of the simulator's seed, the
+request's content (not ``stream``, the token cap or the stop sequences, so a capped or stopped
+reply is a prefix of the uncapped one) and the draw: the number of the reply the simulator
+gives that exact body (a faulted attempt takes none). So the samples of one request differ, as on
+the API at its default temperature, a retry after a fault gets the reply the fault interrupted,
+and a run is reproducible for a fixed seed and order. It must not know about HTTP or SSE.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Reply", "content_key", "estimate_tokens", "generate"]
+__all__ = ["Reply", "content_key", "estimate_tokens", "generate", "random_for", "words"]
 
 # Fields that cut or transport the reply but do not change what the "model" would say.
 _NOT_CONTENT = frozenset({"stream", "max_tokens", "max_tokens_to_sample", "stop_sequences"})
@@ -56,10 +58,27 @@ class Reply:
 
 
 def content_key(body: dict[str, Any]) -> bytes:
-    """A digest of the request's content: the body without the fields that only cut or carry it."""
+    """A digest of the request's content: the body without the fields that only cut or carry it.
+
+    ``output_config.effort`` is left out too: effort scales the reply's length (``scale``), so
+    the same prompt at a lower effort gets a shorter reply of the same text.
+    """
     content = {k: v for k, v in body.items() if k not in _NOT_CONTENT}
+    config = content.get("output_config")
+    if isinstance(config, dict) and "effort" in config:
+        rest = {k: v for k, v in config.items() if k != "effort"}
+        if rest:
+            content["output_config"] = rest
+        else:
+            del content["output_config"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).digest()
+
+
+def random_for(seed: int, key: bytes, draw: int = 1, salt: bytes = b"") -> random.Random:
+    """A generator seeded by (seed, key, draw, salt), the same in every process."""
+    prefix = b"%d:" % seed if draw == 1 else b"%d:%d:" % (seed, draw)
+    return random.Random(int.from_bytes(hashlib.sha256(prefix + salt + key).digest()[:16]))
 
 
 def estimate_tokens(chars: int) -> int:
@@ -67,7 +86,7 @@ def estimate_tokens(chars: int) -> int:
     return max(1, math.ceil(chars / 4))
 
 
-def _words(rng: random.Random) -> Iterator[str]:
+def words(rng: random.Random) -> Iterator[str]:
     """Endless English-looking tokens, each word with its leading space, punctuation bare."""
     while True:
         length = rng.randint(4, 16)
@@ -89,18 +108,23 @@ def generate(
     stop_sequences: Sequence[str] = (),
     natural_stop: str = "end_turn",
     leading_space: bool = False,
+    draw: int = 1,
+    scale: float = 1.0,
 ) -> Reply:
     """The reply to the request whose :func:`content_key` is ``key``.
 
     Its natural length is drawn in [min_tokens, max_tokens]; ``cap`` (the request's max_tokens)
     cuts it with ``max_tokens``; the first stop sequence the text would contain cuts it just
     before that sequence with ``stop_sequence``. ``leading_space`` keeps the space before the
-    first word, as the legacy API does; the Messages API starts with the bare word.
+    first word, as the legacy API does; the Messages API starts with the bare word. ``draw``
+    (1-based) numbers the replies to this body: each one is another reply. ``scale`` multiplies
+    the natural length (effort).
     """
-    rng = random.Random(int.from_bytes(hashlib.sha256(b"%d:" % seed + key).digest()[:16]))
+    rng = random_for(seed, key, draw)
     natural = rng.randint(min_tokens, max(min_tokens, max_tokens))
-    words = _words(rng)
-    tokens = [next(words) for _ in range(natural)]
+    natural = max(1, round(natural * scale))
+    stream = words(rng)
+    tokens = [next(stream) for _ in range(natural)]
     if tokens[-1] not in _ENDINGS:
         tokens[-1] = "."
     if not leading_space:
