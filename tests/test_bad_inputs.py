@@ -584,7 +584,8 @@ def test_in_a_real_process_an_unset_key_is_named(sim: SimServer, tmp_path: Path)
 def test_a_prompt_over_the_context_window_is_an_error_row_and_the_run_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One prompt far over the context: that row is an error with the server's message; exit 1."""
+    """One prompt far over the context: that row is an error with the server's message; exit 1.
+    The model is one with a 200K window (the current ones have 1M)."""
     huge = "word " * 200_000  # ~250k tokens by the simulator's count
     data = f"id,question\nr1,What is 2+2?\nr2,{huge}\nr3,Name a prime.\n"
     with SimServer(SimConfig(ttft_s=0, token_interval_s=0)) as server:
@@ -592,7 +593,7 @@ def test_a_prompt_over_the_context_window_is_an_error_row_and_the_run_goes_on(
         job = _write_case(case, tmp_path, server.base_url)
         monkeypatch.setenv(KEY_ENV, "sk-corpus-test-key")
         monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-        code = main([str(job)])
+        code = main([str(job), "--set", "request.model=claude-haiku-4-5"])
         assert code == 1
         assert server.stats.total_requests == 3  # a 400 is not retried
     capsys.readouterr()
