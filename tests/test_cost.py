@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from batchrun.job.prices import CacheRates, ModelPrice
-from batchrun.record.cost import cost_text, estimate_cost, rates_for, row_cost
+from batchrun.record.cost import COST_COLUMNS, cost_text, estimate_cost, rates_for, row_cost
 from batchrun.report.load import load_run
 from batchrun.report.summary import summarize
 from batchrun.run import run_job
@@ -66,17 +66,9 @@ def test_no_price_or_no_usage_is_no_cost() -> None:
 
 
 def _rows(*rows: dict[str, Any]) -> pl.DataFrame:
-    columns = {
-        "model": pl.String,
-        "input_tokens": pl.Int64,
-        "output_tokens": pl.Int64,
-        "cache_read_input_tokens": pl.Int64,
-        "cache_creation_input_tokens": pl.Int64,
-        "cache_creation_5m_input_tokens": pl.Int64,
-        "cache_creation_1h_input_tokens": pl.Int64,
-        "cost_usd": pl.Float64,
-    }
-    return pl.DataFrame([{**dict.fromkeys(columns), **r} for r in rows], schema=columns)
+    return pl.DataFrame(
+        [{**dict.fromkeys(COST_COLUMNS), **r} for r in rows], schema=dict(COST_COLUMNS)
+    )
 
 
 def test_the_run_sums_cost_usd_and_splits_out_the_cache() -> None:
