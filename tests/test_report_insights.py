@@ -199,6 +199,16 @@ async def test_cache_figures_show_when_run_json_has_them(write_job: JobWriter) -
     assert cost["cache_hit_rate"] == pytest.approx(1200 / (uncached + 1200 + 300))
     text = render_summary(summarize(load_run(run_dir)))
     assert "cache: read 1,200 · written 300 input tokens, hit rate" in text
+    assert ", saved $" in text
+    results.with_columns(
+        cache_read_input_tokens=pl.lit(0, pl.Int64),
+        cache_creation_input_tokens=pl.lit(100_000, pl.Int64),
+        cache_creation_5m_input_tokens=pl.lit(100_000, pl.Int64),
+        cache_creation_1h_input_tokens=pl.lit(0, pl.Int64),
+    ).write_parquet(run_dir / "results.parquet")
+    text = render_summary(summarize(load_run(run_dir)))
+    # 300,000 tokens written at 1.25x, none read: the cache cost 0.25 x $2/M x 300,000 more
+    assert "hit rate 0.0%, cost $0.15 more" in text
 
 
 # --- what a reader looks at first -------------------------------------------------------------

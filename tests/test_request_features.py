@@ -4,6 +4,7 @@ extra, endpoint.betas, endpoint.anthropic_version)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 import pytest
 
 from batchrun.apis import build_request
@@ -202,6 +204,44 @@ def test_each_key_changes_the_request_hash(write_job: JobWriter, key: str, value
         build_request(j.request.api_spec, _item(), j.request.params)[1] for j in (before, after)
     ]
     assert hashes[0] != hashes[1]
+
+
+def test_betas_change_the_request_hash_and_none_keeps_the_old_one(write_job: JobWriter) -> None:
+    """endpoint.betas is a header, not the body, yet it changes what the API does: it is in the
+    hash. With none, the hash is the one folders written before betas existed hold."""
+    job = load_job(write_job(rows=1, extra=FEATURES))
+    api, params = job.request.api_spec, job.request.params
+    body, plain = build_request(api, _item(), params)
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert plain == hashlib.sha256(f"{api.path}\n{canonical}".encode()).hexdigest()
+    assert build_request(api, _item(), params, ())[1] == plain
+    assert build_request(api, _item(), params, ("a-2026-01-01",))[1] != plain
+
+
+def test_a_resumed_run_notices_new_betas(write_job: JobWriter, sim_server: Any) -> None:
+    """A folder finished without betas, run again with one: refused (exit 2), nothing sent."""
+    server = sim_server()
+    job = write_job(rows=2, extra={"endpoint": {"base_url": server.base_url}})
+    assert run_cli(job).returncode == 0
+    sent = server.stats.total_requests
+    again = run_cli(job, "--set", "endpoint.betas=[context-1m-2025-08-07]")
+    assert again.returncode == 2, again.stderr
+    assert "request" in again.stderr
+    assert server.stats.total_requests == sent
+
+
+async def test_an_api_field_in_extra_reaches_the_simulator(
+    write_job: JobWriter, sim_server: Any
+) -> None:
+    """request.extra's fields go into the body as they are, and the simulator takes the API's
+    fields batchrun has no key for (docs/api.md's example: inference_geo)."""
+    job = _job(write_job, sim_server(), {"request": {"extra": {"inference_geo": "us"}}})
+    recorder = Recorder()
+    outcome = await run_job(job, sleep=no_sleep, transport=recorder)
+    ((_, body),) = recorder.sent
+    assert body["inference_geo"] == "us"
+    results = pl.read_parquet(outcome.run_dir / "results.parquet")
+    assert results["status"].to_list() == ["ok"]
 
 
 def _item() -> RequestItem:

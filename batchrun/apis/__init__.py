@@ -101,11 +101,14 @@ def get_api(name: str) -> Api:
 
 
 def build_request(
-    api: Api, item: RequestItem, params: Mapping[str, Any]
+    api: Api, item: RequestItem, params: Mapping[str, Any], betas: Sequence[str] = ()
 ) -> tuple[dict[str, Any], str]:
-    """The JSON body for ``item`` and its hash: sha256 over the API path and the canonical
-    body, which a resumed run compares to tell that the job still asks the same thing."""
+    """The JSON body for ``item`` and its hash: sha256 over the API path, the canonical body
+    and the betas asked for (``anthropic-beta``; nothing when none, so hashes from before
+    betas existed hold), which a resumed run compares to tell that the job still asks the
+    same thing."""
     body = api.body(item, params)
     canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    digest = hashlib.sha256(f"{api.path}\n{canonical}".encode()).hexdigest()
+    beta = f"\nanthropic-beta: {','.join(betas)}" if betas else ""
+    digest = hashlib.sha256(f"{api.path}\n{canonical}{beta}".encode()).hexdigest()
     return body, digest

@@ -93,7 +93,9 @@ class Entry:
 def make_entry(job: Job, item: RequestItem, salt: str) -> tuple[Entry, bytes]:
     """``item`` as the first attempt of a batch entry, and its wire form: the
     ``{"custom_id": ..., "params": ...}`` object a batch body carries."""
-    params, request_hash = build_request(job.request.api_spec, item, job.request.params)
+    params, request_hash = build_request(
+        job.request.api_spec, item, job.request.params, job.endpoint.betas
+    )
     params.pop("stream", None)
     entry = Entry(
         custom_id(salt, item.id, item.sample),

@@ -79,7 +79,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
     """Send ``item`` until it succeeds, fails for good or runs out of attempts; record it."""
     job, tel = ctx.job, ctx.telemetry
     api = job.request.api_spec
-    body, request_hash = build_request(api, item, job.request.params)
+    body, request_hash = build_request(api, item, job.request.params, job.endpoint.betas)
     sent = _Sent()
     span = tel.start(item, queued_at, body)
     trace_id = format(span.get_span_context().trace_id, "032x")

@@ -193,7 +193,9 @@ def resume_plan(
         if rows.is_empty():
             continue
         api, params = job.request.api_spec, job.request.params
-        sent = request_keys([build_request(api, items[n], params)[1] for n in rows])
+        sent = request_keys(
+            [build_request(api, items[n], params, job.endpoint.betas)[1] for n in rows]
+        )
         differs = rows.filter(sent != stored.gather(rows))
         count += differs.len()
         for n in differs.head(max(0, 3 - len(changed))):

@@ -204,8 +204,9 @@ def cost_line(cost: Mapping[str, Any]) -> str:
         )
         if cost.get("cache_hit_rate") is not None:
             line += f", hit rate {100 * cost['cache_hit_rate']:.1f}%"
-        if cost.get("cache_saved_usd") is not None:
-            line += f", saved {usd(cost['cache_saved_usd'])}"
+        saved = cost.get("cache_saved_usd")
+        if saved is not None:  # negative when the writes cost more than the reads saved
+            line += f", saved {usd(saved)}" if saved >= 0 else f", cost {usd(-saved)} more"
     return line
 
 

@@ -48,7 +48,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _MESSAGES_FIELDS = frozenset(
     "model messages max_tokens system stop_sequences temperature top_p top_k metadata stream "  # noqa: SIM905
     "tools tool_choice thinking service_tier container mcp_servers context_management "
-    "output_config cache_control".split()
+    "output_config cache_control inference_geo speed".split()
 )
 _COMPLETE_FIELDS = frozenset(
     "model prompt max_tokens_to_sample stop_sequences temperature top_p top_k metadata "  # noqa: SIM905
