@@ -203,7 +203,7 @@ def test_batch_bodies_carry_the_new_keys(write_job: JobWriter) -> None:
         ("effort", "high"),
         ("output_format", {"type": "object"}),
         ("tools", [{"name": "other", "input_schema": {"type": "object"}}]),
-        ("tool_choice", {"type": "any"}),
+        ("tool_choice", {"type": "none"}),
         ("prompt_cache", "5m"),
         ("metadata", {"user_id": "someone-else"}),
         ("service_tier", "standard_only"),
@@ -307,6 +307,17 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
         "tool-choice-without-tools",
         {"request": {"tool_choice": {"type": "any"}}},
         "tool_choice: {type: any} needs request.tools",
+    ),
+    (
+        "forced-tool-while-thinking",
+        {
+            "request": {
+                "tools": [TOOL],
+                "tool_choice": {"type": "any"},
+                "thinking": {"type": "adaptive"},
+            }
+        },
+        "tool_choice: {type: any} forces a tool call, which the API refuses while thinking",
     ),
     ("prompt-cache-ttl", {"request": {"prompt_cache": "10m"}}, "request.prompt_cache"),
     (
