@@ -218,6 +218,11 @@ async def test_a_forced_tool_call_is_recorded_as_its_tool_use_block(write_job: J
         assert isinstance(use["input"]["limit"], int)
         text = "".join(b["text"] for b in blocks if b["type"] == "text")
         assert (row["completion"] or "") == text
+        # ttft_text_s is when the answer's text started: a reply of a tool call alone has none.
+        if text:
+            assert row["ttft_s"] <= row["ttft_text_s"]
+        else:
+            assert row["ttft_text_s"] is None
         assert row["cost_usd"] == pytest.approx(
             (
                 row["input_tokens"] * _catalogue_price(MODEL)["input"]
