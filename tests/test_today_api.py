@@ -150,6 +150,14 @@ async def test_thinking_effort_caching_and_json_output_end_to_end(
     for row in later:
         assert row["input_tokens"] < system_tokens // 4
         assert row["cache_read_input_tokens"] >= system_tokens * 9 // 10
+    # Uncached + read + written is the whole prompt, about the same for every row (the
+    # questions differ by a few tokens): no part is counted twice.
+    totals = [
+        r["input_tokens"] + r["cache_read_input_tokens"] + r["cache_creation_input_tokens"]
+        for r in rows
+    ]
+    assert max(totals) - min(totals) < 20
+    assert min(totals) >= system_tokens
 
     # cost_usd is the catalogue's list price, computed by hand.
     for row in rows:
