@@ -27,7 +27,7 @@ from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input, iter_batches
 from batchrun.load.resume import Done, resume_plan
 from batchrun.models import InputSummary
-from batchrun.record.cost import BATCH_DISCOUNT, price_for
+from batchrun.record.cost import BATCH_DISCOUNT, rates_for
 from batchrun.record.files import check_private
 from batchrun.record.folder import check_entries, open_run_dir, translated
 from batchrun.record.lock import RunLock, check_free
@@ -164,6 +164,9 @@ class Forecast:
     input_tokens: int
     output_tokens: int
     price: tuple[float, float] | None
+    # What an input token is priced at: the list input price, or with prompt_cache the cache
+    # write price of its TTL (every input token written: the worst case).
+    input_rate: float | None
     stream_usd: float | None
     batch_usd: float | None
 
@@ -189,8 +192,15 @@ def forecast(job: Job, plan: Preflight, *, limit: int | None = None) -> Forecast
             to_send += 1
             tokens_in += api.estimate_input_tokens(body)
             tokens_out += api.output_reservation(body)
-    price = price_for(job.request.model, job.prices)
-    stream_usd = None if price is None else (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+    rates = rates_for(job.request.model, job.prices)
+    price = input_rate = stream_usd = None
+    if rates is not None:
+        price, input_rate = (rates.input, rates.output), rates.input
+        if job.request.prompt_cache == "5m":
+            input_rate = rates.cache_write_5m
+        elif job.request.prompt_cache == "1h":
+            input_rate = rates.cache_write_1h
+        stream_usd = (tokens_in * input_rate + tokens_out * rates.output) / 1e6
     return Forecast(
         job=str(job.path),
         run_dir=plan.run_dir,
@@ -210,6 +220,7 @@ def forecast(job: Job, plan: Preflight, *, limit: int | None = None) -> Forecast
         input_tokens=tokens_in,
         output_tokens=tokens_out,
         price=price,
+        input_rate=input_rate,
         stream_usd=None if stream_usd is None else round(stream_usd, 6),
         batch_usd=None if stream_usd is None else round(stream_usd * BATCH_DISCOUNT, 6),
     )
@@ -256,10 +267,13 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
     if seen.price is None:
         lines.append(f"cost:       model {seen.model} has no list price (add it under prices:)")
     elif seen.stream_usd is not None and seen.batch_usd is not None:
+        written = seen.input_rate is not None and seen.input_rate != seen.price[0]
+        rate = f"${seen.input_rate:g} in as cache writes" if written else f"${seen.price[0]:g} in"
+        worst = "input and output at their worst case" if written else "output at its worst case"
         lines.append(
             f"cost:       at most {_usd(seen.stream_usd)} in stream mode, "
-            f"{_usd(seen.batch_usd)} in batch mode, at list prices (${seen.price[0]:g} in, "
-            f"${seen.price[1]:g} out per million tokens), output at its worst case"
+            f"{_usd(seen.batch_usd)} in batch mode, at list prices ({rate}, "
+            f"${seen.price[1]:g} out per million tokens), {worst}"
         )
     return "\n".join(lines)
 

@@ -1,9 +1,10 @@
 """The bad-input corpus: each wrong job or input fails in the first second and costs nothing.
 
-Every case runs ``batchrun JOB`` (and, where it can tell, ``batchrun validate JOB``) in process
-against a simulator on loopback, and must: exit 2; print one paragraph on stderr that names the
-problem (file and line, row or key) and the fix, without a traceback; send no request; and
-leave the job's folder and the shared state folder exactly as they were.
+Every case runs ``batchrun JOB`` and ``batchrun validate JOB`` (which makes the run's pre-flight
+checks too: the key, the run folder) in process against a simulator on loopback, and must: exit
+2; print one paragraph on stderr that names the problem (file and line, row or key) and the fix,
+without a traceback; send no request; and leave the job's folder and the shared state folder
+exactly as they were.
 """
 
 from __future__ import annotations
@@ -86,7 +87,6 @@ class Case:
     args: tuple[str, ...] = ()
     env: dict[str, str | None] = field(default_factory=dict)
     job_file: str | bytes | None = None  # the job file's text, instead of BASE
-    validate: bool = True  # `batchrun validate` finds it too
     absent: tuple[str, ...] = ()  # never in the message (secrets)
 
 
@@ -252,13 +252,11 @@ CASES = [
         "key-env-unset",
         (f"endpoint.api_key_env: the environment variable {KEY_ENV} is not set", "export"),
         env={KEY_ENV: None},
-        validate=False,
     ),
     Case(
         "key-env-empty",
         (f"the environment variable {KEY_ENV} is empty",),
         env={KEY_ENV: "  "},
-        validate=False,
     ),
     # --- overrides ----------------------------------------------------------------------
     Case(
@@ -426,13 +424,11 @@ CASES = [
         "output-dir-under-a-file",
         ("output.dir", "data.csv/out"),
         edits=(("dir: out", "dir: data.csv/out"),),
-        validate=False,
     ),
     Case(
         "output-dir-is-a-file",
         ("output.dir", "data.csv"),
         edits=(("dir: out", "dir: data.csv"),),
-        validate=False,
     ),
 ]
 
@@ -505,10 +501,7 @@ def test_bad_job_exits_2_and_costs_nothing(
     monkeypatch.chdir(work)
     _write_case(case, work, sim.base_url)
     before = _tree(work)
-    commands = [["job.yaml", *case.args]]
-    if case.validate:
-        commands.append(["validate", "job.yaml", *case.args])
-    for argv in commands:
+    for argv in (["job.yaml", *case.args], ["validate", "job.yaml", *case.args]):
         code = main(argv)
         out, err = capsys.readouterr()
         _assert_refused(code, out, err, case)

@@ -125,6 +125,23 @@ async def test_five_minute_cache_and_unset_keys(write_job: JobWriter, sim_server
     assert "anthropic-beta" not in headers
 
 
+async def test_prompt_cache_marks_the_system_prompt_too(
+    write_job: JobWriter, sim_server: Any
+) -> None:
+    """With a system prompt, prompt_cache puts a breakpoint on it too (the TTL the job asks
+    for): automatic caching alone writes each row's whole prompt, which no other row shares.
+    Without prompt_cache the system prompt goes as the plain string."""
+    extra = {"input": {"system": "Be brief."}, "request": {"prompt_cache": "1h"}}
+    _, body = await _sent(_job(write_job, sim_server(), extra))
+    marker = {"type": "ephemeral", "ttl": "1h"}
+    assert body["cache_control"] == marker
+    assert body["system"] == [{"type": "text", "text": "Be brief.", "cache_control": marker}]
+    plain = {"input": {"system": "Be brief."}, "output": {"dir": "plain"}}
+    _, body = await _sent(_job(write_job, sim_server(), plain))
+    assert body["system"] == "Be brief."
+    assert "cache_control" not in body
+
+
 async def test_the_legacy_api_keeps_2023_06_01(write_job: JobWriter, sim_server: Any) -> None:
     """api: complete sends anthropic-version 2023-06-01 without being told, and its metadata."""
     request = {"api": "complete", "model": "claude-haiku-4-5", "metadata": {"user_id": "u"}}
@@ -188,7 +205,7 @@ def test_batch_bodies_carry_the_new_keys(write_job: JobWriter) -> None:
         ("effort", "high"),
         ("output_format", {"type": "object"}),
         ("tools", [{"name": "other", "input_schema": {"type": "object"}}]),
-        ("tool_choice", {"type": "any"}),
+        ("tool_choice", {"type": "none"}),
         ("prompt_cache", "5m"),
         ("metadata", {"user_id": "someone-else"}),
         ("service_tier", "standard_only"),
@@ -330,6 +347,17 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
         "tool-choice-without-tools",
         {"request": {"tool_choice": {"type": "any"}}},
         "tool_choice: {type: any} needs request.tools",
+    ),
+    (
+        "forced-tool-while-thinking",
+        {
+            "request": {
+                "tools": [TOOL],
+                "tool_choice": {"type": "any"},
+                "thinking": {"type": "adaptive"},
+            }
+        },
+        "tool_choice: {type: any} forces a tool call, which the API refuses while thinking",
     ),
     ("prompt-cache-ttl", {"request": {"prompt_cache": "10m"}}, "request.prompt_cache"),
     (

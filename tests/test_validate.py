@@ -172,6 +172,26 @@ def test_a_model_without_a_price_has_no_cost(
     assert "model claude-unpriced-9 has no list price" in out
 
 
+@pytest.mark.parametrize(("ttl", "rate"), [("5m", "cache_write_5m"), ("1h", "cache_write_1h")])
+def test_with_prompt_cache_the_ceiling_prices_input_as_cache_writes(
+    write_job: JobWriter, capsys: pytest.CaptureFixture[str], ttl: str, rate: str
+) -> None:
+    """prompt_cache: a cache write costs more than uncached input (1.25x, 2x), so the worst
+    case prices every input token as written; the text says so."""
+    job = write_job(rows=3, extra={"request": {"prompt_cache": ttl}})
+    seen = _predict(capsys, job)
+    write = {"cache_write_5m": 2.5, "cache_write_1h": 4.0}[rate]  # claude-sonnet-5-5's, by hand
+    assert seen["price"] == {"input": 2.0, "output": 10.0}
+    assert seen["input_rate"] == write
+    stream = (seen["input_tokens"] * write + seen["output_tokens"] * 10.0) / 1e6
+    assert seen["stream_usd"] == pytest.approx(stream, abs=1e-6)
+    code, out, _ = _cli(capsys, "validate", job)
+    assert code == 0
+    assert f"(${write:g} in as cache writes, $10 out per million tokens), input and output" in out
+    plain = _predict(capsys, write_job(rows=3, name="plain"))
+    assert plain["input_rate"] == 2.0
+
+
 # --- refused as the run refuses them -----------------------------------------------------------
 
 

@@ -76,8 +76,8 @@ class Messages(AnthropicApi):
         """The streaming request body: the item's conversation with ``params`` (the request
         keys by their job names, unset ones left out) as the API takes them: ``effort`` and
         ``output_format`` in ``output_config``, ``prompt_cache`` as a top-level
-        ``cache_control``, ``extra`` merged in as is (the job refuses an extra key that
-        collides with one set here)."""
+        ``cache_control`` (and on the system prompt, the prefix the rows share), ``extra``
+        merged in as is (the job refuses an extra key that collides with one set here)."""
         body: dict[str, Any] = {"model": params["model"], "max_tokens": params["max_tokens"]}
         body["messages"] = list(item.messages)
         if item.system:
@@ -99,7 +99,12 @@ class Messages(AnthropicApi):
             body["output_config"] = output_config
         if params.get("prompt_cache") is not None:
             ttl = params["prompt_cache"]
-            body["cache_control"] = {"type": "ephemeral", **({"ttl": ttl} if ttl != "5m" else {})}
+            marker = {"type": "ephemeral", **({"ttl": ttl} if ttl != "5m" else {})}
+            body["cache_control"] = marker
+            if item.system:
+                # Automatic caching writes the whole prompt, which differs from row to row: a
+                # breakpoint on the system prompt too lets every row read the prefix they share.
+                body["system"] = [{"type": "text", "text": item.system, "cache_control": marker}]
         body.update(params.get("extra") or {})
         body["stream"] = True
         return body

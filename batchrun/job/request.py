@@ -262,6 +262,13 @@ class RequestConfig(Section):
                 f"tool_choice: {{type: {choice['type']}}} needs request.tools; give the tools, "
                 "or remove tool_choice"
             )
+        thinks = self.thinking is not None and self.thinking.type != "disabled"
+        if choice["type"] in ("any", "tool") and thinks:
+            raise ValueError(
+                f"tool_choice: {{type: {choice['type']}}} forces a tool call, which the API "
+                "refuses while thinking (a 400 for every request): use tool_choice: "
+                "{type: auto}, or thinking: {type: disabled}"
+            )
         names = [tool["name"] for tool in self.tools]
         if choice["type"] == "tool" and choice["name"] not in names:
             close = difflib.get_close_matches(choice["name"], names, n=1)
