@@ -252,3 +252,30 @@ async def test_a_request_waits_for_holds_in_flight_then_the_cap_stops() -> None:
     assert capped == [True]
     assert await ledger.reserve(api, body) is None
     assert capped == [True]
+
+
+def test_the_command_line_exits_4_with_the_summary(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """`batchrun JOB` under a cap it reaches exits 4, its closing lines saying capped, what
+    was spent against the cap and how many requests are left."""
+    server = sim_server()
+    run = run_cli(_job_file(write_job, server, CAP))
+    assert run.returncode == 4, run.stderr
+    assert "batchrun: capped: 4 ok, 0 error" in run.stderr
+    assert "of the cap $0.004000 (limits.max_cost_usd); 16 request(s) left" in run.stderr
+
+
+async def test_with_a_prompt_cache_the_cap_holds_at_cache_write_prices(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """With prompt_cache, input is held at the cache-write rate: the sum of cost_usd, cache
+    writes and reads included, stays within the cap."""
+    server = sim_server()
+    system = "You are a careful assistant. " * 200  # long enough to be cached
+    extra = {"request": {"prompt_cache": "5m"}, "input": {"system": system}}
+    outcome = await run_job(load_job(_job_file(write_job, server, 0.02, **extra)))
+    results = _results(outcome)
+    assert outcome.exit_code == EXIT_CAPPED
+    assert results["cache_read_input_tokens"].sum() > 0
+    assert results["cost_usd"].sum() <= 0.02
