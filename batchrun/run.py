@@ -166,7 +166,7 @@ async def run_job(
         log.warning("batchrun.run.capped", cap_usd=job.limits.max_cost_usd)
         stop.event.set()
 
-    spend = SpendLedger.for_job(job, on_capped)
+    spend = SpendLedger.for_job(job, on_capped, halted=stop.event.is_set)
     mode: Mode
     if job.request.mode == "batch":
         from batchrun.batch import BatchLimits, BatchMode  # loaded only when a job asks for it

@@ -279,3 +279,25 @@ async def test_with_a_prompt_cache_the_cap_holds_at_cache_write_prices(
     assert outcome.exit_code == EXIT_CAPPED
     assert results["cache_read_input_tokens"].sum() > 0
     assert results["cost_usd"].sum() <= 0.02
+
+
+async def test_a_waiting_request_gives_up_when_the_run_stops() -> None:
+    """A request waiting for holds to return does not start once the run is stopping (a
+    signal): it is refused without capping the ledger."""
+    stopping: list[bool] = []
+    ledger = SpendLedger(
+        cap_usd=0.0015,
+        rates=ModelPrice(input=0.0, output=10.0).rates(),
+        halted=lambda: bool(stopping),
+    )
+    api = APIS["messages"]
+    body = {"messages": [], "max_tokens": 100}  # $0.001 at its worst
+    first = await ledger.reserve(api, body)
+    assert first is not None
+    waiting = asyncio.create_task(ledger.reserve(api, body))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stopping.append(True)
+    ledger.settle(first, 0.0001)  # it would fit now
+    assert await waiting is None
+    assert not ledger.capped

@@ -69,7 +69,8 @@ class Hold:
 class SpendLedger:
     """The spend of one run folder against ``cap_usd`` (``None``: no cap, nothing counted).
 
-    ``on_capped`` is called once, when the first request does not fit.
+    ``on_capped`` is called once, when the first request does not fit. While ``halted()``
+    (the run stopping for another reason, a signal), a waiting request gives up, not started.
     """
 
     cap_usd: float | None = None
@@ -77,18 +78,25 @@ class SpendLedger:
     held_usd: float = 0.0
     capped: bool = False
     on_capped: Callable[[], None] = lambda: None
+    halted: Callable[[], bool] = lambda: False
     rates: CacheRates | None = None
     prompt_cache: str | None = None
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def for_job(cls, job: Job, on_capped: Callable[[], None]) -> SpendLedger:
+    def for_job(
+        cls,
+        job: Job,
+        on_capped: Callable[[], None],
+        halted: Callable[[], bool] = lambda: False,
+    ) -> SpendLedger:
         """The ledger of ``job`` at its mode's prices (batch: half)."""
         cap = job.limits.max_cost_usd
         return cls(
             cap_usd=cap,
             on_capped=on_capped,
+            halted=halted,
             rates=rates_for(job.request.model, job.prices, job.request.mode),
             prompt_cache=job.request.prompt_cache,
         )
@@ -110,7 +118,7 @@ class SpendLedger:
         if self.cap_usd is None:
             return Hold(usd)
         async with self._turn:  # first come, first served: rows go out in order
-            while not self.capped:
+            while not self.capped and not self.halted():
                 if self.fits(usd):
                     self.held_usd += usd
                     return Hold(usd)
