@@ -241,6 +241,9 @@ async def run_job(
                     except FatalAPIError as exc:
                         on_fatal(exc)
             counts = await compact(writer, stop)
+            if spend.cap_usd is not None and stop.write_failed is None:
+                # What the folder holds now: batch rows are priced only when collected.
+                spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
             finished = clock.now()
             status, code, message = _ending(stop, mode, counts, summary.requests, spend)
             run_span.set_attributes(

@@ -178,7 +178,11 @@ async def test_batch_mode_submits_only_what_fits_at_batch_prices(
     assert sum(_sizes(await _batches(server))) == fits  # submitted: what fits, no more
     assert sorted(results["input_row"].to_list()) == list(range(fits))
     assert results["cost_usd"].sum() <= CAP
-    assert _spend(outcome)["rows_left"] == ROWS - results.height
+    assert _spend(outcome) == {
+        "cap_usd": CAP,
+        "spent_usd": pytest.approx(results["cost_usd"].sum(), abs=1e-6),
+        "rows_left": ROWS - results.height,
+    }
 
     done = await run_job(load_job(_job_file(write_job, server, 1.0, **extra)))
     assert done.exit_code == 0
