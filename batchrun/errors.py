@@ -29,6 +29,7 @@ The exit codes of CONTRACT.md:
 1     the run finished; some rows ended in ``error``
 2     the job file or its input is invalid; nothing was sent
 3     aborted by an error no retry can fix; rows done so far are kept
+4     the spend cap (``limits.max_cost_usd``) stopped the run; rows done are kept
 69    the endpoint could not be reached for a sustained period (``EX_UNAVAILABLE``)
 74    the run folder could not be written (``EX_IOERR``); what was written is intact
 75    another run holds the run folder (``EX_TEMPFAIL``); nothing was sent
@@ -45,6 +46,7 @@ import signal
 from pathlib import Path
 
 __all__ = [
+    "EXIT_CAPPED",
     "EXIT_FATAL",
     "EXIT_INVALID",
     "EXIT_IOERR",
@@ -66,6 +68,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_INVALID, EXIT_FATAL = 0, 1, 2, 3
+EXIT_CAPPED = 4  # the spend cap stopped the run; raise it and run again to go on
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the run folder; try again later
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the endpoint could not be reached; run again to resume
 EXIT_IOERR = 74  # EX_IOERR: the run folder could not be written

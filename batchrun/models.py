@@ -150,6 +150,7 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
     WRITE_FAILED = "write_failed"  # the run folder could not be written (exit 74)
     UNREACHABLE = "unreachable"  # the endpoint could not be reached (exit 69)
+    CAPPED = "capped"  # the spend cap (limits.max_cost_usd) stopped it (exit 4)
     CANCELED = "canceled"  # batch mode: --cancel
     CANCEL_REQUESTED = "cancel_requested"  # --cancel asked the run holding the folder
 

@@ -32,6 +32,7 @@ from batchrun.record.files import check_private
 from batchrun.record.folder import check_entries, open_run_dir, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.rundir import clear, make_run_dir
+from batchrun.schedule.spend import SpendLedger, folder_spent
 
 __all__ = ["Forecast", "Preflight", "describe", "dry_mode", "forecast", "predict", "preflight"]
 
@@ -169,6 +170,13 @@ class Forecast:
     input_rate: float | None
     stream_usd: float | None
     batch_usd: float | None
+    # With limits.max_cost_usd: the folder's spend so far, the worst case of the whole job
+    # (that plus every request to send at its worst, at the job's mode's prices) and how many
+    # of the requests to send fit under the cap, in order, at their worst.
+    cap_usd: float | None = None
+    spent_usd: float | None = None
+    worst_usd: float | None = None
+    fit_requests: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -179,19 +187,32 @@ class Forecast:
         return out
 
 
-def forecast(job: Job, plan: Preflight, *, limit: int | None = None) -> Forecast:
+def forecast(
+    job: Job, plan: Preflight, *, limit: int | None = None, fresh: bool = False
+) -> Forecast:
     """What the run would send after ``plan``: the requests (counted from the input, as the run
     will read it), their input tokens (the API's estimate, as the rate budget takes it: not
     ``count_tokens``, which would send) and their output ceiling (``max_tokens``), priced at
-    the job's list prices at the stream and the batch rate. Reads the input once more."""
+    the job's list prices at the stream and the batch rate. Reads the input once more. With
+    ``limits.max_cost_usd``, also the worst case against the cap (``fresh``: the folder's
+    spend so far will be cleared)."""
     api, params = job.request.api_spec, job.request.params
     to_send = tokens_in = tokens_out = 0
+    cap = job.limits.max_cost_usd
+    ledger = SpendLedger.for_job(job, on_capped=lambda: None)
+    spent = worst = 0.0
+    fit = 0
+    if cap is not None and plan.folder_exists and not fresh:
+        spent = worst = folder_spent(job, plan.run_dir)
     for batch in plan.done.filter(job, iter_batches(job, limit=limit)):
         for item in batch:
             body = api.body(item, params)
             to_send += 1
             tokens_in += api.estimate_input_tokens(body)
             tokens_out += api.output_reservation(body)
+            if cap is not None:
+                worst += ledger.worst_case(api, body)
+                fit += worst <= cap
     rates = rates_for(job.request.model, job.prices)
     price = input_rate = stream_usd = None
     if rates is not None:
@@ -223,6 +244,10 @@ def forecast(job: Job, plan: Preflight, *, limit: int | None = None) -> Forecast
         input_rate=input_rate,
         stream_usd=None if stream_usd is None else round(stream_usd, 6),
         batch_usd=None if stream_usd is None else round(stream_usd * BATCH_DISCOUNT, 6),
+        cap_usd=cap,
+        spent_usd=None if cap is None else round(spent, 6),
+        worst_usd=None if cap is None else round(worst, 6),
+        fit_requests=None if cap is None else fit,
     )
 
 
@@ -240,7 +265,7 @@ async def predict(
     async with preflight(
         job, mode, now=when, limit=limit, fresh=fresh, retry_errors=retry_errors, dry=True
     ) as plan:
-        return await asyncio.to_thread(forecast, job, plan, limit=limit)
+        return await asyncio.to_thread(forecast, job, plan, limit=limit, fresh=fresh)
 
 
 def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
@@ -275,7 +300,21 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
             f"{_usd(seen.batch_usd)} in batch mode, at list prices ({rate}, "
             f"${seen.price[1]:g} out per million tokens), {worst}"
         )
+    if seen.cap_usd is not None and seen.worst_usd is not None:
+        lines.append(f"spend cap:  {_cap_line(seen, seen.cap_usd, seen.worst_usd)}")
     return "\n".join(lines)
+
+
+def _cap_line(seen: Forecast, cap: float, worst: float) -> str:
+    """The whole job's worst case against ``limits.max_cost_usd``."""
+    spent = f" ({_usd(seen.spent_usd)} spent already)" if seen.spent_usd else ""
+    text = f"worst case {_usd(worst)}{spent} against the cap {_usd(cap)} ({seen.mode} prices)"
+    if worst <= cap:
+        return text + ": every request fits"
+    return (
+        text + f": the run would stop after about {seen.fit_requests:,} rows (of "
+        f"{seen.to_send:,} requests to send; exit 4, raise limits.max_cost_usd to go on)"
+    )
 
 
 def _usd(value: float) -> str:

@@ -27,6 +27,7 @@ from batchrun.call.reachability import UNREACHABLE_WINDOW_S
 from batchrun.call.stream import StreamMode
 from batchrun.clock import Clock, Sleep
 from batchrun.errors import (
+    EXIT_CAPPED,
     EXIT_FATAL,
     EXIT_IOERR,
     EXIT_UNAVAILABLE,
@@ -46,6 +47,7 @@ from batchrun.record.folder import compact, translated
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.record.rundir import new_run_id
+from batchrun.schedule.spend import SpendLedger, folder_spent
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:
@@ -160,11 +162,18 @@ async def run_job(
             )
         stop.event.set()
 
+    def on_capped() -> None:
+        log.warning("batchrun.run.capped", cap_usd=job.limits.max_cost_usd)
+        stop.event.set()
+
+    spend = SpendLedger.for_job(job, on_capped, halted=stop.event.is_set)
     mode: Mode
     if job.request.mode == "batch":
         from batchrun.batch import BatchLimits, BatchMode  # loaded only when a job asks for it
 
-        mode = BatchMode(job, clock, sleep, stop, batch_limits or BatchLimits(), cancel)
+        mode = BatchMode(
+            job, clock, sleep, stop, batch_limits or BatchLimits(), cancel, spend=spend
+        )
     else:
         mode = StreamMode(
             job,
@@ -176,11 +185,14 @@ async def run_job(
             progress_stream,
             write_retry_s=write_retry_s,
             unreachable_s=unreachable_s,
+            spend=spend,
         )
     async with preflight(
         job, mode, now=clock.wall(started), limit=limit, fresh=fresh, retry_errors=retry_errors
     ) as plan:  # the checks `batchrun validate` makes too; the folder's lock held from here
         summary, key, run_dir, done = plan.summary, plan.key, plan.run_dir, plan.done
+        if spend.cap_usd is not None:
+            spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
         # A limit the input's end came before left nothing out: no need to count the rest. An
         # input that cannot be counted past the limit (total None) was cut by it all the same.
         total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
@@ -229,8 +241,11 @@ async def run_job(
                     except FatalAPIError as exc:
                         on_fatal(exc)
             counts = await compact(writer, stop)
+            if spend.cap_usd is not None and stop.write_failed is None:
+                # What the folder holds now: batch rows are priced only when collected.
+                spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
             finished = clock.now()
-            status, code, message = _ending(stop, mode, counts, summary.requests)
+            status, code, message = _ending(stop, mode, counts, summary.requests, spend)
             run_span.set_attributes(
                 {
                     "batchrun.status": status,
@@ -261,6 +276,8 @@ async def run_job(
             cost = cost_text(record["cost"])
             try:
                 with translated(run_dir, "writing run.json"):
+                    if spend.cap_usd is not None:
+                        record["spend"] = spend.summary(_rows_left(counts, summary.requests))
                     write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
             except RunFolderError as exc:
                 stop.write_failed = exc
@@ -370,8 +387,13 @@ def catch_signals(
     return restore
 
 
+def _rows_left(counts: dict[str, int], requests: int) -> int:
+    """Requests of the run with no row in the folder."""
+    return max(0, requests - sum(counts.values()))
+
+
 def _ending(
-    stop: Stop, mode: Mode, counts: dict[str, int], requests: int
+    stop: Stop, mode: Mode, counts: dict[str, int], requests: int, spend: SpendLedger
 ) -> tuple[RunStatus, int, str | None]:
     """The run's status, exit code and closing message."""
     if stop.write_failed is not None:
@@ -385,4 +407,6 @@ def _ending(
         note = mode.interrupted_message()
         message = f"interrupted by {stop.signal.name}" + (f"; {note}" if note else "")
         return RunStatus.INTERRUPTED, SIGNAL_EXIT[stop.signal], message
+    if spend.capped:
+        return RunStatus.CAPPED, EXIT_CAPPED, spend.message(_rows_left(counts, requests))
     return mode.ending(counts, requests)

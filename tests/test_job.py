@@ -121,6 +121,7 @@ def test_defaults_equal_contract() -> None:
             "state_dir": None,
             "redis_url": None,
             "exact_input_tokens": False,
+            "max_cost_usd": None,
         },
         "retry": {"max_attempts": 6, "initial_backoff_s": 1.0, "max_backoff_s": 60.0},
         "timeouts": {"connect_s": 10, "idle_s": 60, "total_s": 600},

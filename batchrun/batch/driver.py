@@ -10,6 +10,7 @@ lifecycle of its own, and does not talk to the API itself (``session`` and ``api
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from batchrun.batch.state import (
     clear_batch_state,
     clear_cancel,
     iter_entries,
+    iter_wires,
     load_state,
 )
 from batchrun.call.endpoint import ApiClient
@@ -34,6 +36,7 @@ from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
+from batchrun.schedule.spend import SpendLedger
 from batchrun.telemetry.setup import Telemetry
 
 __all__ = ["BatchMode"]
@@ -56,6 +59,7 @@ class BatchMode:
     session: Session | None = None
     _busy: set[tuple[str, int]] = field(default_factory=set)
     _nothing_to_cancel: bool = False
+    spend: SpendLedger = field(default_factory=SpendLedger)  # the cap, at batch prices
 
     def check(self, run_dir: Path, fresh: bool) -> None:
         """Read the folder's batches, writing nothing; refuse ``--fresh`` while one may still
@@ -108,7 +112,12 @@ class BatchMode:
             limits=self.limits,
             stop=self.stop,
             canceling=self.cancel,
+            spend=self.spend,
         )
+        if self.spend.cap_usd is not None:  # batches still out hold their worst case
+            self.spend.held_usd += await asyncio.to_thread(
+                _held, run_dir, self.state, self.spend, self.job
+            )
         if not self.cancel:
             await self.session.submit(items)
         await self.session.drive()
@@ -149,6 +158,16 @@ class BatchMode:
 
 def _in_flight(run_dir: Path, state: BatchState) -> set[tuple[str, int]]:
     return {(e.id, e.sample) for r in state.unfinished() for e in iter_entries(run_dir, r)}
+
+
+def _held(run_dir: Path, state: BatchState, spend: SpendLedger, job: Job) -> float:
+    """The worst case of every request in a batch not collected yet."""
+    api = job.request.api_spec
+    return sum(
+        spend.worst_case(api, json.loads(wire)["params"])
+        for record in state.unfinished()
+        for wire in iter_wires(run_dir, record)
+    )
 
 
 def _still_open(run_dir: Path, state: BatchState, consequence: str) -> str:

@@ -14,6 +14,7 @@ or write run.json (``run`` does).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,7 @@ from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop
 from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
+from batchrun.schedule.spend import SpendLedger
 
 __all__ = ["Session"]
 
@@ -64,6 +66,7 @@ class Session:
     limits: BatchLimits
     stop: Stop
     canceling: bool = False
+    spend: SpendLedger = field(default_factory=SpendLedger)  # the cap, at batch prices
     created: int = 0  # batches this session created
     sent: int = 0  # requests in them
     _unsent: set[int] = field(default_factory=set)  # intents known not to be batches
@@ -104,6 +107,8 @@ class Session:
             if self._halted():
                 return
             entry, wire = make_entry(self.job, item, self.state.salt)
+            if not self._affords(wire):
+                break  # past the spend cap: this request and the rest wait for a later run
             if not splitter.fits(wire):
                 too_large = PermanentError(
                     "request_too_large",
@@ -119,6 +124,23 @@ class Session:
         rest = splitter.rest()
         if rest and not self._halted():
             await self._send_new(rest)
+
+    def _affords(self, wire: bytes) -> bool:
+        """Whether the spend cap holds the worst case of ``wire``'s request (then it is held
+        for the rest of the session: batches report their cost only when collected)."""
+        if self.spend.cap_usd is None:
+            return True
+        usd = self.spend.worst_case(self.job.request.api_spec, json.loads(wire)["params"])
+        if self.spend.take(usd):
+            return True
+        log.warning(
+            "batchrun.batch.capped",
+            cap_usd=self.spend.cap_usd,
+            spent_usd=round(self.spend.spent_usd, 6),
+            held_usd=round(self.spend.held_usd, 6),
+            note="requests that do not fit the cap are left for a later run",
+        )
+        return False
 
     async def _send_new(self, group: list[tuple[Entry, bytes]]) -> None:
         if await asyncio.to_thread(cancel_requested, self.run_dir):

@@ -14,7 +14,7 @@ nothing about one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -33,6 +33,7 @@ from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
 from batchrun.record.schema import attempt_row, result_row
 from batchrun.schedule.limits import Budget, BudgetWaitError
+from batchrun.schedule.spend import SpendLedger
 from batchrun.telemetry.genai import RequestTelemetry
 from batchrun.telemetry.progress import Progress
 
@@ -56,6 +57,7 @@ class StreamContext:
     telemetry: RequestTelemetry
     on_fatal: Callable[[FatalAPIError], None]
     reach: Reachability
+    spend: SpendLedger = field(default_factory=SpendLedger)  # default: no cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,9 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
     job, tel = ctx.job, ctx.telemetry
     api = job.request.api_spec
     body, request_hash = build_request(api, item, job.request.params, job.endpoint.betas)
+    hold = await ctx.spend.reserve(api, body)
+    if hold is None:
+        return  # past the spend cap: not sent, not recorded; dispatch stops
     sent = _Sent()
     span = tel.start(item, queued_at, body)
     trace_id = format(span.get_span_context().trace_id, "032x")
@@ -125,6 +130,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
         except FatalAPIError as exc:
             # No request can succeed: no result row, so a run after the fix sends it again.
             ctx.writer.add_attempts(sent.rows)
+            ctx.spend.settle(hold, None)
             tel.end(span, exc, None)
             ctx.on_fatal(exc)
             return
@@ -139,6 +145,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
                 attempts=len(sent.attempts),
             )
         except BaseException:
+            ctx.spend.settle(hold, None)
             _cancelled(span)
             raise
         finally:
@@ -159,6 +166,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
             clock=ctx.clock,
             rates=rates_for(job.request.model, job.prices),
         )
+        ctx.spend.settle(hold, row["cost_usd"])
         tel.end(span, error, sent.final, row["cost_usd"])
 
     def record() -> None:

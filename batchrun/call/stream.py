@@ -15,7 +15,7 @@ import asyncio
 import gc
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,6 +39,7 @@ from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
 from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
+from batchrun.schedule.spend import SpendLedger
 from batchrun.telemetry.genai import RequestTelemetry
 from batchrun.telemetry.progress import Progress
 from batchrun.telemetry.setup import Telemetry
@@ -158,6 +159,7 @@ class StreamMode:
     unreachable_s: float = UNREACHABLE_WINDOW_S
     interrupted_note = "no new requests; those in flight may finish; send again to exit at once"
     progress: Progress | None = None
+    spend: SpendLedger = field(default_factory=SpendLedger)  # the cap; default: none
 
     def check(self, run_dir: Path, fresh: bool) -> None:
         """Nothing of its own in the run folder to refuse."""
@@ -206,6 +208,7 @@ class StreamMode:
                 clock=self.clock.now,
                 on_down=self._unreachable,
             ),
+            spend=self.spend,
         )
         try:
             await dispatch(

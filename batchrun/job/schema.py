@@ -143,6 +143,20 @@ class Job(Section):
             raise ValueError("a model name must not be empty, e.g. claude-sonnet-4-5: {...}")
         return {**DEFAULT_PRICES, **value}
 
+    @model_validator(mode="after")
+    def _priced_under_cap(self) -> Job:
+        from batchrun.record.cost import rates_for  # record imports job: not at import
+
+        model = self.request.model
+        if self.limits.max_cost_usd is not None and rates_for(model, self.prices) is None:
+            raise ValueError(
+                f"limits.max_cost_usd is set, but request.model {model} has no price, so no "
+                f"request could be counted against the cap; give its price under prices: "
+                f"({model}: {{input: ..., output: ...}}, USD per million tokens), or remove "
+                "limits.max_cost_usd"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:

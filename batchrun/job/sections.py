@@ -184,6 +184,9 @@ class LimitsConfig(Section):
     redis_url: str | None = None
     # Count input tokens exactly with /v1/messages/count_tokens instead of estimating them.
     exact_input_tokens: bool = False
+    # Hard spend cap (USD) of the run folder, all sessions together: the run exits 4 rather
+    # than start a request whose worst case would pass it (batchrun.schedule.spend).
+    max_cost_usd: float | None = Field(default=None, gt=0)
 
     @field_validator("redis_url")
     @classmethod

@@ -1,0 +1,174 @@
+"""Stage 2, schedule: the hard spend cap (``limits.max_cost_usd``), a ledger of dollars.
+
+The run folder's spend (every session's rows, read when the run starts) plus what requests in
+flight hold must stay within the cap. A request holds its worst case before it starts: its input
+estimate (the API's own, as the rate budget takes it; with ``prompt_cache`` every input token
+priced as a cache write) plus ``max_tokens`` of output, at the model's price. When it ends the
+hold is replaced by the row's ``cost_usd``, the figure ``results.parquet`` keeps, so the ledger
+and a later run's reading of the folder agree. Failed attempts that left no usage in the row
+cost nothing here. Requests take their turn in order: when the next one does not fit, it waits
+for holds in flight to return; when it cannot fit even with none in flight, the ledger is
+capped and dispatch stops. Knows nothing of HTTP or files beyond reading the folder's spend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from batchrun.record.cost import estimate_cost, rates_for
+
+if TYPE_CHECKING:
+    from batchrun.apis import Api
+    from batchrun.job.prices import CacheRates
+    from batchrun.job.schema import Job
+
+__all__ = ["Hold", "SpendLedger", "folder_spent", "worst_case_usd"]
+
+
+def worst_case_usd(
+    api: Api, body: Mapping[str, Any], rates: CacheRates, prompt_cache: str | None
+) -> float:
+    """The most ``body`` may cost: its estimated input at the input rate (with a prompt cache,
+    the cache-write rate of its TTL when that is higher) and ``max_tokens`` of output."""
+    input_rate = rates.input
+    if prompt_cache == "5m":
+        input_rate = max(input_rate, rates.cache_write_5m)
+    elif prompt_cache == "1h":
+        input_rate = max(input_rate, rates.cache_write_1h)
+    tokens_in, tokens_out = api.estimate_input_tokens(body), api.output_reservation(body)
+    return (tokens_in * input_rate + tokens_out * rates.output) / 1e6
+
+
+def folder_spent(job: Job, run_dir: Path) -> float:
+    """What the rows already in ``run_dir`` cost: the sum of their ``cost_usd`` (rows from
+    before that column are priced from their tokens)."""
+    from batchrun.record.parquet import scan_table  # the folder's reader: only when capped
+
+    if not (run_dir / "results.parquet").exists() and not (run_dir / "parts").is_dir():
+        return 0.0
+    results: pl.LazyFrame = scan_table(run_dir, "results")
+    cost = estimate_cost(results, job.prices, job.request.mode)["cost_usd"]
+    return float(cost or 0.0)
+
+
+@dataclass(slots=True)
+class Hold:
+    """One request's reservation, until it is settled."""
+
+    usd: float
+    settled: bool = False
+
+
+@dataclass
+class SpendLedger:
+    """The spend of one run folder against ``cap_usd`` (``None``: no cap, nothing counted).
+
+    ``on_capped`` is called once, when the first request does not fit. While ``halted()``
+    (the run stopping for another reason, a signal), a waiting request gives up, not started.
+    """
+
+    cap_usd: float | None = None
+    spent_usd: float = 0.0
+    held_usd: float = 0.0
+    capped: bool = False
+    on_capped: Callable[[], None] = lambda: None
+    halted: Callable[[], bool] = lambda: False
+    rates: CacheRates | None = None
+    prompt_cache: str | None = None
+    _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def for_job(
+        cls,
+        job: Job,
+        on_capped: Callable[[], None],
+        halted: Callable[[], bool] = lambda: False,
+    ) -> SpendLedger:
+        """The ledger of ``job`` at its mode's prices (batch: half)."""
+        cap = job.limits.max_cost_usd
+        return cls(
+            cap_usd=cap,
+            on_capped=on_capped,
+            halted=halted,
+            rates=rates_for(job.request.model, job.prices, job.request.mode),
+            prompt_cache=job.request.prompt_cache,
+        )
+
+    def worst_case(self, api: Api, body: Mapping[str, Any]) -> float:
+        """What ``body`` holds while in flight (0 without a cap)."""
+        if self.cap_usd is None or self.rates is None:
+            return 0.0
+        return worst_case_usd(api, body, self.rates, self.prompt_cache)
+
+    def fits(self, usd: float) -> bool:
+        """Whether ``usd`` more may be held now."""
+        return self.cap_usd is None or self.spent_usd + self.held_usd + usd <= self.cap_usd
+
+    async def reserve(self, api: Api, body: Mapping[str, Any]) -> Hold | None:
+        """Hold ``body``'s worst case, waiting (in turn) for holds in flight to return while
+        it does not fit; ``None`` once the cap is reached: the request must not start."""
+        usd = self.worst_case(api, body)
+        if self.cap_usd is None:
+            return Hold(usd)
+        async with self._turn:  # first come, first served: rows go out in order
+            while not self.capped and not self.halted():
+                if self.fits(usd):
+                    self.held_usd += usd
+                    return Hold(usd)
+                if self.held_usd <= 0 or self.spent_usd + usd > self.cap_usd:
+                    self.stop()
+                    break
+                changed = self._changed
+                await changed.wait()
+        return None
+
+    def take(self, usd: float) -> bool:
+        """Hold ``usd`` at once if it fits (batch mode: a request joining a batch). When it
+        does not, the ledger is capped without ``on_capped``: batches already sent are still
+        followed to their end."""
+        if self.capped or not self.fits(usd):
+            self.capped = True
+            return False
+        self.held_usd += usd
+        return True
+
+    def settle(self, hold: Hold, cost_usd: float | None) -> None:
+        """``hold`` ended: it costs ``cost_usd`` (``None``: nothing) instead. Once only."""
+        if hold.settled or self.cap_usd is None:
+            return
+        hold.settled = True
+        self.held_usd = max(0.0, self.held_usd - hold.usd)
+        self.spent_usd += cost_usd or 0.0
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def stop(self) -> None:
+        """The cap is reached: no more holds; tell the run once."""
+        if not self.capped:
+            self.capped = True
+            self.on_capped()
+        self._changed.set()
+
+    def summary(self, rows_left: int) -> dict[str, Any]:
+        """run.json's ``spend``."""
+        return {
+            "cap_usd": self.cap_usd,
+            "spent_usd": round(self.spent_usd, 6),
+            "rows_left": rows_left,
+        }
+
+    def message(self, rows_left: int) -> str:
+        """The closing line of a capped run."""
+        return (
+            f"the spend cap stopped the run: spent ${self.spent_usd:,.6f} of the cap "
+            f"${self.cap_usd:,.6f} (limits.max_cost_usd); {rows_left:,} request(s) left, "
+            "not sent. Raise limits.max_cost_usd (e.g. --set limits.max_cost_usd=...) and run "
+            "again to go on"
+        )
