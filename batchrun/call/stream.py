@@ -37,6 +37,7 @@ from batchrun.errors import (
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import open_cache
 from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
 from batchrun.telemetry.genai import RequestTelemetry
@@ -184,6 +185,7 @@ class StreamMode:
         todo: int,
     ) -> None:
         budget = _budget(self.job, client, self.clock, self.sleep)
+        cache = open_cache(self.job.cache, self.job.base_dir)
         self.progress = Progress(
             total=todo, stream=self.progress_stream or sys.stderr, limits=budget.snapshot
         )
@@ -206,6 +208,7 @@ class StreamMode:
                 clock=self.clock.now,
                 on_down=self._unreachable,
             ),
+            cache=cache,
         )
         try:
             await dispatch(
@@ -213,6 +216,8 @@ class StreamMode:
             )
         finally:
             await budget.aclose()
+            if cache is not None:
+                cache.close()
 
     def _unreachable(self, exc: EndpointUnreachable) -> None:
         self.stop.unreachable = exc
