@@ -11,12 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
 
+from batchrun.job.schema import load_job
 from batchrun.record.response_cache import CACHED_COLUMNS, ResponseCache, cache_file, cache_key
 from batchrun.report.load import load_run
 from batchrun.report.summary import summarize
+from batchrun.run import run_job
 from tests.conftest import QUESTIONS, JobWriter, run_cli
 
 
@@ -259,3 +262,33 @@ def test_key_tells_apart_request_sample_version_and_url(other: tuple[str, int, s
     """Each part of the key makes a different entry."""
     assert cache_key("h1", 0, "2026-10-21", "sim") == cache_key("h1", 0, "2026-10-21", "sim")
     assert cache_key(*other) != cache_key("h1", 0, "2026-10-21", "sim")
+
+
+async def test_batch_mode_submits_only_misses_and_stores_its_results(
+    write_job: JobWriter, sim_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch mode after a stream run on the same cache: the hits are rows, not batch requests;
+    the batch's ok results are stored, so a stream run after it sends nothing."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    server = sim_server(batch_processing_s=0.05)
+    cache_dir = tmp_path / "cache"
+    stream = _cache_job(write_job, server.base_url, cache_dir, name="stream", rows=4)
+    assert (await run_job(load_job(stream))).exit_code == 0
+    _csv(tmp_path / "six.csv", [QUESTIONS[i] for i in range(6)])
+    batch = _cache_job(write_job, server.base_url, cache_dir, name="batch", data="six.csv")
+    outcome = await run_job(load_job(batch, ["request.mode=batch"]))
+    assert outcome.exit_code == 0
+    results = _results(batch)
+    assert results["cache_hit"].to_list() == [True] * 4 + [False] * 2
+    assert results["status"].to_list() == ["ok"] * 6
+    async with httpx.AsyncClient(
+        base_url=server.base_url,
+        headers={"x-api-key": "test-key", "anthropic-version": "2023-06-01"},
+    ) as client:
+        listed = (await client.get("/v1/messages/batches")).json()["data"]
+    assert [sum(b["request_counts"].values()) for b in listed] == [2]
+    sent = server.stats.requests_by_path.get("/v1/messages", 0)
+    again = _cache_job(write_job, server.base_url, cache_dir, name="again", data="six.csv")
+    assert (await run_job(load_job(again))).exit_code == 0
+    assert server.stats.requests_by_path.get("/v1/messages", 0) == sent
+    assert _results(again)["cache_hit"].to_list() == [True] * 6

@@ -34,6 +34,7 @@ from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import open_cache
 from batchrun.telemetry.setup import Telemetry
 
 __all__ = ["BatchMode"]
@@ -108,10 +109,15 @@ class BatchMode:
             limits=self.limits,
             stop=self.stop,
             canceling=self.cancel,
+            cache=open_cache(self.job.cache, self.job.base_dir),
         )
-        if not self.cancel:
-            await self.session.submit(items)
-        await self.session.drive()
+        try:
+            if not self.cancel:
+                await self.session.submit(items)
+            await self.session.drive()
+        finally:
+            if self.session.cache is not None:
+                self.session.cache.close()
 
     @property
     def sent(self) -> int:

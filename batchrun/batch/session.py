@@ -43,6 +43,7 @@ from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop
 from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import ResponseCache, cache_key, hit_row
 
 __all__ = ["Session"]
 
@@ -64,6 +65,7 @@ class Session:
     limits: BatchLimits
     stop: Stop
     canceling: bool = False
+    cache: ResponseCache | None = None  # the response cache (job's cache.mode), or None
     created: int = 0  # batches this session created
     sent: int = 0  # requests in them
     _unsent: set[int] = field(default_factory=set)  # intents known not to be batches
@@ -83,6 +85,8 @@ class Session:
             self.job.retry.max_attempts,
             self.clock,
             rates_for(self.job.request.model, self.job.prices, "batch"),
+            cache=self.cache,
+            cache_key=self._cache_key,
         )
 
     def save(self) -> None:
@@ -104,6 +108,8 @@ class Session:
             if self._halted():
                 return
             entry, wire = make_entry(self.job, item, self.state.salt)
+            if await self._cached(item, entry):
+                continue  # answered from the response cache: never submitted
             if not splitter.fits(wire):
                 too_large = PermanentError(
                     "request_too_large",
@@ -119,6 +125,33 @@ class Session:
         rest = splitter.rest()
         if rest and not self._halted():
             await self._send_new(rest)
+
+    def _cache_key(self, entry: Entry) -> str:
+        endpoint = self.job.endpoint
+        return cache_key(
+            entry.request_hash, entry.sample, endpoint.anthropic_version, endpoint.base_url
+        )
+
+    async def _cached(self, item: RequestItem, entry: Entry) -> bool:
+        """Record ``item`` from the response cache if it is there; whether it was."""
+        if self.cache is None:
+            return False
+        cached = await asyncio.to_thread(self.cache.get, self._cache_key(entry))
+        if cached is None:
+            return False
+        row = hit_row(
+            cached,
+            run_id=self.run_id,
+            item=item,
+            model=self.job.request.model,
+            api=self.job.request.api_spec.name,
+            request_hash=entry.request_hash,
+            at=self._wall(),
+            queue_s=0.0,
+        )
+        self.writer.add(row, ())
+        self.recorder.rows["ok"] += 1
+        return True
 
     async def _send_new(self, group: list[tuple[Entry, bytes]]) -> None:
         if await asyncio.to_thread(cancel_requested, self.run_dir):
