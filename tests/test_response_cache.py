@@ -92,6 +92,8 @@ def test_second_folder_sends_only_the_changed_rows(
     done = run_cli(second)
     assert done.returncode == 0, done.stderr
     assert server.stats.total_requests == 6 + 2
+    finished = [json.loads(line) for line in done.stderr.splitlines() if "run.finished" in line]
+    assert [(f["sent"], f["cache_hits"], f["ok"]) for f in finished] == [(2, 4, 6)]
 
     before, after = _results(first), _results(second)
     assert after["cache_hit"].to_list() == [True, False, True, True, False, True]
@@ -277,7 +279,7 @@ async def test_batch_mode_submits_only_misses_and_stores_its_results(
     _csv(tmp_path / "six.csv", [QUESTIONS[i] for i in range(6)])
     batch = _cache_job(write_job, server.base_url, cache_dir, name="batch", data="six.csv")
     outcome = await run_job(load_job(batch, ["request.mode=batch"]))
-    assert outcome.exit_code == 0
+    assert (outcome.exit_code, outcome.sent) == (0, 2)
     results = _results(batch)
     assert results["cache_hit"].to_list() == [True] * 4 + [False] * 2
     assert results["status"].to_list() == ["ok"] * 6
@@ -289,6 +291,7 @@ async def test_batch_mode_submits_only_misses_and_stores_its_results(
     assert [sum(b["request_counts"].values()) for b in listed] == [2]
     sent = server.stats.requests_by_path.get("/v1/messages", 0)
     again = _cache_job(write_job, server.base_url, cache_dir, name="again", data="six.csv")
-    assert (await run_job(load_job(again))).exit_code == 0
+    repeated = await run_job(load_job(again))
+    assert (repeated.exit_code, repeated.sent) == (0, 0)
     assert server.stats.requests_by_path.get("/v1/messages", 0) == sent
     assert _results(again)["cache_hit"].to_list() == [True] * 6

@@ -37,7 +37,7 @@ from batchrun.errors import (
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
-from batchrun.record.response_cache import open_cache
+from batchrun.record.response_cache import ResponseCache, open_cache
 from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
 from batchrun.telemetry.genai import RequestTelemetry
@@ -159,6 +159,7 @@ class StreamMode:
     unreachable_s: float = UNREACHABLE_WINDOW_S
     interrupted_note = "no new requests; those in flight may finish; send again to exit at once"
     progress: Progress | None = None
+    cache: ResponseCache | None = None
 
     def check(self, run_dir: Path, fresh: bool) -> None:
         """Nothing of its own in the run folder to refuse."""
@@ -185,7 +186,7 @@ class StreamMode:
         todo: int,
     ) -> None:
         budget = _budget(self.job, client, self.clock, self.sleep)
-        cache = open_cache(self.job.cache, self.job.base_dir)
+        self.cache = cache = open_cache(self.job.cache, self.job.base_dir)
         self.progress = Progress(
             total=todo, stream=self.progress_stream or sys.stderr, limits=budget.snapshot
         )
@@ -226,7 +227,8 @@ class StreamMode:
 
     @property
     def sent(self) -> int:
-        return self.progress.done if self.progress is not None else 0
+        done = self.progress.done if self.progress is not None else 0
+        return done - (self.cache.hits if self.cache is not None else 0)  # hits send nothing
 
     def interrupted_message(self) -> str | None:
         return None
@@ -239,7 +241,7 @@ class StreamMode:
         return {}
 
     def finished(self) -> dict[str, Any]:
-        return {}
+        return {"cache_hits": self.cache.hits} if self.cache is not None else {}
 
     def manifest(self) -> dict[str, Any]:
         return {}

@@ -170,6 +170,7 @@ class ResponseCache:
         self._busy_timeout_s = busy_timeout_s
         self._conn: sqlite3.Connection | None = None
         self._broken = False
+        self.hits = 0  # lookups answered
         self._lock = threading.Lock()  # one connection, used from worker threads in turn
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -179,7 +180,10 @@ class ResponseCache:
                 return None
             found = conn.execute("SELECT row FROM responses WHERE key = ?", (key,)).fetchone()
             value = json.loads(found[0]) if found is not None else None
-            return value if isinstance(value, dict) else None
+            if not isinstance(value, dict):
+                return None
+            self.hits += 1
+            return value
         return None  # the cache failed: a miss
 
     def put(self, key: str, row: Mapping[str, Any]) -> None:
