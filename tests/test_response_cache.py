@@ -117,6 +117,10 @@ def test_second_folder_sends_only_the_changed_rows(
     assert sorted(attempts["id"].to_list()) == ["r1", "r4"]
     assert _entries(cache_dir) == 8
 
+    manifest = json.loads((tmp_path / "out-second" / "run.json").read_text())
+    paid = after.filter(~pl.col("cache_hit"))["cost_usd"].sum()
+    assert paid > 0
+    assert manifest["cost"]["cost_usd"] == pytest.approx(paid)
     summary = summarize(load_run(tmp_path / "out-second"))
     assert summary["e2e_s"]["count"] == 2
     assert summary["ttft_s"]["count"] == 2
