@@ -299,3 +299,25 @@ async def test_batch_mode_submits_only_misses_and_stores_its_results(
     assert (repeated.exit_code, repeated.sent) == (0, 0)
     assert server.stats.requests_by_path.get("/v1/messages", 0) == sent
     assert _results(again)["cache_hit"].to_list() == [True] * 6
+
+
+def test_a_relative_dir_is_the_job_files_and_cache_info_reads_it(
+    write_job: JobWriter, sim_server: Any, tmp_path: Path
+) -> None:
+    """cache.dir: rel is beside the job file, whatever the working folder; `cache info --job`
+    finds it there."""
+    server = sim_server()
+    job = write_job(
+        rows=2,
+        extra={
+            "endpoint": {"base_url": server.base_url},
+            "cache": {"mode": "read_write", "dir": "rel"},
+        },
+    )
+    done = run_cli(job)
+    assert done.returncode == 0, done.stderr
+    assert cache_file(tmp_path / "rel").exists()
+    info = _cache_cli("info", "--job", str(job), "--json")
+    assert info.returncode == 0, info.stderr
+    shown = json.loads(info.stdout)
+    assert (shown["path"], shown["entries"]) == (str(cache_file(tmp_path / "rel")), 2)
