@@ -15,6 +15,7 @@ import httpx
 import polars as pl
 import pytest
 
+from batchrun.batch import session as batch_session
 from batchrun.job.schema import load_job
 from batchrun.record.response_cache import CACHED_COLUMNS, ResponseCache, cache_file, cache_key
 from batchrun.report.load import load_run
@@ -276,6 +277,7 @@ async def test_batch_mode_submits_only_misses_and_stores_its_results(
     """Batch mode after a stream run on the same cache: the hits are rows, not batch requests;
     the batch's ok results are stored, so a stream run after it sends nothing."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setattr(batch_session, "FLUSH_ROWS", 2)  # hits reach parts as they come
     server = sim_server(batch_processing_s=0.05)
     cache_dir = tmp_path / "cache"
     stream = _cache_job(write_job, server.base_url, cache_dir, name="stream", rows=4)

@@ -29,9 +29,9 @@ from batchrun.job.prices import CacheRates
 from batchrun.record.parquet import ResultsWriter
 from batchrun.record.response_cache import ResponseCache
 
-__all__ = ["Recorder", "times_of"]
+__all__ = ["FLUSH_ROWS", "Recorder", "times_of"]
 
-_FLUSH_ROWS = 5_000  # rows buffered while reading results before a checkpoint part
+FLUSH_ROWS = 5_000  # rows buffered while reading results before a checkpoint part
 
 
 def times_of(record: BatchRecord, batch: dict[str, Any], now: datetime) -> BatchTimes:
@@ -106,7 +106,7 @@ class Recorder:
                 seen.add(entry.custom_id)
                 again = self.record(line.get("result"), entry, times, may_retry=may_retry)
                 retries += [again] if again else []
-                if self.writer.pending >= _FLUSH_ROWS:
+                if self.writer.pending >= FLUSH_ROWS:
                     await self.flush()
         for custom_id, entry in index.items():
             if custom_id not in seen:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from batchrun.batch.api import BatchesAPI, refused
-from batchrun.batch.collect import Recorder, times_of
+from batchrun.batch.collect import FLUSH_ROWS, Recorder, times_of
 from batchrun.batch.entries import BatchLimits, Entry, Splitter, body, make_entry, wire_custom_id
 from batchrun.batch.reconcile import reconcile, update_record
 from batchrun.batch.rows import BatchTimes
@@ -151,6 +151,8 @@ class Session:
         )
         self.writer.add(row, ())
         self.recorder.rows["ok"] += 1
+        if self.writer.pending >= FLUSH_ROWS:
+            await self.recorder.flush()  # a folder of hits is never held in memory whole
         return True
 
     async def _send_new(self, group: list[tuple[Entry, bytes]]) -> None:
