@@ -37,6 +37,7 @@ commands:
   batchrun validate JOB.yaml       check the job file and its input; sends nothing
   batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
   batchrun report RUN_DIR [RUN_B]  summary of a run (and report.html), or two runs compared
+  batchrun cache info|clear        the response cache shared across runs (cache.mode)
 
 output: a live progress line on a terminal (retries counted on it; -v prints each retry);
 JSON log lines on stderr otherwise (cron); -q prints only the closing summary and errors.
@@ -49,7 +50,7 @@ written (disk full, I/O or permission error); 75 another run holds the run folde
 """
 
 
-_COMMANDS = ("run", "validate", "sim", "report")
+_COMMANDS = ("run", "validate", "sim", "report", "cache")
 
 
 def _output_options() -> argparse.ArgumentParser:
@@ -245,6 +246,43 @@ def _report_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cache_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun cache",
+        parents=[_output_options()],
+        description="The response cache that jobs with cache.mode: read_write fill and jobs "
+        "with read or read_write take answers from. 'info' prints its entries, size on disk "
+        "and oldest entry; 'clear' removes entries (all, or those older than --older-than "
+        "days). The folder is --dir, else a job file's cache.dir (--job), else "
+        "$XDG_CACHE_HOME/batchrun (~/.cache/batchrun).",
+    )
+    parser.add_argument("action", choices=("info", "clear"), help="what to do")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dir", metavar="DIR", help="the cache folder")
+    where.add_argument(
+        "--job", metavar="JOB.yaml", help="take the folder from this job's cache.dir"
+    )
+    parser.add_argument(
+        "--older-than",
+        type=_positive_float,
+        metavar="DAYS",
+        help="clear: only entries stored more than DAYS days ago (fractions allowed)",
+    )
+    parser.add_argument("--json", action="store_true", help="info: print it as JSON")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = _command(args)
@@ -253,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sim": (_sim_parser, _sim),
         "validate": (_validate_parser, _validate),
         "report": (_report_parser, _report),
+        "cache": (_cache_parser, _cache),
         "run": (_run_parser, _run),
     }[command]
     ns = parser().parse_args(args)  # --help and usage errors end here, before anything loads
@@ -366,6 +405,41 @@ def _report(ns: argparse.Namespace) -> int:
     if len(ns.runs) > 2:
         _report_parser().error("give one run folder, or two to compare")
     return report_command(ns.runs, as_json=ns.json, html=not ns.no_html, rows=ns.rows, by=ns.by)
+
+
+def _cache(ns: argparse.Namespace) -> int:
+    import sqlite3
+    from pathlib import Path
+
+    from batchrun.record.response_cache import ResponseCache, cache_file
+
+    folder: Path | str | None = ns.dir
+    if ns.job:
+        from batchrun.job.schema import load_job
+
+        job = load_job(ns.job)
+        folder = job.base_dir / Path(job.cache.dir).expanduser() if job.cache.dir else None
+    cache = ResponseCache(cache_file(folder))
+    try:
+        if ns.action == "clear":
+            older_than_s = ns.older_than * 86400 if ns.older_than is not None else None
+            gone = cache.clear(older_than_s)
+            print(f"removed {gone} entries from {cache.path}")
+            return 0
+        info = cache.info().as_json()
+    except sqlite3.Error as exc:
+        print(f"batchrun: error: {cache.path}: not a usable cache: {exc}", file=sys.stderr)
+        return EXIT_IOERR
+    if ns.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+    else:
+        print(
+            f"{info['path']}: {info['entries']} entries, {info['size_bytes']:,} bytes, "
+            f"oldest {info['oldest'] or '-'}"
+        )
+    return 0
 
 
 def _sim(ns: argparse.Namespace) -> int:

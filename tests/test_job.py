@@ -127,6 +127,7 @@ def test_defaults_equal_contract() -> None:
         "timeouts": {"connect_s": 10, "idle_s": 60, "total_s": 600},
         "output": {"dir": "outputs/{name}"},
         "telemetry": {"traces": "file", "capture_content": False},
+        "cache": {"mode": "off", "dir": None},
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,10 +27,11 @@ from batchrun.clock import Clock
 from batchrun.errors import AttemptError
 from batchrun.job.prices import CacheRates
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import ResponseCache
 
-__all__ = ["Recorder", "times_of"]
+__all__ = ["FLUSH_ROWS", "Recorder", "times_of"]
 
-_FLUSH_ROWS = 5_000  # rows buffered while reading results before a checkpoint part
+FLUSH_ROWS = 5_000  # rows buffered while reading results before a checkpoint part
 
 
 def times_of(record: BatchRecord, batch: dict[str, Any], now: datetime) -> BatchTimes:
@@ -50,6 +52,8 @@ class Recorder:
     clock: Clock
     rates: CacheRates | None = None  # the model's batch rates, for each row's cost_usd
     rows: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
+    cache: ResponseCache | None = None  # ok rows are stored in it (read_write)
+    cache_key: Callable[[Entry], str] | None = None
 
     def record(
         self, result: Any, entry: Entry, times: BatchTimes, *, may_retry: bool
@@ -71,6 +75,9 @@ class Recorder:
             return entry
         self.writer.add(settled.result, [settled.attempt])
         self.rows[settled.result["status"]] += 1
+        if settled.result["status"] == "ok" and self.cache is not None and self.cache_key:
+            # On the loop, unlike stream mode: one short insert, and no stream is being timed.
+            self.cache.put(self.cache_key(entry), settled.result)
         return None
 
     async def results(
@@ -99,7 +106,7 @@ class Recorder:
                 seen.add(entry.custom_id)
                 again = self.record(line.get("result"), entry, times, may_retry=may_retry)
                 retries += [again] if again else []
-                if self.writer.pending >= _FLUSH_ROWS:
+                if self.writer.pending >= FLUSH_ROWS:
                     await self.flush()
         for custom_id, entry in index.items():
             if custom_id not in seen:

@@ -36,6 +36,7 @@ from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import open_cache
 from batchrun.schedule.spend import SpendLedger
 from batchrun.telemetry.setup import Telemetry
 
@@ -113,14 +114,19 @@ class BatchMode:
             stop=self.stop,
             canceling=self.cancel,
             spend=self.spend,
+            cache=open_cache(self.job.cache, self.job.base_dir),
         )
         if self.spend.cap_usd is not None:  # batches still out hold their worst case
             self.spend.held_usd += await asyncio.to_thread(
                 _held, run_dir, self.state, self.spend, self.job
             )
-        if not self.cancel:
-            await self.session.submit(items)
-        await self.session.drive()
+        try:
+            if not self.cancel:
+                await self.session.submit(items)
+            await self.session.drive()
+        finally:
+            if self.session.cache is not None:
+                self.session.cache.close()
 
     @property
     def sent(self) -> int:

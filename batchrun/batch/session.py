@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from batchrun.batch.api import BatchesAPI, refused
-from batchrun.batch.collect import Recorder, times_of
+from batchrun.batch.collect import FLUSH_ROWS, Recorder, times_of
 from batchrun.batch.entries import BatchLimits, Entry, Splitter, body, make_entry, wire_custom_id
 from batchrun.batch.reconcile import reconcile, update_record
 from batchrun.batch.rows import BatchTimes
@@ -44,6 +44,7 @@ from batchrun.job.schema import Job
 from batchrun.models import RequestItem, Stop
 from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import ResponseCache, cache_key, hit_row
 from batchrun.schedule.spend import SpendLedger
 
 __all__ = ["Session"]
@@ -67,6 +68,7 @@ class Session:
     stop: Stop
     canceling: bool = False
     spend: SpendLedger = field(default_factory=SpendLedger)  # the cap, at batch prices
+    cache: ResponseCache | None = None  # the response cache (job's cache.mode), or None
     created: int = 0  # batches this session created
     sent: int = 0  # requests in them
     _unsent: set[int] = field(default_factory=set)  # intents known not to be batches
@@ -86,6 +88,8 @@ class Session:
             self.job.retry.max_attempts,
             self.clock,
             rates_for(self.job.request.model, self.job.prices, "batch"),
+            cache=self.cache,
+            cache_key=self._cache_key,
         )
 
     def save(self) -> None:
@@ -107,6 +111,8 @@ class Session:
             if self._halted():
                 return
             entry, wire = make_entry(self.job, item, self.state.salt)
+            if await self._cached(item, entry):
+                continue  # answered from the response cache: never submitted
             if not self._affords(wire):
                 break  # past the spend cap: this request and the rest wait for a later run
             if not splitter.fits(wire):
@@ -141,6 +147,35 @@ class Session:
             note="requests that do not fit the cap are left for a later run",
         )
         return False
+
+    def _cache_key(self, entry: Entry) -> str:
+        endpoint = self.job.endpoint
+        return cache_key(
+            entry.request_hash, entry.sample, endpoint.anthropic_version, endpoint.base_url
+        )
+
+    async def _cached(self, item: RequestItem, entry: Entry) -> bool:
+        """Record ``item`` from the response cache if it is there; whether it was."""
+        if self.cache is None:
+            return False
+        cached = await asyncio.to_thread(self.cache.get, self._cache_key(entry))
+        if cached is None:
+            return False
+        row = hit_row(
+            cached,
+            run_id=self.run_id,
+            item=item,
+            model=self.job.request.model,
+            api=self.job.request.api_spec.name,
+            request_hash=entry.request_hash,
+            at=self._wall(),
+            queue_s=0.0,
+        )
+        self.writer.add(row, ())
+        self.recorder.rows["ok"] += 1
+        if self.writer.pending >= FLUSH_ROWS:
+            await self.recorder.flush()  # a folder of hits is never held in memory whole
+        return True
 
     async def _send_new(self, group: list[tuple[Entry, bytes]]) -> None:
         if await asyncio.to_thread(cancel_requested, self.run_dir):

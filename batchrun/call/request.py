@@ -13,6 +13,7 @@ nothing about one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from batchrun.job.schema import Job
 from batchrun.models import Attempt, RequestItem
 from batchrun.record.cost import rates_for
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import ResponseCache, cache_key, hit_row
 from batchrun.record.schema import attempt_row, result_row
 from batchrun.schedule.limits import Budget, BudgetWaitError
 from batchrun.schedule.spend import SpendLedger
@@ -58,6 +60,7 @@ class StreamContext:
     on_fatal: Callable[[FatalAPIError], None]
     reach: Reachability
     spend: SpendLedger = field(default_factory=SpendLedger)  # default: no cap
+    cache: ResponseCache | None = None  # the response cache (job's cache.mode), or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,14 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
     job, tel = ctx.job, ctx.telemetry
     api = job.request.api_spec
     body, request_hash = build_request(api, item, job.request.params, job.endpoint.betas)
+    key = ""
+    if ctx.cache is not None:
+        endpoint = job.endpoint
+        key = cache_key(request_hash, item.sample, endpoint.anthropic_version, endpoint.base_url)
+        cached = await asyncio.to_thread(ctx.cache.get, key)
+        if cached is not None:
+            _record_hit(ctx, item, queued_at, request_hash, cached)
+            return
     hold = await ctx.spend.reserve(api, body)
     if hold is None:
         return  # past the spend cap: not sent, not recorded; dispatch stops
@@ -179,6 +190,32 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
         ctx.reach.after_streak(record, lambda: ctx.writer.add_attempts(sent.rows))
     else:
         record()
+        if error is None and ctx.cache is not None:
+            await asyncio.to_thread(ctx.cache.put, key, row)
+
+
+def _record_hit(
+    ctx: StreamContext,
+    item: RequestItem,
+    queued_at: float,
+    request_hash: str,
+    cached: dict[str, Any],
+) -> None:
+    """A cached response as this run's row: nothing sent, no attempt row, no span."""
+    now = ctx.clock.now()
+    row = hit_row(
+        cached,
+        run_id=ctx.run_id,
+        item=item,
+        model=ctx.job.request.model,
+        api=ctx.job.request.api_spec.name,
+        request_hash=request_hash,
+        at=ctx.clock.wall(now),
+        queue_s=now - queued_at,
+    )
+    ctx.writer.add(row, ())
+    ctx.progress.update(ok=True, output_tokens=row["output_tokens"])
+    log.debug("batchrun.request.cache_hit", id=item.id, sample=item.sample)
 
 
 def _chunk_observer(ctx: StreamContext) -> Callable[[float], None]:

@@ -37,6 +37,7 @@ from batchrun.errors import (
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
 from batchrun.record.parquet import ResultsWriter
+from batchrun.record.response_cache import ResponseCache, open_cache
 from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
 from batchrun.schedule.pool import run_pool
 from batchrun.schedule.spend import SpendLedger
@@ -160,6 +161,7 @@ class StreamMode:
     interrupted_note = "no new requests; those in flight may finish; send again to exit at once"
     progress: Progress | None = None
     spend: SpendLedger = field(default_factory=SpendLedger)  # the cap; default: none
+    cache: ResponseCache | None = None
 
     def check(self, run_dir: Path, fresh: bool) -> None:
         """Nothing of its own in the run folder to refuse."""
@@ -186,6 +188,7 @@ class StreamMode:
         todo: int,
     ) -> None:
         budget = _budget(self.job, client, self.clock, self.sleep)
+        self.cache = cache = open_cache(self.job.cache, self.job.base_dir)
         self.progress = Progress(
             total=todo, stream=self.progress_stream or sys.stderr, limits=budget.snapshot
         )
@@ -209,6 +212,7 @@ class StreamMode:
                 on_down=self._unreachable,
             ),
             spend=self.spend,
+            cache=cache,
         )
         try:
             await dispatch(
@@ -216,6 +220,8 @@ class StreamMode:
             )
         finally:
             await budget.aclose()
+            if cache is not None:
+                cache.close()
 
     def _unreachable(self, exc: EndpointUnreachable) -> None:
         self.stop.unreachable = exc
@@ -224,7 +230,8 @@ class StreamMode:
 
     @property
     def sent(self) -> int:
-        return self.progress.done if self.progress is not None else 0
+        done = self.progress.done if self.progress is not None else 0
+        return done - (self.cache.hits if self.cache is not None else 0)  # hits send nothing
 
     def interrupted_message(self) -> str | None:
         return None
@@ -237,7 +244,7 @@ class StreamMode:
         return {}
 
     def finished(self) -> dict[str, Any]:
-        return {}
+        return {"cache_hits": self.cache.hits} if self.cache is not None else {}
 
     def manifest(self) -> dict[str, Any]:
         return {}

@@ -37,6 +37,7 @@ from batchrun.job.prices import DEFAULT_PRICES, ModelPrice
 from batchrun.job.reader import load_model
 from batchrun.job.request import RequestConfig, sampling_set
 from batchrun.job.sections import (
+    CacheConfig,
     EndpointConfig,
     InputConfig,
     LimitsConfig,
@@ -77,6 +78,7 @@ class Job(Section):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     output: OutputConfig = OutputConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    cache: CacheConfig = CacheConfig()
     sim: SimConfig = SimConfig()
     # The price table for the cost estimate: entries here override or extend DEFAULT_PRICES.
     prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))

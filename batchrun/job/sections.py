@@ -27,6 +27,7 @@ from batchrun.job.messages import looks_like_key
 from batchrun.job.templates import TemplatePart, columns_of, parse_template
 
 __all__ = [
+    "CacheConfig",
     "EndpointConfig",
     "InputConfig",
     "LimitsConfig",
@@ -265,3 +266,17 @@ class TelemetryConfig(Section):
 
     traces: Literal["file", "otlp", "console", "none"] = "file"
     capture_content: bool = False
+
+
+class CacheConfig(Section):
+    """The response cache shared across run folders (:mod:`batchrun.record.response_cache`):
+    ``off``, ``read`` (hits are used, nothing is stored) or ``read_write``."""
+
+    mode: Literal["off", "read_write", "read"] = "off"
+    dir: str | None = Field(default=None, min_length=1)  # null: $XDG_CACHE_HOME/batchrun
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: object) -> object:
+        # YAML reads an unquoted `off` as false; accept it as the word it was meant to be.
+        return "off" if value is False else value

@@ -68,6 +68,7 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "usage_json": pl.String,
     "ttft_text_s": pl.Float64,  # first text delta minus request sent, on the successful attempt
     "cost_usd": pl.Float64,  # list prices with cache prices, at the mode's rate
+    "cache_hit": pl.Boolean,  # from the response cache, nothing sent (null in older folders)
 }
 
 ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
@@ -161,6 +162,7 @@ def result_row(
         retry_wait_s=retry_wait_s,
         trace_id=trace_id,
         request_hash=request_hash,
+        cache_hit=False,
     )
     done = final.completion
     if error is None and done is not None:

@@ -47,6 +47,8 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
     status = {"ok": 0, "error": 0, **counts(results["status"])}
     covered = activity.input_rows(run)
     unit, lengths = output_lengths(run)
+    # Timings are of requests sent: a response cache hit's are another run's, measured then.
+    sent = ~results["cache_hit"].fill_null(False) if "cache_hit" in results.columns else None
     return {
         "run_dir": str(run.run_dir),
         "state": run.state,
@@ -73,7 +75,10 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
         "output_length": {"unit": unit, **distribution(lengths)},
         "concurrency": activity.concurrency(run, duration),
         "over_time": activity.over_time(run),
-        **{key: distribution(results[column]) for key, column in TIMINGS.items()},
+        **{
+            key: distribution(results[column] if sent is None else results[column].filter(sent))
+            for key, column in TIMINGS.items()
+        },
         "attempts": {
             "total": _int(results["attempts"].sum()),
             "retries": _int((results["attempts"] - 1).clip(lower_bound=0).sum()),
