@@ -305,3 +305,24 @@ async def test_a_waiting_request_gives_up_when_the_run_stops() -> None:
     ledger.settle(first, 0.0001)  # it would fit now
     assert await waiting is None
     assert not ledger.capped
+
+
+async def test_response_cache_hits_cost_the_cap_nothing(
+    write_job: JobWriter, sim_server: StartSim, tmp_path: Path
+) -> None:
+    """A run answered from the response cache passes under a cap too small for one request:
+    hits are looked up before the cap reserves, send nothing and cost nothing."""
+    server = sim_server()
+    cache = {"mode": "read_write", "dir": str(tmp_path / "cache")}
+    first = await run_job(load_job(_job_file(write_job, server, None, cache=cache)))
+    assert first.exit_code == 0
+    sent = _messages_sent(server)
+    assert sent == ROWS
+    again = _job_file(write_job, server, 0.0001, cache=cache, output={"dir": "again"})
+    outcome = await run_job(load_job(again))
+    results = _results(outcome)
+    assert outcome.exit_code == 0, outcome.message
+    assert results.height == ROWS
+    assert results["cache_hit"].all()
+    assert results["cost_usd"].sum() == 0
+    assert _messages_sent(server) == sent
