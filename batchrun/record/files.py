@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -107,3 +109,35 @@ def remove_temps(folder: Path, names: tuple[str, ...]) -> None:
             if leftover.name[1:].startswith(names):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
+
+
+def open_sqlite(path: Path, busy_timeout_s: float, schema: str) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` (its folder made private if new), shared
+    safely by processes: WAL journal, ``busy_timeout_s`` of patience for locks, autocommit
+    (transactions are the caller's, by explicit BEGIN), usable from any thread, and ``schema``
+    run on it. Closed again if any of that fails."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        _enable_wal(conn, busy_timeout_s)
+        conn.executescript(schema)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, patience_s: float) -> None:
+    """Switch the file to WAL. Changing the journal mode answers "database is locked" at once,
+    without SQLite's busy handler, while another process opens the same file: retry a while."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

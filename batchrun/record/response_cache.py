@@ -31,6 +31,7 @@ import structlog
 
 from batchrun.job.sections import CacheConfig
 from batchrun.models import RequestItem
+from batchrun.record.files import open_sqlite
 from batchrun.record.schema import RESULT_SCHEMA
 
 __all__ = [
@@ -262,35 +263,9 @@ class ResponseCache:
         )
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout_s,
-            isolation_level=None,  # autocommit: every statement is its own transaction
-            check_same_thread=False,
-        )
-        try:
-            _enable_wal(conn, self._busy_timeout_s)
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        # autocommit: every statement is its own transaction
+        return open_sqlite(self.path, self._busy_timeout_s, _SCHEMA)
 
 
 def _files(path: Path) -> list[Path]:
     return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-
-
-def _enable_wal(conn: sqlite3.Connection, patience_s: float) -> None:
-    """Switch the file to WAL. Changing the journal mode answers "database is locked" at once,
-    without SQLite's busy handler, while another process opens the same file: retry a while."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)

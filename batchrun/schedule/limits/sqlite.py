@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from batchrun.record.files import open_sqlite
 from batchrun.schedule.limits.bucket import Adjust, Level, Want, adjust_level, take
 from batchrun.schedule.limits.store import PAUSED, StoreUnavailable
 
@@ -123,17 +124,10 @@ class SqliteStore:
                 raise
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout_s,
-            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
-            check_same_thread=False,
-        )
+        # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+        conn = open_sqlite(self.path, self._busy_timeout_s, _SCHEMA)
         try:
-            _enable_wal(conn, self._busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")  # a lost budget update after a crash is fine
-            conn.executescript(_SCHEMA)
             os.chmod(self.path, 0o600)
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
@@ -148,20 +142,6 @@ class SqliteStore:
             raise
         self._conn = conn
         return conn
-
-
-def _enable_wal(conn: sqlite3.Connection, patience_s: float) -> None:
-    """Switch the file to WAL. Changing the journal mode answers "database is locked" at once,
-    without SQLite's busy handler, while another process opens the same file: retry a while."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _paused_until(conn: sqlite3.Connection) -> float:
