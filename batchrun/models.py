@@ -37,7 +37,8 @@ class RequestItem:
     ``messages`` is a list of ``{"role": "user" | "assistant", "content": str | list}`` as the
     Messages API takes it; a prompt template yields one user message. ``row`` is the 0-based
     position of the input row across the input files, in the order they are read: the
-    ``input_row`` column.
+    ``input_row`` column. ``variant`` names the job's variant the request runs under (``default``
+    for a job without ``variants``); a request's key is (``variant``, ``id``, ``sample``).
     """
 
     id: str
@@ -45,6 +46,7 @@ class RequestItem:
     messages: tuple[dict[str, Any], ...]
     system: str | None = None
     row: int = 0
+    variant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
