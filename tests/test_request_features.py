@@ -469,3 +469,18 @@ def test_the_example_job_names_a_current_model() -> None:
     job = load_job(Path(__file__).resolve().parents[1] / "jobs" / "eval.yaml")
     assert job.request.model == "claude-sonnet-5-5"
     assert job.warnings == ()
+
+
+def test_derive_replaces_keys_and_validates_again() -> None:
+    from pydantic import ValidationError
+
+    from batchrun.job.request import RequestConfig
+
+    base = RequestConfig.model_validate(
+        {"model": "claude-sonnet-5-5", "max_tokens": 300, "effort": "high"}
+    )
+    cheap = base.derive({"model": "claude-haiku-5-5", "effort": "low"})
+    assert cheap.params == {"model": "claude-haiku-5-5", "max_tokens": 300, "effort": "low"}
+    assert base.params["model"] == "claude-sonnet-5-5"  # the base is unchanged
+    with pytest.raises(ValidationError, match="max_tokens"):
+        base.derive({"max_tokens": 0})

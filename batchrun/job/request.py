@@ -12,6 +12,7 @@ touch the network or read the API key.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -283,6 +284,12 @@ class RequestConfig(Section):
                     f"extra.{key} collides with {named}, which batchrun sets in the body: "
                     f"set it there (or remove extra.{key})"
                 )
+
+    def derive(self, changes: Mapping[str, Any]) -> RequestConfig:
+        """This request with ``changes`` (job-file keys) in place of its own, validated again as
+        a whole (a variant's or a judge's request; a nested key such as ``thinking`` is replaced,
+        not merged). Raises pydantic's ``ValidationError`` naming the key, like the job's."""
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})
 
     @property
     def api_spec(self) -> Api:
