@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.errors import EXIT_CAPPED, RunLockedError
+from batchrun.errors import EXIT_CAPPED, RunFolderError, RunLockedError
 from batchrun.job.schema import Job, load_job
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import read_table
@@ -81,7 +81,8 @@ async def test_judgements_land_keyed_by_the_judged_row_and_the_scorer(
     prompt's status and completion in the prompts' order."""
     server = sim_server()
     job = _job(write_job, server)
-    prompts = _prompts(5, variants=("sonnet", "haiku-low"))
+    # Ids with the key's separator and beyond ASCII come back as they were.
+    prompts = _prompts(5, variants=("sonnet", "haiku-low")).with_columns(id=pl.col("id") + ":x/ü")
     returned = await _judge(job, prompts)
 
     assert server.stats.requests_by_path.get("/v1/messages", 0) == prompts.height
@@ -317,3 +318,20 @@ async def test_the_simulator_grades_when_the_prompt_offers_grades(
         grades.append([c[-8:] for c in completions])
     assert grades[0] == grades[1]
     assert set(grades[0]) == set(GRADES)
+
+
+async def test_a_judge_entry_of_the_wrong_kind_is_refused_before_sending(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """judge/ is a folder batchrun keeps in a run folder: a file there is refused, by the
+    judging and by the run, before anything is sent."""
+    server = sim_server()
+    job = _job(write_job, server)
+    run_dir = job.run_dir(_NOW)
+    run_dir.mkdir(parents=True)
+    (run_dir / "judge").write_text("not batchrun's\n")
+    with pytest.raises(RunFolderError, match="judge is not a folder"):
+        await _judge(job, _prompts(2))
+    with pytest.raises(RunFolderError, match="judge is not a folder"):
+        await run_job(job)
+    assert server.stats.total_requests == 0

@@ -60,7 +60,7 @@ from batchrun.job.schema import Job
 from batchrun.job.sections import InputConfig, OutputConfig
 from batchrun.models import RequestItem, RunOutcome
 from batchrun.record.files import commit, remove_temps, write_temp
-from batchrun.record.folder import JUDGE_DIR, translated
+from batchrun.record.folder import JUDGE_DIR, check_entries, translated
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import scan_table
 from batchrun.record.rundir import make_run_dir
@@ -113,8 +113,10 @@ async def run_judgements(
     (``ok`` or ``error``), ``completion`` and ``error_message``. A prompt judged before with
     the same request is answered from the judge folder, not sent. Raises
     :class:`JudgingStopped` when the judge run stops early, RunLockedError (exit 75) when
-    another process is scoring this run folder, JobError for prompts or a request that cannot
-    be judged. ``transport`` replaces httpx's network transport (tests).
+    another process is scoring this run folder, RunFolderError (exit 74) when the folder
+    cannot be written or holds ``judge`` or ``judgements.parquet`` of the wrong kind, JobError
+    for prompts or a request that cannot be judged. ``transport`` replaces httpx's network
+    transport (tests).
     """
     if not _NAME.fullmatch(scorer) or scorer in (".", ".."):
         raise JobError(
@@ -125,8 +127,7 @@ async def run_judgements(
     keyed = _keyed(job, scorer, judge_request, prompts)
     if keyed.is_empty():
         return pl.DataFrame(schema=RETURNED_SCHEMA)
-    root = make_run_dir(run_dir / JUDGE_DIR)
-    folder = make_run_dir(root / scorer)
+    root, folder = _folders(run_dir, scorer)
     with RunLock(root):
         remove_temps(run_dir, (f"{JUDGEMENTS}.",))  # what a killed scoring was writing
         remove_temps(folder, (f"{PROMPTS}.",))
@@ -137,7 +138,7 @@ async def run_judgements(
         stopped = outcome.exit_code not in (EXIT_OK, EXIT_ROW_ERRORS)
         try:
             with translated(run_dir, f"writing {JUDGEMENTS}"):
-                await asyncio.to_thread(assemble, run_dir)
+                await asyncio.to_thread(_assemble, run_dir)
         except RunFolderError:
             if not stopped:
                 raise  # a stopped judge run says why first
@@ -149,6 +150,15 @@ async def run_judgements(
             outcome.exit_code,
         )
     return judged
+
+
+def _folders(run_dir: Path, scorer: str) -> tuple[Path, Path]:
+    """``judge/`` and ``judge/<scorer>/``, made private to their owner, once the run folder's
+    entries are what batchrun keeps there (``judge`` a file, say, is refused)."""
+    if run_dir.is_dir():
+        check_entries(run_dir)
+    root = make_run_dir(run_dir / JUDGE_DIR)
+    return root, make_run_dir(root / scorer)
 
 
 def _streamed(job: Job, scorer: str, request: RequestConfig) -> RequestConfig:
@@ -238,7 +248,7 @@ def _judge_job(job: Job, scorer: str, request: RequestConfig, folder: Path, run_
     return judge.model_copy(update={"limits": limits})
 
 
-def assemble(run_dir: Path) -> None:
+def _assemble(run_dir: Path) -> None:
     """Write ``run_dir/judgements.parquet`` from every judge folder under ``judge/``: its rows
     with the judged row's ``variant``, ``id`` and ``sample`` and the ``scorer``, the latest of
     each, ordered by scorer and key. Call it holding ``judge/.batchrun.lock``."""
