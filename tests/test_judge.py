@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.errors import EXIT_CAPPED, RunFolderError, RunLockedError
+from batchrun.errors import EXIT_CAPPED, EXIT_FATAL, RunFolderError, RunLockedError
 from batchrun.job.schema import Job, load_job
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import read_table
@@ -335,3 +335,29 @@ async def test_a_judge_entry_of_the_wrong_kind_is_refused_before_sending(
     with pytest.raises(RunFolderError, match="judge is not a folder"):
         await run_job(job)
     assert server.stats.total_requests == 0
+
+
+async def test_a_job_in_batch_mode_judges_by_streaming(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """The judge of a batch-mode job streams its requests: no batch is made for it."""
+    server = sim_server()
+    job = _job(write_job, server, request={"mode": "batch"})
+    returned = await _judge(job, _prompts(3))
+    assert returned["status"].to_list() == ["ok"] * 3
+    assert server.stats.requests_by_path == {"/v1/messages": 3}
+
+
+async def test_a_judge_run_that_aborts_raises_with_its_exit_code(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """An error no retry fixes (a 401) stops judging as it stops a run: JudgingStopped with
+    exit 3 and the reason, and judgements.parquet holds what was judged (nothing here)."""
+    server = sim_server(faults=[{"kind": "unauthorized", "rate": 1.0}])
+    job = _job(write_job, server)
+    with pytest.raises(JudgingStopped) as stopped:
+        await _judge(job, _prompts(4))
+    assert stopped.value.exit_code == EXIT_FATAL
+    assert "authentication_error" in str(stopped.value)
+    assert "4 prompt(s) not judged" in str(stopped.value)
+    assert _judgements(job.run_dir(_NOW)).is_empty()

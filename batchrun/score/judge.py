@@ -142,14 +142,10 @@ async def run_judgements(
         except RunFolderError:
             if not stopped:
                 raise  # a stopped judge run says why first
-        judged = await asyncio.to_thread(_judged, folder, keyed)
-    if stopped:
-        left = judged.filter(pl.col("status").is_null()).height
-        raise JudgingStopped(
-            await asyncio.to_thread(_stopped, job, scorer, run_dir, outcome, left),
-            outcome.exit_code,
-        )
-    return judged
+        if not stopped:
+            return await asyncio.to_thread(_judged, folder, keyed)
+        message = await asyncio.to_thread(_stopped, job, scorer, run_dir, folder, outcome, keyed)
+    raise JudgingStopped(message, outcome.exit_code)
 
 
 def _folders(run_dir: Path, scorer: str) -> tuple[Path, Path]:
@@ -294,14 +290,22 @@ def _judged(folder: Path, keyed: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _stopped(job: Job, scorer: str, run_dir: Path, outcome: RunOutcome, left: int) -> str:
-    """Why judging stopped, and how to go on."""
-    if outcome.exit_code == EXIT_CAPPED:
-        cap = job.limits.max_cost_usd or 0.0
+def _stopped(
+    job: Job, scorer: str, run_dir: Path, folder: Path, outcome: RunOutcome, keyed: pl.DataFrame
+) -> str:
+    """Why judging stopped, how many prompts it left, and how to go on."""
+    try:
+        left = f"{_judged(folder, keyed)['status'].null_count():,}"
+    except Exception:  # a folder that cannot be read: the reason for stopping comes first
+        left = "some"
+    if outcome.exit_code != EXIT_CAPPED:
         return (
-            f"the spend cap stopped judging with scorer {scorer}: the run folder {run_dir} has "
-            f"spent ${folder_spent(job, run_dir):,.6f} of limits.max_cost_usd ${cap:,.6f} "
-            f"(results and judgements together); {left:,} prompt(s) not judged. Raise "
-            "limits.max_cost_usd and score again to go on"
+            f"judging with scorer {scorer} stopped: {outcome.message}; {left} prompt(s) not judged"
         )
-    return f"judging with scorer {scorer} stopped: {outcome.message}; {left:,} prompt(s) not judged"
+    cap = job.limits.max_cost_usd or 0.0
+    return (
+        f"the spend cap stopped judging with scorer {scorer}: the run folder {run_dir} has "
+        f"spent ${folder_spent(job, run_dir):,.6f} of limits.max_cost_usd ${cap:,.6f} (results "
+        f"and judgements together); {left} prompt(s) not judged. Raise limits.max_cost_usd "
+        "and score again to go on"
+    )
