@@ -3,6 +3,7 @@ loopback, resumed exactly once (kill -9 included), under the run folder's spend 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -361,3 +362,29 @@ async def test_a_judge_run_that_aborts_raises_with_its_exit_code(
     assert "authentication_error" in str(stopped.value)
     assert "4 prompt(s) not judged" in str(stopped.value)
     assert _judgements(job.run_dir(_NOW)).is_empty()
+
+
+async def test_judge_requests_are_traced_as_the_runs_are(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """With telemetry.traces: file, the judge run writes its spans (the run's, one per judge
+    request with the judge's model) in its own folder's traces.jsonl."""
+    server = sim_server()
+    job = _job(write_job, server, telemetry={"traces": "file"})
+    await _judge(job, _prompts(3))
+    lines = (job.run_dir(_NOW) / "judge" / "judge" / "traces.jsonl").read_text().splitlines()
+    spans = [
+        span
+        for line in lines
+        for resource in json.loads(line)["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]
+    models = [
+        a["value"]["stringValue"]
+        for span in spans
+        for a in span["attributes"]
+        if a["key"] == "gen_ai.request.model"
+    ]
+    assert "batchrun.run" in [span["name"] for span in spans]
+    assert models == ["claude-haiku-5-5"] * 3

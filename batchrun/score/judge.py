@@ -124,7 +124,7 @@ async def run_judgements(
             f"the folder {run_dir / JUDGE_DIR}/<scorer>); rename it"
         )
     judge_request = _streamed(job, scorer, request)
-    keyed = _keyed(job, scorer, judge_request, prompts)
+    keyed = await asyncio.to_thread(_keyed, job, scorer, judge_request, prompts)
     if keyed.is_empty():
         return pl.DataFrame(schema=RETURNED_SCHEMA)
     root, folder = _folders(run_dir, scorer)
