@@ -20,10 +20,20 @@ from batchrun.errors import JobError, RunFolderError, os_error
 from batchrun.models import Stop
 from batchrun.record.parquet import ResultsWriter, scan_table
 
-__all__ = ["check_entries", "compact", "open_run_dir", "remove_temporaries", "translated"]
+__all__ = [
+    "JUDGE_DIR",
+    "check_entries",
+    "compact",
+    "open_run_dir",
+    "remove_temporaries",
+    "translated",
+]
 
 log = structlog.get_logger()
 
+
+# The judges' folder (batchrun.score.judge): one run folder of its own per model-graded scorer.
+JUDGE_DIR = "judge"
 
 # What batchrun keeps in a run folder, and whether each is a folder.
 _ENTRIES = {
@@ -32,6 +42,8 @@ _ENTRIES = {
     "attempts.parquet": False,
     "run.json": False,
     ".batchrun.lock": False,
+    JUDGE_DIR: True,
+    "judgements.parquet": False,
 }
 
 

@@ -47,13 +47,25 @@ def worst_case_usd(
 
 def folder_spent(job: Job, run_dir: Path) -> float:
     """What the rows already in ``run_dir`` cost: the sum of their ``cost_usd`` (rows from
-    before that column are priced from their tokens)."""
+    before that column are priced from their tokens), the judges' requests of its scorers
+    included (``judge/<scorer>/``, streamed): the cap is the run folder's, scoring and all."""
+    from batchrun.record.folder import JUDGE_DIR  # the folder's layout: only when capped
+
+    judges = run_dir / JUDGE_DIR
+    spent = _spent(run_dir, job.prices, job.request.mode)
+    if judges.is_dir():
+        spent += sum(_spent(d, job.prices, "stream") for d in judges.iterdir() if d.is_dir())
+    return spent
+
+
+def _spent(run_dir: Path, prices: Mapping[str, Any], mode: str) -> float:
+    """The sum of the cost of one run folder's result rows (0 when it has none)."""
     from batchrun.record.parquet import scan_table  # the folder's reader: only when capped
 
     if not (run_dir / "results.parquet").exists() and not (run_dir / "parts").is_dir():
         return 0.0
     results: pl.LazyFrame = scan_table(run_dir, "results")
-    cost = estimate_cost(results, job.prices, job.request.mode)["cost_usd"]
+    cost = estimate_cost(results, prices, mode)["cost_usd"]
     return float(cost or 0.0)
 
 

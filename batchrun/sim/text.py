@@ -5,7 +5,9 @@ request's content (not ``stream``, the token cap or the stop sequences, so a cap
 reply is a prefix of the uncapped one) and the draw: the number of the reply the simulator
 gives that exact body (a faulted attempt takes none). So the samples of one request differ, as on
 the API at its default temperature, a retry after a fault gets the reply the fault interrupted,
-and a run is reproducible for a fixed seed and order. It must not know about HTTP or SSE.
+and a run is reproducible for a fixed seed and order. A prompt that ends by offering answers
+("Reply GRADE: C or GRADE: I.") gets a sentence of filler and then one of them, drawn the same
+way, so a model-graded scorer grades. It must not know about HTTP or SSE.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Reply", "content_key", "estimate_tokens", "generate", "random_for", "words"]
+__all__ = [
+    "Reply",
+    "content_key",
+    "estimate_tokens",
+    "generate",
+    "offered_answers",
+    "random_for",
+    "words",
+]
 
 # Fields that cut or transport the reply but do not change what the "model" would say.
 _NOT_CONTENT = frozenset({"stream", "max_tokens", "max_tokens_to_sample", "stop_sequences"})
@@ -42,6 +53,8 @@ _CONTENT = (  # noqa: SIM905
     "almost simply clearly indeed however therefore meanwhile"
 ).split()
 _ENDINGS = (".", ".", ".", ".", "!", "?")
+# A prompt's last sentence offering answers: "Reply GRADE: C or GRADE: I." (or "A, B or C").
+_OFFER = re.compile(r"\bReply (?:with )?([^\n]+? or [^\n]+?)[.!]?\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +94,15 @@ def random_for(seed: int, key: bytes, draw: int = 1, salt: bytes = b"") -> rando
     return random.Random(int.from_bytes(hashlib.sha256(prefix + salt + key).digest()[:16]))
 
 
+def offered_answers(prompt: str) -> tuple[str, ...]:
+    """The answers ``prompt`` offers in its last sentence ("Reply X or Y.", "Reply X, Y or
+    Z."), in order; none when it ends otherwise."""
+    found = _OFFER.search(prompt)
+    if found is None:
+        return ()
+    return tuple(a.strip() for a in re.split(r",\s*|\s+or\s+", found.group(1)) if a.strip())
+
+
 def estimate_tokens(chars: int) -> int:
     """A cheap input token count: about four characters a token, at least one."""
     return max(1, math.ceil(chars / 4))
@@ -110,6 +132,7 @@ def generate(
     leading_space: bool = False,
     draw: int = 1,
     scale: float = 1.0,
+    answers: Sequence[str] = (),
 ) -> Reply:
     """The reply to the request whose :func:`content_key` is ``key``.
 
@@ -118,7 +141,8 @@ def generate(
     before that sequence with ``stop_sequence``. ``leading_space`` keeps the space before the
     first word, as the legacy API does; the Messages API starts with the bare word. ``draw``
     (1-based) numbers the replies to this body: each one is another reply. ``scale`` multiplies
-    the natural length (effort).
+    the natural length (effort). With ``answers`` (what the prompt offers: see
+    :func:`offered_answers`), the reply is its first sentence and then one of them, drawn.
     """
     rng = random_for(seed, key, draw)
     natural = rng.randint(min_tokens, max(min_tokens, max_tokens))
@@ -127,6 +151,11 @@ def generate(
     tokens = [next(stream) for _ in range(natural)]
     if tokens[-1] not in _ENDINGS:
         tokens[-1] = "."
+    if answers:  # a judge's reply: one sentence, then its verdict
+        end = next(n for n, token in enumerate(tokens) if token in _ENDINGS)
+        pick = random_for(seed, key, draw, b"answer").choice(list(answers))
+        tokens = [*tokens[: end + 1], " " + pick]
+        natural = len(tokens)
     if not leading_space:
         tokens[0] = tokens[0].lstrip()
     shown = tokens[:cap]

@@ -24,7 +24,7 @@ from typing import Any
 from batchrun.sim.cache import CacheUse
 from batchrun.sim.config import SimConfig
 from batchrun.sim.schema import instance
-from batchrun.sim.text import generate, random_for, words
+from batchrun.sim.text import generate, offered_answers, random_for, words
 from batchrun.sim.validate import GenRequest
 
 __all__ = ["EFFORT_SCALE", "Block", "Turn", "model_turn"]
@@ -276,6 +276,7 @@ def model_turn(
                 stop_sequences=req.stop_sequences,
                 draw=draw,
                 scale=scale,
+                answers=offered_answers(_last_user_text(req.body)),
             )
             pieces, stop_reason, stop_sequence = (
                 reply.tokens,
@@ -299,6 +300,15 @@ def model_turn(
     output = req.max_tokens - left
     usage = _usage(req, cache or CacheUse(), output, cost, tier, 0 if search is None else 1)
     return Turn(tuple(blocks), stop_reason, stop_sequence, usage)
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user turn (its text blocks joined), where a prompt offers answers."""
+    messages = [m for m in body.get("messages") or () if m.get("role") == "user"]
+    content = messages[-1].get("content") if messages else None
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if b.get("type") == "text")
+    return content if isinstance(content, str) else ""
 
 
 def _cut(pieces: tuple[str, ...], tokens: int) -> tuple[str, ...]:
