@@ -388,3 +388,20 @@ async def test_judge_requests_are_traced_as_the_runs_are(
     ]
     assert "batchrun.run" in [span["name"] for span in spans]
     assert models == ["claude-haiku-5-5"] * 3
+
+
+async def test_fresh_clears_the_judges_and_their_judgements(
+    write_job: JobWriter, sim_server: StartSim
+) -> None:
+    """--fresh starts the folder over: the judge folders and judgements.parquet go too, so an
+    earlier run's judge spend no longer counts against the cap and no judgement outlives it."""
+    server = sim_server()
+    job = _job(write_job, server)
+    await _judge(job, _prompts(3))
+    run_dir = job.run_dir(_NOW)
+    assert (run_dir / "judge").is_dir()
+    assert (run_dir / "judgements.parquet").is_file()
+    outcome = await run_job(job, fresh=True)
+    assert outcome.exit_code == 0
+    assert not (run_dir / "judge").exists()
+    assert not (run_dir / "judgements.parquet").exists()

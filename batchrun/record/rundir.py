@@ -21,6 +21,8 @@ _EARLIER = (
     "report.html",
     "traces.jsonl",
     "metrics.jsonl",
+    "scores.parquet",
+    "judgements.parquet",
 )
 
 
@@ -52,3 +54,4 @@ def clear(run_dir: Path) -> None:
     for name in _EARLIER:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "parts", ignore_errors=True)
+    shutil.rmtree(run_dir / "judge", ignore_errors=True)  # the judges' own run folders
