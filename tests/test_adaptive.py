@@ -49,7 +49,11 @@ async def _simulate(share: float, *, concurrency: int = 64, seconds: float = 600
     at every whole second."""
     clock = FakeClock()
     budget = RateBudget(
-        {}, MemoryStore(clock), cost=APIS["messages"], max_concurrency=concurrency, clock=clock
+        {},
+        lambda _m: MemoryStore(clock),
+        cost=APIS["messages"],
+        max_concurrency=concurrency,
+        clock=clock,
     )
     rng = random.Random(14)
     flying: list[tuple[float, int, Reservation, bool]] = []

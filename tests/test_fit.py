@@ -35,7 +35,12 @@ BODY: dict[str, Any] = {
 def _budget(t: FakeTime, **limits: int) -> RateBudget:
     configured = {k.removesuffix("_per_minute"): v for k, v in limits.items()}
     return RateBudget(
-        configured, MemoryStore(t), cost=APIS["messages"], max_concurrency=4, clock=t, sleep=t.sleep
+        configured,
+        lambda _m: MemoryStore(t),
+        cost=APIS["messages"],
+        max_concurrency=4,
+        clock=t,
+        sleep=t.sleep,
     )
 
 

@@ -7,6 +7,7 @@ the tests of two processes sharing a SQLite file and the one against the simulat
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from batchrun.call.endpoint import ApiClient
 from batchrun.call.transport import AiohttpTransport
 from batchrun.clock import Clock
 from batchrun.errors import PermanentError
+from batchrun.job.catalogue import lookup
 from batchrun.job.sections import LimitsConfig
 from batchrun.models import Attempt, Completion, RequestItem
 from batchrun.schedule.limits import (
@@ -32,6 +34,7 @@ from batchrun.schedule.limits import (
     SqliteStore,
     Want,
     make_budget,
+    shared_scope,
     state_path,
 )
 from batchrun.schedule.limits.bucket import Level, adjust_level, refill, take
@@ -51,7 +54,7 @@ def _budget(
     configured = {k.removesuffix("_per_minute"): v for k, v in limits.items()}
     return RateBudget(
         configured,
-        MemoryStore(t),
+        lambda _model: MemoryStore(t),
         cost=APIS["messages"],
         max_concurrency=concurrency,
         clock=t,
@@ -284,7 +287,8 @@ async def test_what_the_server_says_is_left_lowers_the_bucket() -> None:
 
 
 async def test_a_429_pauses_the_whole_pool_until_retry_after() -> None:
-    """One worker's 429 with retry-after 5: every acquire after it waits out the 5 s."""
+    """One worker's 429 with retry-after 5: every acquire of its model after it waits out the
+    5 s."""
     t = FakeTime()
     budget = _budget(t, max_wait_s=60)
     reservation = await budget.acquire(BODY)
@@ -360,7 +364,7 @@ async def test_a_cancelled_acquire_gives_its_slot_back() -> None:
     t = FakeTime()
     budget = RateBudget(
         {"requests": 60},
-        MemoryStore(t),
+        lambda _model: MemoryStore(t),
         cost=APIS["messages"],
         max_concurrency=1,
         clock=t,
@@ -387,7 +391,7 @@ async def test_exact_counts_come_from_the_injected_counter_once_per_body() -> No
 
     budget = RateBudget(
         {"input_tokens": 600_000},
-        MemoryStore(t),
+        lambda _model: MemoryStore(t),
         cost=APIS["messages"],
         max_concurrency=4,
         clock=t,
@@ -507,8 +511,9 @@ async def test_an_unusable_state_dir_falls_back_to_an_unshared_budget(tmp_path: 
     await budget.aclose()
 
 
-async def test_make_budget_keys_the_shared_file_by_fingerprint(tmp_path: Path) -> None:
-    """Shared: a SQLite file named by the fingerprint in state_dir; unshared: no file at all."""
+async def test_make_budget_keys_the_shared_file_by_fingerprint_and_model(tmp_path: Path) -> None:
+    """Shared: a SQLite file in state_dir named by the fingerprint and the model's catalogue id;
+    unshared: no file at all."""
     fingerprint = "0123456789abcdef" * 4
     limits = LimitsConfig(requests_per_minute=60_000, state_dir=str(tmp_path))
     budget = make_budget(
@@ -516,8 +521,11 @@ async def test_make_budget_keys_the_shared_file_by_fingerprint(tmp_path: Path) -
     )
     budget.settle(await budget.acquire(BODY), _ok())
     await budget.aclose()
-    assert state_path(str(tmp_path), fingerprint).exists()
-    assert state_path(str(tmp_path), fingerprint).name == f"budget-{fingerprint[:32]}.sqlite3"
+    model = lookup(BODY["model"])
+    assert model is not None
+    path = state_path(str(tmp_path), shared_scope(fingerprint, model.id))
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # no -wal or -shm left after close
+    assert path.name != f"budget-{fingerprint[:32]}.sqlite3"  # earlier versions' file
     unshared = LimitsConfig(requests_per_minute=60_000, shared=False, state_dir=str(tmp_path / "x"))
     budget = make_budget(
         unshared, key_fingerprint=fingerprint, cost=APIS["messages"], max_concurrency=2

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from batchrun.apis import APIS
 from batchrun.errors import JobError
+from batchrun.job.catalogue import lookup
 from batchrun.job.schema import Job, load_job
 from batchrun.job.sections import LimitsConfig
 from batchrun.models import Attempt, Completion
@@ -31,6 +32,7 @@ from batchrun.schedule.limits import (
     StoreUnavailable,
     Want,
     make_budget,
+    shared_scope,
 )
 from batchrun.schedule.limits.redis import RedisStore, redis_keys
 from tests.conftest import race_two_processes
@@ -187,7 +189,8 @@ def test_two_processes_sharing_a_fingerprint_take_no_more_than_the_rate(redis_ur
 
 
 async def test_make_budget_with_redis_url_keeps_the_buckets_in_redis(redis_url: str) -> None:
-    """Shared with a redis_url: the budget's buckets are the fingerprint's keys in Redis."""
+    """Shared with a redis_url: the budget's buckets are the keys in Redis of the fingerprint
+    and the model."""
     limits = LimitsConfig(requests_per_minute=60_000, redis_url=redis_url)
     budget = make_budget(
         limits, key_fingerprint=FINGERPRINT, cost=APIS["messages"], max_concurrency=2
@@ -197,7 +200,9 @@ async def test_make_budget_with_redis_url_keeps_the_buckets_in_redis(redis_url: 
         await budget.aclose()
     assert "batchrun.limits.shared_unavailable" not in [e["event"] for e in logs]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.hexists(redis_keys(FINGERPRINT)[0], "level:requests")
+    model = lookup(BODY["model"])
+    assert model is not None
+    assert client.hexists(redis_keys(shared_scope(FINGERPRINT, model.id))[0], "level:requests")
     client.close()
 
 

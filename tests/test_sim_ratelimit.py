@@ -18,6 +18,7 @@ from batchrun.sim.ratelimit import ServerLimiter
 from batchrun.sim.responses import StaticLimits, make_limits
 
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+MODEL = "claude-sonnet-4-5"
 
 
 class Clock:
@@ -38,12 +39,12 @@ def test_buckets_start_full_and_refuse_with_whole_seconds_to_wait() -> None:
     """60 a minute, a 3 s burst: three go at once, the fourth is told to retry after 1 s."""
     clock = Clock()
     limiter = _limiter(clock, requests_per_minute=60, burst_s=3)
-    assert all(limiter.admit(input_tokens=1, max_tokens=1).ok for _ in range(3))
-    refused = limiter.admit(input_tokens=1, max_tokens=1)
+    assert all(limiter.admit(model=MODEL, input_tokens=1, max_tokens=1).ok for _ in range(3))
+    refused = limiter.admit(model=MODEL, input_tokens=1, max_tokens=1)
     assert (refused.ok, refused.retry_after_s, refused.kind) == (False, 1, "requests")
     assert "60 requests per minute" in limiter.refusal_message(refused)
     clock.now = 1.0
-    assert limiter.admit(input_tokens=1, max_tokens=1).ok
+    assert limiter.admit(model=MODEL, input_tokens=1, max_tokens=1).ok
 
 
 def test_output_tokens_reserve_max_tokens_and_get_back_what_was_not_written() -> None:
@@ -51,14 +52,14 @@ def test_output_tokens_reserve_max_tokens_and_get_back_what_was_not_written() ->
     first gives back the 350 it did not write."""
     clock = Clock()
     limiter = _limiter(clock, output_tokens_per_minute=600)
-    first = limiter.admit(input_tokens=5, max_tokens=400)
+    first = limiter.admit(model=MODEL, input_tokens=5, max_tokens=400)
     assert first.ok
-    refused = limiter.admit(input_tokens=5, max_tokens=400)
+    refused = limiter.admit(model=MODEL, input_tokens=5, max_tokens=400)
     assert (refused.ok, refused.kind, refused.retry_after_s) == (False, "output-tokens", 20)
     first.output_tokens = 50
     limiter.finish(first)
     limiter.finish(first)  # once only
-    assert limiter.admit(input_tokens=5, max_tokens=400).ok
+    assert limiter.admit(model=MODEL, input_tokens=5, max_tokens=400).ok
     assert "output tokens per minute" in limiter.refusal_message(refused)
 
 
@@ -70,9 +71,9 @@ def test_a_refused_request_is_charged_nothing() -> None:
     limiter = _limiter(
         clock, requests_per_minute=10, input_tokens_per_minute=100, output_tokens_per_minute=1000
     )
-    assert limiter.admit(input_tokens=60, max_tokens=10).ok
-    assert not limiter.admit(input_tokens=50, max_tokens=10).ok  # 40 left
-    headers = limiter.headers()
+    assert limiter.admit(model=MODEL, input_tokens=60, max_tokens=10).ok
+    assert not limiter.admit(model=MODEL, input_tokens=50, max_tokens=10).ok  # 40 left
+    headers = limiter.headers(MODEL)
     assert headers["anthropic-ratelimit-requests-remaining"] == "9"  # not 8
 
 
@@ -82,8 +83,8 @@ def test_headers_report_limit_remaining_rounded_and_reset() -> None:
     limiter = _limiter(
         clock, requests_per_minute=60, input_tokens_per_minute=60_000, output_tokens_per_minute=6000
     )
-    assert limiter.admit(input_tokens=1_500, max_tokens=10).ok
-    headers = limiter.headers()
+    assert limiter.admit(model=MODEL, input_tokens=1_500, max_tokens=10).ok
+    headers = limiter.headers(MODEL)
     assert headers["anthropic-ratelimit-requests-limit"] == "60"
     assert headers["anthropic-ratelimit-requests-remaining"] == "59"
     assert headers["anthropic-ratelimit-input-tokens-remaining"] == "58000"  # 58,500
@@ -91,7 +92,7 @@ def test_headers_report_limit_remaining_rounded_and_reset() -> None:
     assert reset == datetime.fromtimestamp(1_700_000_001, UTC)  # one request back in 1 s
     # The stricter of input and output, as a fraction of its capacity, is input here.
     assert headers["anthropic-ratelimit-tokens-limit"] == "60000"
-    exhausted = limiter.headers(exhausted=True)
+    exhausted = limiter.headers(MODEL, exhausted=True)
     assert exhausted["anthropic-ratelimit-requests-remaining"] == "0"
 
 

@@ -251,7 +251,9 @@ class StreamMode:
 
 
 def _budget(job: Job, client: ApiClient, clock: Clock, sleep: Sleep) -> RateBudget:
-    """The run's budget; shared with other runs on this host that use the same key and URL."""
+    """The run's budget, with buckets per model; each model's are shared with other runs on
+    this host (or on every host, with ``limits.redis_url``) that use the same key, URL and
+    model."""
     limits = job.limits
     if job.endpoint.base_url == "sim":
         limits = limits.model_copy(update={"shared": False})  # a private, throwaway server

@@ -177,8 +177,9 @@ class LimitsConfig(Section):
     requests_per_minute: int | None = Field(default=None, gt=0)
     input_tokens_per_minute: int | None = Field(default=None, gt=0)
     output_tokens_per_minute: int | None = Field(default=None, gt=0)
-    # Share the budgets with other batchrun runs on this host that use the same key and
-    # base URL (state under state_dir, keyed by a hash of both; never the key itself).
+    # The *_per_minute limits apply to each model separately, as the API's do. Share each
+    # model's budget with other batchrun runs on this host that use the same key, base URL and
+    # model (state under state_dir, keyed by a hash of the three; never the key itself).
     shared: bool = True
     state_dir: str | None = None  # null: $XDG_STATE_HOME/batchrun or ~/.local/state/batchrun
     # With shared: share them with every host using this Redis instead (redis:// or rediss://).

@@ -83,8 +83,9 @@ class SimConfig(_Frozen):
     # With tool_choice auto (or none given) and tools, the share of replies that call a tool.
     tool_use_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     # Server-side rate limits (null: unlimited), enforced with 429 + retry-after and reported in
-    # the anthropic-ratelimit-* headers. Buckets hold rate_limit_burst_s seconds of their rate
-    # (the API's hold a full minute) and refill continuously.
+    # the anthropic-ratelimit-* headers. As on the API they apply to each model separately: every
+    # model has its own buckets of these sizes. Buckets hold rate_limit_burst_s seconds of their
+    # rate (the API's hold a full minute) and refill continuously.
     requests_per_minute: int | None = Field(default=None, gt=0)
     input_tokens_per_minute: int | None = Field(default=None, gt=0)
     output_tokens_per_minute: int | None = Field(default=None, gt=0)

@@ -81,15 +81,16 @@ def make_id(prefix: str, *parts: bytes | str | int) -> str:
 
 
 class RateLimits(Protocol):
-    """The seam for rate limiting: a decision per request, headers for every response."""
+    """The seam for rate limiting: a decision per request, headers for every response; both
+    of the request's model, as the API limits each model separately."""
 
-    def admit(self, *, input_tokens: int, max_tokens: int) -> Admission: ...
+    def admit(self, *, model: str, input_tokens: int, max_tokens: int) -> Admission: ...
 
     def finish(self, admission: Admission) -> None: ...
 
     def refusal_message(self, admission: Admission) -> str: ...
 
-    def headers(self, *, exhausted: bool = False) -> dict[str, str]: ...
+    def headers(self, model: str, *, exhausted: bool = False) -> dict[str, str]: ...
 
 
 def make_limits(config: SimConfig) -> RateLimits:
@@ -114,8 +115,8 @@ class StaticLimits:
     without limits, sends no ``anthropic-ratelimit-*`` headers, so that a client shows no limit
     it never met (set ``sim.*_per_minute`` to simulate real ones)."""
 
-    def admit(self, *, input_tokens: int, max_tokens: int) -> Admission:
-        return Admission()
+    def admit(self, *, model: str, input_tokens: int, max_tokens: int) -> Admission:
+        return Admission(model=model)
 
     def finish(self, admission: Admission) -> None:
         return None
@@ -123,7 +124,7 @@ class StaticLimits:
     def refusal_message(self, admission: Admission) -> str:
         return HTTP_FAULTS["rate_limited"][2]
 
-    def headers(self, *, exhausted: bool = False) -> dict[str, str]:
+    def headers(self, model: str, *, exhausted: bool = False) -> dict[str, str]:
         return {}
 
 
@@ -153,7 +154,7 @@ def error_response(
 
 def rate_limit_response(limits: RateLimits, admission: Admission, request_id: str) -> web.Response:
     """The 429 a refused request gets: the API's body, ``retry-after`` and the limit headers."""
-    headers = {"retry-after": str(admission.retry_after_s or 1), **limits.headers()}
+    headers = {"retry-after": str(admission.retry_after_s or 1), **limits.headers(admission.model)}
     return error_response(
         429, "rate_limit_error", limits.refusal_message(admission), request_id, headers
     )
@@ -191,5 +192,5 @@ def fault_response(
     headers: dict[str, str] = {}
     if kind == "rate_limited":
         retry_after = retry_after_s if retry_after_s is not None else 1.0
-        headers = {"retry-after": f"{retry_after:g}", **limits.headers(exhausted=True)}
+        headers = {"retry-after": f"{retry_after:g}", **limits.headers(model, exhausted=True)}
     return error_response(status, error_type, message.format(model=model), request_id, headers)

@@ -147,13 +147,15 @@ async def _route(
         known_models_only=config.models == "known",
     )
     if api == "count_tokens":
-        headers = {"request-id": call.request_id, **state.limits.headers()}
+        headers = {"request-id": call.request_id, **state.limits.headers(req.model)}
         return web.json_response({"input_tokens": req.input_tokens}, headers=headers)
-    admission = state.limits.admit(input_tokens=req.input_tokens, max_tokens=req.max_tokens)
+    admission = state.limits.admit(
+        model=req.model, input_tokens=req.input_tokens, max_tokens=req.max_tokens
+    )
     if not admission.ok:
         return rate_limit_response(state.limits, admission, call.request_id)
     try:
-        headers = {"request-id": call.request_id, **state.limits.headers()}
+        headers = {"request-id": call.request_id, **state.limits.headers(req.model)}
         fault = select_fault(
             config.faults, seed=config.seed, body=body, digest=digest, attempt=attempt
         )

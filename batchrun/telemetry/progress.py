@@ -136,16 +136,23 @@ class Progress:
         return f" ({shown})"
 
     def _limits_text(self) -> str:
-        """The budget's limits as it reports them: only those configured or seen to bind."""
+        """The budget's limits as it reports them: only those configured or seen to bind; with
+        several models, each model's under its name (``<model>.<key>``)."""
         limits = self.limits()
         text = ""
         if limits.get("concurrency") is not None:
             text += f"  concurrency {limits['concurrency']}/{limits.get('max_concurrency')}"
-        for key, label in _LIMIT_LABELS.items():
-            if limits.get(key):
-                text += f"  {label} {limits[key]:,}"
-        if limits.get("paused_s"):
-            text += f"  paused {limits['paused_s']:.0f}s (429)"
+        groups: dict[str, list[str]] = {}
+        for name, value in limits.items():
+            model, _, key = name.rpartition(".")
+            if not value:
+                continue
+            if key in _LIMIT_LABELS:
+                groups.setdefault(model, []).append(f"{_LIMIT_LABELS[key]} {value:,}")
+            elif key == "paused_s":
+                groups.setdefault(model, []).append(f"paused {value:.0f}s (429)")
+        for model, shown in groups.items():
+            text += f"  {model}: {', '.join(shown)}" if model else "  " + "  ".join(shown)
         return text
 
 

@@ -32,7 +32,7 @@ Snapshot = dict[str, int | float | None]
 class BudgetWaitError(PermanentError):
     """Waiting for the budget would take longer than allowed: the request becomes an error row.
 
-    Raised by ``acquire`` when the pool is paused (a 429's ``retry-after``) for longer than
+    Raised by ``acquire`` when the model is paused (a 429's ``retry-after``) for longer than
     ``max_wait_s``, or when any wait would pass the caller's ``deadline``. ``error_type`` is
     ``rate_limit_wait``; ``retry_after`` is the wait that was refused.
     """
@@ -55,20 +55,21 @@ class Reservation:
     epoch: int = 0
     waited_s: float = 0.0
     slot: bool = False
+    model: str = ""  # the body's "model": whose buckets ``wants`` were taken from
     settled: bool = field(default=False, repr=False)
 
 
 class Budget(Protocol):
     async def acquire(self, body: dict[str, Any], *, deadline: float | None = None) -> Reservation:
-        """Wait until this request body may be sent: a concurrency slot, then the requests,
-        input-tokens (estimated) and output-tokens (``max_tokens`` reserved) buckets, and no
-        pool-wide pause. ``deadline`` is a reading of the budget's clock after which the
-        attempt may not start (the run's patience)."""
+        """Wait until this request body may be sent: a concurrency slot, then its model's
+        requests, input-tokens (estimated) and output-tokens (``max_tokens`` reserved) buckets,
+        and no pause of its model. ``deadline`` is a reading of the budget's clock after which
+        the attempt may not start (the run's patience)."""
         ...
 
     def settle(self, reservation: Reservation, attempt: Attempt) -> None:
         """After every attempt, failed or cancelled too: give back unused output tokens, correct
-        the input estimate, learn from rate-limit headers, pause the pool on a 429, adapt
+        the input estimate, learn from rate-limit headers, pause the model on a 429, adapt
         concurrency to overloads and successes. Never raises; a second call is ignored."""
         ...
 

@@ -2,9 +2,10 @@
 
 The same semantics as :class:`~batchrun.schedule.limits.sqlite.SqliteStore`, but each operation is
 one Lua script run atomically by the server (EVALSHA), and time is the server's ``TIME`` read inside
-the script, so the hosts' clocks never meet. Two keys per API key and base URL, named by their
-fingerprint (never the key): ``batchrun:budget:{<fingerprint>}:buckets`` (a hash: ``level:<name>``
-and ``updated:<name>``) and ``...:paused_until``. The braces make them one Redis Cluster hash slot,
+the script, so the hosts' clocks never meet. Two keys per API key, base URL and model, named by
+their :func:`~batchrun.schedule.limits.store.shared_scope` (never the key):
+``batchrun:budget:{<scope>}:buckets`` (a hash: ``level:<name>`` and ``updated:<name>``) and
+``...:paused_until``. The braces make them one Redis Cluster hash slot,
 as a script's keys must be. Every write renews a TTL, so the state of a key no one uses expires; a
 bucket that expired starts empty, like a new one. The connection opens on first use.
 
@@ -28,7 +29,7 @@ from batchrun.schedule.limits.store import PAUSED, StoreUnavailable
 
 __all__ = ["DEFAULT_TTL_S", "RedisStore", "redacted_url", "redis_keys"]
 
-DEFAULT_TTL_S = 3600.0  # idle this long, a fingerprint's state is gone (a pause lasts its length)
+DEFAULT_TTL_S = 3600.0  # idle this long, a scope's state is gone (a pause lasts its length)
 
 # Shared by both scripts: the server's time, a bucket refilled to it, and a bucket written back.
 # Floats cross as "%.17g" strings: Redis turns a Lua number reply into a (truncated) integer.
@@ -111,9 +112,9 @@ return 0
 _EPSILON = 1e-9  # bucket._EPSILON: float slack, so sleeping the computed wait is always enough
 
 
-def redis_keys(key_fingerprint: str) -> tuple[str, str]:
-    """The buckets hash and the paused-until key of one API key and base URL."""
-    prefix = f"batchrun:budget:{{{key_fingerprint[:32]}}}"
+def redis_keys(scope: str) -> tuple[str, str]:
+    """The buckets hash and the paused-until key of one API key, base URL and model."""
+    prefix = f"batchrun:budget:{{{scope[:32]}}}"
     return f"{prefix}:buckets", f"{prefix}:paused_until"
 
 
@@ -131,7 +132,7 @@ class RedisStore:
     """A :class:`~batchrun.schedule.limits.store.BudgetStore` in Redis, safe across hosts.
 
     ``url`` is ``redis://`` or ``rediss://`` (TLS), with an optional ``user:password@`` and
-    ``/db``. ``ttl_s`` is how long an unused fingerprint's state lives; ``timeout_s`` bounds a
+    ``/db``. ``ttl_s`` is how long an unused scope's state lives; ``timeout_s`` bounds a
     connect and a reply. A lost server raises :class:`StoreUnavailable` (the budget then goes on
     in memory). Calls cross the network: the budget runs them off the event loop.
     """
@@ -141,13 +142,13 @@ class RedisStore:
     def __init__(
         self,
         url: str,
-        key_fingerprint: str,
+        scope: str,
         *,
         ttl_s: float = DEFAULT_TTL_S,
         timeout_s: float = 5.0,
     ) -> None:
         self.url = redacted_url(url)
-        self.keys = redis_keys(key_fingerprint)
+        self.keys = redis_keys(scope)
         self._ttl_ms = str(max(1000, round(ttl_s * 1000)))
         self._secret = urlsplit(url).password
         # No client-side retries: a lost server means falling back at once, not stalling.

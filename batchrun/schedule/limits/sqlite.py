@@ -1,6 +1,7 @@
-"""Limits: buckets shared by every batchrun process on this host, in one small SQLite file.
+"""Limits: buckets shared by every batchrun process on this host, in small SQLite files.
 
-One file per API key and base URL (named by their fingerprint, never the key), in WAL mode; every
+One file per API key, base URL and model (named by their
+:func:`~batchrun.schedule.limits.store.shared_scope`, never the key), in WAL mode; every
 operation is one ``BEGIN IMMEDIATE`` transaction, so concurrent processes take from the same
 buckets atomically. Time is the host's monotonic clock, the same in every process; the file
 remembers which boot its readings belong to (wall time minus monotonic time) and starts afresh
@@ -40,10 +41,12 @@ def default_state_dir() -> Path:
     return Path(base) / "batchrun"
 
 
-def state_path(state_dir: str | Path | None, key_fingerprint: str) -> Path:
-    """The budget file of one key and base URL."""
+def state_path(state_dir: str | Path | None, scope: str) -> Path:
+    """The budget file of one key, base URL and model (``scope``: their
+    :func:`~batchrun.schedule.limits.store.shared_scope`). Files of earlier versions, named by
+    key and base URL alone, are never opened."""
     folder = Path(state_dir).expanduser() if state_dir else default_state_dir()
-    return folder / f"budget-{key_fingerprint[:32]}.sqlite3"
+    return folder / f"budget-{scope[:32]}.sqlite3"
 
 
 class SqliteStore:

@@ -1,6 +1,7 @@
 """Limits: where the buckets live. The store protocol and the in-process store.
 
-A store holds named buckets and one "paused until" moment, and changes them atomically. It owns
+A store holds one model's named buckets and its "paused until" moment (the API limits each model
+separately; :func:`shared_scope` names a model's state), and changes them atomically. It owns
 the clock its operations are timed by, because the processes that share it must agree on time:
 the SQLite store reads the host's monotonic clock inside its transaction; a network store (Redis)
 would use its server's clock. So everything crossing this seam is a duration, never a timestamp.
@@ -12,15 +13,23 @@ decide what to take (that is the budget) nor do bucket arithmetic (that is ``buc
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from batchrun.schedule.limits.bucket import Adjust, Level, Want, adjust_level, take
 
-__all__ = ["PAUSED", "BudgetStore", "MemoryStore", "StoreUnavailable"]
+__all__ = ["PAUSED", "BudgetStore", "MemoryStore", "StoreUnavailable", "shared_scope"]
 
-PAUSED = "paused"  # the reason a take names when the pool is paused after a 429
+PAUSED = "paused"  # the reason a take names when the model is paused after a 429
+
+
+def shared_scope(key_fingerprint: str, model: str) -> str:
+    """The name of one model's shared state under one API key and base URL (whose fingerprint
+    is ``key_fingerprint``): a hex digest, so that neither key nor model reaches a file name.
+    Processes using the same key, base URL and model share; other models never meet."""
+    return hashlib.sha256(f"{key_fingerprint}\n{model}".encode()).hexdigest()
 
 
 class StoreUnavailable(Exception):
@@ -29,7 +38,7 @@ class StoreUnavailable(Exception):
 
 
 class BudgetStore(Protocol):
-    """Buckets and a pool-wide pause, shared by every budget that uses the same store."""
+    """One model's buckets and pause, shared by every budget that uses the same store."""
 
     blocking: bool
 
@@ -42,7 +51,7 @@ class BudgetStore(Protocol):
         ...
 
     def adjust(self, changes: Sequence[Adjust], *, pause_s: float = 0.0) -> None:
-        """Apply ``changes`` and pause the pool for ``pause_s`` from now (a pause only ever
+        """Apply ``changes`` and pause the model for ``pause_s`` from now (a pause only ever
         grows), atomically."""
         ...
 
