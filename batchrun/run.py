@@ -30,6 +30,8 @@ from batchrun.errors import (
     EXIT_CAPPED,
     EXIT_FATAL,
     EXIT_IOERR,
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
     EXIT_UNAVAILABLE,
     SIGNAL_EXIT,
     FatalAPIError,
@@ -294,6 +296,10 @@ async def run_job(
         **({"cost": cost} if cost else {}),
     )
     structlog.contextvars.unbind_contextvars("run_id")
+    if job.scorers and code in (EXIT_OK, EXIT_ROW_ERRORS):  # a finished run: score what it made
+        from batchrun.score import score_run
+
+        await score_run(job, run_dir, transport=transport)
     return RunOutcome(
         run_dir,
         run_id,

@@ -185,6 +185,19 @@ def _apply(data: dict[str, Any], loc: Loc, value: object) -> None:
     node[str(loc[-1])] = value
 
 
+def _untagged(loc: Loc, marks: _Marks, *, missing: bool) -> Loc:
+    """``loc`` without the tag a union discriminated by a key puts after a list index
+    (``scorers[0].exact.target`` is ``scorers[0].target``): a name the file has not there
+    (but for the key a "missing" error names)."""
+    kept: Loc = ()
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        tag = i > 0 and isinstance(loc[i - 1], int) and isinstance(part, str)
+        if not (tag and not (last and missing) and (*kept, part) not in marks.keys):
+            kept = (*kept, part)
+    return kept
+
+
 def _report(
     exc: ValidationError,
     shown: str,
@@ -194,7 +207,7 @@ def _report(
 ) -> list[tuple[int, int, str]]:
     placed: list[tuple[int, int, str]] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
+        loc = _untagged(tuple(err["loc"]), marks, missing=err["type"] == "missing")
         line = f"{dotted(loc) or '(top level)'}: {describer.describe(err)}"
         by = [item for o, item in applied.items() if loc[: len(o)] == o]
         if by:
