@@ -37,9 +37,9 @@ __all__ = [
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 Normalize = Literal["strip", "lower", "collapse_whitespace", "strip_punctuation"]
-# A letter on its own at the start of the reply ("B", "(B)", "B. Paris"), or after "answer"
-# ("The answer is B", "Answer: (C)"): the reply's first such letter is its choice.
-CHOICE_PATTERN = r"(?:^\s*|[Aa]nswer(?:\s+is)?\s*:?\s*)\(?([A-Z])\b"
+# A letter on its own at the start of the reply ("B", "(B) Paris", "B. Paris", not "I think"),
+# or after "answer" ("The answer is B", "Answer: (C)"): the first such letter is the choice.
+CHOICE_PATTERN = r"^\s*\(?([A-Z])(?:[).:]|\s*$)|[Aa]nswer(?:\s+is)?\s*:?\s*\(?([A-Z])\b"
 
 
 class _Scorer(Section):
@@ -121,7 +121,8 @@ class JsonScorer(_Scorer):
 
 
 class ChoiceScorer(_Scorer):
-    """The multiple-choice letter ``pattern``'s first group finds, compared with ``target``."""
+    """The multiple-choice letter ``pattern`` finds (its first group that matched), compared
+    with ``target``."""
 
     kind: Literal["choice"]
     target: str = Field(description='the right letter, a template, e.g. target: "{gold}"')

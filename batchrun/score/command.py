@@ -4,7 +4,8 @@
 :func:`score_run` is what ``batchrun score JOB.yaml`` runs, and what a run runs at its end when
 the job has ``scorers:``. It scores only what has no score yet: a (variant, id, sample) row a
 scorer has not scored, whose result was replaced since (a new ``run_id``), or that it could not
-score last time (``error`` set: a judge that failed is asked again); ``rescore`` drops one
+score last time (a judge that failed is asked again; a row that ended in error is not, until it
+is sent again); ``rescore`` drops one
 scorer's rows first. It sends no generation request, only judge requests
 (:mod:`batchrun.score.model`). ``scores.parquet`` is rewritten whole after each scorer, through a
 temporary file and a rename, so a reader or a kill never sees a torn file.
@@ -99,8 +100,10 @@ def _inputs(job: Job, results: pl.DataFrame) -> pl.DataFrame:
 
 
 def _pending(results: pl.DataFrame, done: pl.DataFrame) -> pl.DataFrame:
-    """Result rows with no usable score in ``done`` (one scorer's rows)."""
-    usable = done.filter(pl.col("error").is_null()).select(*KEY, "run_id")
+    """Result rows with no usable score in ``done`` (one scorer's rows): a row that failed
+    stays as it is until its result is replaced (a new run_id)."""
+    kept = pl.col("error").is_null() | pl.col("error").str.starts_with(ROW_ERROR)
+    usable = done.filter(kept).select(*KEY, "run_id")
     return results.join(usable, on=[*KEY, "run_id"], how="anti", nulls_equal=True)
 
 

@@ -159,7 +159,7 @@ def _choice(
             yield None, None, None, _NO_TARGET
             continue
         found = pattern.search(text or "")
-        letter = found.group(1) if found is not None else None
+        letter = next((g for g in found.groups() if g), None) if found is not None else None
         if letter is None:
             yield 0.0, None, "no choice letter found in the completion", None
             continue
