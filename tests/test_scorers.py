@@ -373,6 +373,12 @@ async def test_a_run_scores_at_its_end_and_the_report_has_the_statistics(
     report_command([outcome.run_dir], html=True, out=text, err=StringIO())
     assert "0.600 [0.423, 0.754]" in text.getvalue()
     assert "0.600" in (outcome.run_dir / "report.html").read_text(encoding="utf-8")
+    by = StringIO()
+    report_command([outcome.run_dir], as_json=True, html=False, by="gold", out=by)
+    groups = json.loads(by.getvalue())["scores"]["by"]["groups"]
+    means = {(g["scorer"], g["value"]): (g["mean"], g["scored"]) for g in groups}
+    assert means[("gold", "yes")] == (1.0, 18)
+    assert means[("gold", "no")] == (0.0, 12)
 
 
 def test_score_command_adds_a_scorer_and_rescores(
@@ -403,6 +409,10 @@ def test_score_command_adds_a_scorer_and_rescores(
     assert results.stat().st_mtime_ns == before
     with pytest.raises(JobError, match="--rescore nope: the job has no scorer of that name"):
         asyncio.run(score_run(load_job(path), rescore="nope"))
+    data["scorers"].append({"name": "typo", "kind": "exact", "target": "{gould}"})
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(JobError, match=r"scorers\[2\] \(typo\) uses column 'gould'"):
+        asyncio.run(score_run(load_job(path)))
 
 
 async def test_samples_give_pass_at_k_and_a_clustered_interval(write_job: JobWriter) -> None:

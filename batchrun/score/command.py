@@ -31,7 +31,14 @@ from batchrun.record.parquet import read_table
 from batchrun.score.kinds import OUTPUT, score_rows
 from batchrun.score.model import judge_rows
 
-__all__ = ["ROW_ERROR", "SCORES_SCHEMA", "ScoreOutcome", "read_scores", "score_run"]
+__all__ = [
+    "ROW_ERROR",
+    "SCORES_SCHEMA",
+    "ScoreOutcome",
+    "check_columns",
+    "read_scores",
+    "score_run",
+]
 
 log = structlog.get_logger()
 
@@ -99,6 +106,21 @@ def _inputs(job: Job, results: pl.DataFrame) -> pl.DataFrame:
     return inputs.select(keep).rename({"__id": "id"}).unique("id", keep="first").collect()
 
 
+def check_columns(job: Job, result_columns: list[str]) -> None:
+    """Every column the scorers' templates use is an input or a result column; else a
+    JobError naming ``scorers[i]``, before any row is scored or any judge asked."""
+    columns = set(result_columns)
+    for src in sources(job):
+        columns |= set(src.schema.names())
+    for i, scorer in enumerate(job.scorers):
+        missing = [c for c in scorer.columns() if c not in columns]
+        if missing:
+            raise JobError(
+                f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
+                f"neither the input nor results.parquet has; columns: {', '.join(sorted(columns))}"
+            )
+
+
 def _pending(results: pl.DataFrame, done: pl.DataFrame) -> pl.DataFrame:
     """Result rows with no usable score in ``done`` (one scorer's rows): a row that failed
     stays as it is until its result is replaced (a new run_id)."""
@@ -128,21 +150,16 @@ async def score_run(
     scores = read_scores(run_dir)
     if rescore is not None:
         scores = scores.filter(pl.col("scorer") != rescore)
+    check_columns(job, results.columns)
     outcome = ScoreOutcome(run_dir)
     inputs: pl.DataFrame | None = None
-    for i, scorer in enumerate(job.scorers):
+    for scorer in job.scorers:
         pending = _pending(results, scores.filter(pl.col("scorer") == scorer.name))
         if pending.is_empty():
             continue
         if inputs is None:
             inputs = _inputs(job, results)
         rows = pending.join(inputs, on="id", how="left", maintain_order="left")
-        missing = [c for c in scorer.columns() if c not in rows.columns]
-        if missing:
-            raise JobError(
-                f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
-                f"neither the input nor results.parquet has; columns: {', '.join(rows.columns)}"
-            )
         ok = rows.filter(pl.col("status") == "ok")
         failed = rows.filter(pl.col("status") != "ok").select(
             "run_id",
