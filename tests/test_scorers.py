@@ -413,6 +413,8 @@ def test_score_command_adds_a_scorer_and_rescores(
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(JobError, match=r"scorers\[2\] \(typo\) uses column 'gould'"):
         asyncio.run(score_run(load_job(path)))
+    assert main(["-q", "validate", str(path)]) == 2  # and a run refuses it before sending
+    assert "uses column 'gould'" in capsys.readouterr().err
 
 
 async def test_samples_give_pass_at_k_and_a_clustered_interval(write_job: JobWriter) -> None:

@@ -109,15 +109,16 @@ def _inputs(job: Job, results: pl.DataFrame) -> pl.DataFrame:
 def check_columns(job: Job, result_columns: list[str]) -> None:
     """Every column the scorers' templates use is an input or a result column; else a
     JobError naming ``scorers[i]``, before any row is scored or any judge asked."""
-    columns = set(result_columns)
+    inputs: set[str] = set()
     for src in sources(job):
-        columns |= set(src.schema.names())
+        inputs |= set(src.schema.names())
     for i, scorer in enumerate(job.scorers):
-        missing = [c for c in scorer.columns() if c not in columns]
+        missing = [c for c in scorer.columns() if c not in inputs and c not in result_columns]
         if missing:
             raise JobError(
                 f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
-                f"neither the input nor results.parquet has; columns: {', '.join(sorted(columns))}"
+                f"neither the input ({', '.join(sorted(inputs))}) nor results.parquet "
+                "(completion, stop_reason, output_tokens, ...) has; fix the template"
             )
 
 
