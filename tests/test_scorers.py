@@ -454,3 +454,19 @@ def test_pairs_of_variants_are_compared(tmp_path: Path) -> None:
     assert pair["p_value"] == pytest.approx(2 / 2**15)
     assert pair["distinguishable"]
     assert pair["verdict"].startswith("b scores higher than a")
+
+
+def test_a_failing_scorer_keeps_the_scores_made_before_it(write_job: JobWriter) -> None:
+    """A user function that raises stops scoring with a JobError naming it; scores.parquet
+    keeps the earlier scorer's rows, whole, and no temporary file is left."""
+    path = _folder_job(
+        write_job, [LENGTH, {"name": "boom", "kind": "python", "function": "boom:f"}]
+    )
+    (path.parent / "boom.py").write_text(
+        "def f(df):\n    raise KeyError('nope')\n", encoding="utf-8"
+    )
+    with pytest.raises(JobError, match="scorers boom: function boom:f raised KeyError"):
+        asyncio.run(run_job(load_job(path), sleep=no_sleep))
+    run_dir = path.parent / "out"
+    assert read_scores(run_dir)["scorer"].unique().to_list() == ["length"]
+    assert sorted(p.name for p in run_dir.iterdir() if "scores" in p.name) == ["scores.parquet"]

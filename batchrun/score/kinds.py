@@ -255,7 +255,13 @@ def _python(scorer: PythonScorer, rows: pl.DataFrame, base_dir: Path) -> pl.Data
                 f"{where}: cannot import it ({exc}); the module is looked for beside the job "
                 f"file ({base_dir}) and on the Python path"
             ) from None
-    returned = function(rows)  # the user's code: its own exceptions are its own
+    try:
+        returned = function(rows)
+    except Exception as exc:  # the user's code: any failure is theirs to fix, said plainly
+        raise JobError(
+            f"{where} raised {type(exc).__name__}: {exc}; the scores made so far are kept, "
+            "fix it and run batchrun score again"
+        ) from exc
     if isinstance(returned, pl.DataFrame):
         if "score" not in returned.columns:
             raise JobError(f"{where} returned a DataFrame without a score column")
