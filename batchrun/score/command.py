@@ -24,7 +24,7 @@ import structlog
 
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
-from batchrun.job.scorers import ModelScorer
+from batchrun.job.scorers import ModelScorer, PythonScorer, SqlScorer
 from batchrun.load.sources import sources
 from batchrun.record.files import commit, write_temp
 from batchrun.record.parquet import read_table
@@ -91,7 +91,8 @@ def _results(run_dir: Path) -> pl.DataFrame:
 
 def _inputs(job: Job, results: pl.DataFrame) -> pl.DataFrame:
     """The input's columns by the row's ``id`` (the id column, or the row number across the
-    files), less the names results.parquet already has (the result's value wins)."""
+    files), less the names results.parquet already has (the result's value wins): those the
+    templates use, or all of them for a ``sql`` or ``python`` scorer, which may use any."""
     frames = []
     for src in sources(job):
         if src.path.suffix.lower() == ".csv":
@@ -102,7 +103,13 @@ def _inputs(job: Job, results: pl.DataFrame) -> pl.DataFrame:
     column = job.input.id_column
     ident = pl.col(column) if column is not None else pl.col("__row")
     inputs = inputs.with_columns(ident.cast(pl.String).alias("__id")).drop("__row")
-    keep = [c for c in inputs.collect_schema().names() if c not in results.columns]
+    wanted = {c for scorer in job.scorers for c in scorer.columns()}
+    every = any(isinstance(s, SqlScorer | PythonScorer) for s in job.scorers)
+    keep = [
+        c
+        for c in inputs.collect_schema().names()
+        if c == "__id" or (c not in results.columns and (every or c in wanted))
+    ]
     return inputs.select(keep).rename({"__id": "id"}).unique("id", keep="first").collect()
 
 
