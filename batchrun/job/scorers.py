@@ -3,8 +3,9 @@
 A scorer has a ``name`` (``[A-Za-z0-9_.-]+``, unique in the job: it names its rows in
 ``scores.parquet``) and a ``kind``, which picks the model that reads the rest (a union
 discriminated by ``kind``). Templates (``target``, ``pattern``, ``prompt``) are parsed here;
-whether the columns they name exist is checked when the scores are computed
-(:mod:`batchrun.score`), since the job must not read the input. Regular expressions and SQL
+whether the columns they name exist is checked against the input's header before a run sends
+anything and before scoring (:func:`batchrun.score.command.check_columns`), since the job must
+not read the input. Regular expressions and SQL
 expressions are compiled here, so a typo is an exit 2 before anything is sent. Validates at the
 boundary, then freezes; it must not read data or run the user's code.
 """
