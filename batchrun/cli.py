@@ -19,6 +19,7 @@ from batchrun.errors import (
     EXIT_IOERR,
     EXIT_LOCKED,
     JobError,
+    JudgingStopped,
     RunFolderError,
     RunLockedError,
 )
@@ -36,6 +37,7 @@ commands:
   batchrun JOB.yaml --cancel       batch mode: cancel the run's open batches
   batchrun validate JOB.yaml       check the job file and its input; sends nothing
   batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
+  batchrun score JOB.yaml          score the run folder with the job's scorers (judges only)
   batchrun report RUN_DIR [RUN_B]  summary of a run (and report.html), or two runs compared
   batchrun cache info|clear        the response cache shared across runs (cache.mode)
 
@@ -50,7 +52,7 @@ written (disk full, I/O or permission error); 75 another run holds the run folde
 """
 
 
-_COMMANDS = ("run", "validate", "sim", "report", "cache")
+_COMMANDS = ("run", "validate", "sim", "report", "cache", "score")
 
 
 def _output_options() -> argparse.ArgumentParser:
@@ -246,6 +248,31 @@ def _report_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _score_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun score",
+        parents=[_output_options()],
+        description="Score the job's run folder with its scorers: the rows no scorer has scored "
+        "yet (a scorer added to a finished run scores every row, the others none), into "
+        "scores.parquet. Sends no generation request; a model scorer sends its judge requests. "
+        "Exit 0; 2 when the job is invalid or its folder holds no results.",
+    )
+    parser.add_argument("job", metavar="JOB.yaml", help="the job file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key by its dotted path (value parsed as YAML); repeatable",
+    )
+    parser.add_argument(
+        "--rescore", metavar="NAME", help="score every row again with the scorer NAME"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
 def _cache_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchrun cache",
@@ -292,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": (_validate_parser, _validate),
         "report": (_report_parser, _report),
         "cache": (_cache_parser, _cache),
+        "score": (_score_parser, _score),
         "run": (_run_parser, _run),
     }[command]
     ns = parser().parse_args(args)  # --help and usage errors end here, before anything loads
@@ -312,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunLockedError as exc:
         print(f"batchrun: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except JudgingStopped as exc:  # `batchrun score`: the judge's run stopped as a run stops
+        print(f"batchrun: scoring stopped: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (RunFolderError, OSError) as exc:
         # An OSError no stage translated is still an I/O error, not "some rows failed" (1).
         if debug:
@@ -405,6 +436,24 @@ def _report(ns: argparse.Namespace) -> int:
     if len(ns.runs) > 2:
         _report_parser().error("give one run folder, or two to compare")
     return report_command(ns.runs, as_json=ns.json, html=not ns.no_html, rows=ns.rows, by=ns.by)
+
+
+def _score(ns: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchrun.score import score_run
+
+    outcome = asyncio.run(score_run(_load(ns), rescore=ns.rescore))
+    for name, rows in outcome.scored.items():
+        unscored = outcome.unscored[name]
+        print(
+            f"batchrun: scored {rows} rows with {name} ({unscored} without a score)",
+            file=sys.stderr,
+        )
+    if not outcome.scored:
+        print("batchrun: every row has its scores already", file=sys.stderr)
+    print(f"batchrun: scores in {outcome.run_dir / 'scores.parquet'}", file=sys.stderr)
+    return 0
 
 
 def _cache(ns: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ __all__ = [
     "EndpointUnreachable",
     "FatalAPIError",
     "JobError",
+    "JudgingStopped",
     "PermanentError",
     "RetryableError",
     "RunFolderError",
@@ -81,6 +82,15 @@ class BatchrunError(Exception):
 
 class JobError(BatchrunError):
     """The job file or its input is invalid. The message names the file, key or row."""
+
+
+class JudgingStopped(BatchrunError):
+    """The judge run stopped as a run stops (cap, abort, signal, endpoint, folder):
+    ``exit_code`` is its exit code, for the command scoring to end with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class RunLockedError(BatchrunError):

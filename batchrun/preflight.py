@@ -32,6 +32,7 @@ from batchrun.record.files import check_private
 from batchrun.record.folder import check_entries, open_run_dir, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.rundir import clear, make_run_dir
+from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.schedule.spend import SpendLedger, folder_spent
 
 __all__ = ["Forecast", "Preflight", "describe", "dry_mode", "forecast", "predict", "preflight"]
@@ -80,6 +81,10 @@ async def preflight(
     while the context lasts (``dry``: only checking that it is free). Raises what the run
     raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
     summary = check_input(job, limit=limit)
+    if job.scorers:  # a scorer naming a column no row has would fail only after the run
+        from batchrun.score.command import check_columns  # the judge's imports: only here
+
+        check_columns(job, [*RESULT_SCHEMA, "variant"])
     key = api_key(job)
     run_dir = open_run_dir(_look if dry else make_run_dir, job.run_dir(now))
     exists = run_dir.is_dir()

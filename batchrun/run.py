@@ -30,10 +30,13 @@ from batchrun.errors import (
     EXIT_CAPPED,
     EXIT_FATAL,
     EXIT_IOERR,
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
     EXIT_UNAVAILABLE,
     SIGNAL_EXIT,
     FatalAPIError,
     JobError,
+    JudgingStopped,
     RunFolderError,
     RunLockedError,
 )
@@ -294,6 +297,14 @@ async def run_job(
         **({"cost": cost} if cost else {}),
     )
     structlog.contextvars.unbind_contextvars("run_id")
+    if job.scorers and code in (EXIT_OK, EXIT_ROW_ERRORS):  # a finished run: score what it made
+        from batchrun.score import score_run
+
+        try:
+            await score_run(job, run_dir, transport=transport)
+        except JudgingStopped as exc:  # the results stand; the scores wait for `batchrun score`
+            log.error("batchrun.score.stopped", error=str(exc), exit_code=exc.exit_code)
+            code, message = exc.exit_code, f"scoring stopped: {exc}"
     return RunOutcome(
         run_dir,
         run_id,

@@ -15,13 +15,19 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.errors import EXIT_CAPPED, EXIT_FATAL, RunFolderError, RunLockedError
+from batchrun.errors import (
+    EXIT_CAPPED,
+    EXIT_FATAL,
+    JudgingStopped,
+    RunFolderError,
+    RunLockedError,
+)
 from batchrun.job.schema import Job, load_job
 from batchrun.record.lock import RunLock
 from batchrun.record.parquet import read_table
 from batchrun.run import run_job
 from batchrun.schedule.spend import folder_spent
-from batchrun.score.judge import JUDGEMENT_SCHEMA, JudgingStopped, run_judgements
+from batchrun.score.judge import JUDGEMENT_SCHEMA, run_judgements
 from batchrun.sim import SimServer
 from batchrun.sim.text import offered_answers
 from tests.conftest import JobWriter, wait_until

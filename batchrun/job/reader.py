@@ -185,8 +185,31 @@ def _apply(data: dict[str, Any], loc: Loc, value: object) -> None:
     node[str(loc[-1])] = value
 
 
+def _untagged(loc: Loc, data: object) -> Loc:
+    """``loc`` without the tag a union discriminated by a key puts after a list index
+    (``scorers[0].exact.target`` is ``scorers[0].target``): a name that is one of the list
+    item's values in the file."""
+    kept: Loc = ()
+    node = data
+    for part in loc:
+        item = node if kept and isinstance(kept[-1], int) and isinstance(node, dict) else {}
+        if not (isinstance(part, str) and part in item.values()):
+            kept = (*kept, part)
+            node = _child(node, part)
+    return kept
+
+
+def _child(node: object, part: str | int) -> object:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
+
+
 def _report(
     exc: ValidationError,
+    data: object,
     shown: str,
     marks: _Marks,
     applied: dict[Loc, str],
@@ -194,7 +217,7 @@ def _report(
 ) -> list[tuple[int, int, str]]:
     placed: list[tuple[int, int, str]] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
+        loc = _untagged(tuple(err["loc"]), data)
         line = f"{dotted(loc) or '(top level)'}: {describer.describe(err)}"
         by = [item for o, item in applied.items() if loc[: len(o)] == o]
         if by:
@@ -238,7 +261,7 @@ def load_model(
     try:
         model = root.model_validate(data)
     except ValidationError as exc:
-        found += _report(exc, shown, marks, applied, Describer(root, secret_keys))
+        found += _report(exc, data, shown, marks, applied, Describer(root, secret_keys))
     if found or model is None:
         found.sort(key=lambda p: (p[0], p[1]))
         raise JobError("\n".join(msg for *_, msg in found))

@@ -36,6 +36,7 @@ from batchrun.job.messages import model_in
 from batchrun.job.prices import DEFAULT_PRICES, ModelPrice
 from batchrun.job.reader import load_model
 from batchrun.job.request import RequestConfig, sampling_set
+from batchrun.job.scorers import Scorer, check_scorers
 from batchrun.job.sections import (
     CacheConfig,
     EndpointConfig,
@@ -82,6 +83,8 @@ class Job(Section):
     sim: SimConfig = SimConfig()
     # The price table for the cost estimate: entries here override or extend DEFAULT_PRICES.
     prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # How completions are scored into scores.parquet (batchrun.job.scorers, batchrun.score).
+    scorers: tuple[Scorer, ...] = Field(default=(), strict=False)
 
     _path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "job.yaml")
 
@@ -137,6 +140,18 @@ class Job(Section):
     @classmethod
     def _no_prices(cls, value: Any) -> Any:
         return {} if value is None else value  # `prices:` with nothing under it: the defaults
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _no_scorers(cls, value: Any) -> Any:
+        return () if value is None else value  # `scorers:` with nothing under it
+
+    @field_validator("scorers")
+    @classmethod
+    def _scorers_fit(cls, value: tuple[Scorer, ...], info: ValidationInfo) -> tuple[Scorer, ...]:
+        if (request := info.data.get("request")) is not None:
+            check_scorers(value, request)
+        return value
 
     @field_validator("prices")
     @classmethod

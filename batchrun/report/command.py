@@ -18,6 +18,7 @@ from batchrun.report.compare import compare_runs
 from batchrun.report.compare_page import write_comparison_html
 from batchrun.report.html import write_html
 from batchrun.report.load import load_run
+from batchrun.report.scores import render_scores_text, score_section
 from batchrun.report.summary import summarize, to_json
 from batchrun.report.text import render_breakdown, render_comparison, render_summary
 
@@ -54,11 +55,15 @@ def report_command(
     summary = summarize(run)
     if by is not None:
         summary["by"] = breakdown(run, by)
+    if (scores := score_section(run, by)) is not None:
+        summary["scores"] = scores
     if html:
         _write(lambda: write_html(run, summary, rows=rows), "report.html", err)
     text = to_json(summary) if as_json else render_summary(summary)
     if by is not None and not as_json:
         text += "\n\n" + render_breakdown(summary["by"])
+    if scores is not None and not as_json:
+        text += "\n\n" + render_scores_text(scores)
     print(text, file=out)
     return 0
 

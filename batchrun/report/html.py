@@ -29,6 +29,7 @@ from batchrun.report.page import (
     facts,
     row_table,
 )
+from batchrun.report.scores import render_scores_html
 from batchrun.report.text import tokens_note
 
 __all__ = [
@@ -85,6 +86,7 @@ def render_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> 
         ),
         panel("Per-request timings and totals", facts(summary), wide=True),
         *_breakdown(summary),
+        *_scores(summary),
         panel(
             "Completions: the slowest, the failed and a few at random", _picks(summary), wide=True
         ),
@@ -158,6 +160,19 @@ def _breakdown(summary: Mapping[str, Any]) -> list[str]:
         return []
     title = f"By {by['column']} (input column, joined on {by['joined_on']})"
     return [panel(title, breakdown_table(by), wide=True)]
+
+
+def _scores(summary: Mapping[str, Any]) -> list[str]:
+    scores = summary.get("scores")
+    if not scores:
+        return []
+    return [
+        panel(
+            "Scores: mean with 95% interval, and variants compared",
+            render_scores_html(scores),
+            wide=True,
+        )
+    ]
 
 
 def header(run: RunData, summary: Mapping[str, Any]) -> str:

@@ -51,8 +51,8 @@ from batchrun.errors import (
     EXIT_CAPPED,
     EXIT_OK,
     EXIT_ROW_ERRORS,
-    BatchrunError,
     JobError,
+    JudgingStopped,
     RunFolderError,
 )
 from batchrun.job.request import RequestConfig
@@ -68,7 +68,7 @@ from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.run import run_job
 from batchrun.schedule.spend import folder_spent
 
-__all__ = ["JUDGEMENTS", "JUDGEMENT_SCHEMA", "JudgingStopped", "run_judgements"]
+__all__ = ["JUDGEMENTS", "JUDGEMENT_SCHEMA", "run_judgements"]
 
 JUDGEMENTS = "judgements.parquet"
 PROMPTS = "prompts.parquet"
@@ -85,15 +85,6 @@ RETURNED_SCHEMA: dict[str, Any] = {
 _PROMPT_SCHEMA = {"variant": pl.String, "id": pl.String, "sample": pl.Int64, "prompt": pl.String}
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a scorer's and a variant's; a folder's name here
 _NO_CAP_LEFT = 1e-12  # the judge run's cap when the folder has none left: it sends nothing
-
-
-class JudgingStopped(BatchrunError):
-    """The judge run stopped as a run stops (cap, abort, signal, endpoint, folder):
-    ``exit_code`` is its exit code, for the command scoring to end with."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 async def run_judgements(
