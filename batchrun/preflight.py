@@ -33,6 +33,7 @@ from batchrun.record.folder import check_entries, open_run_dir, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.rundir import clear, make_run_dir
 from batchrun.schedule.spend import SpendLedger, folder_spent
+from batchrun.shard.plan import shard_summary
 
 __all__ = ["Forecast", "Preflight", "describe", "dry_mode", "forecast", "predict", "preflight"]
 
@@ -79,7 +80,7 @@ async def preflight(
     """Check ``job`` as its run does before the first request, holding the run folder's lock
     while the context lasts (``dry``: only checking that it is free). Raises what the run
     raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
-    summary = check_input(job, limit=limit)
+    summary = shard_summary(job, check_input(job, limit=limit), limit)  # the shard's part
     key = api_key(job)
     run_dir = open_run_dir(_look if dry else make_run_dir, job.run_dir(now))
     exists = run_dir.is_dir()
