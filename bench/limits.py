@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,7 @@ class Scenario:
     outputs: tuple[int, int] = (20, 60)
     sim: dict[str, Any] = field(default_factory=dict)
     local_shards: bool = False  # run `batchrun JOB --shards N --local`, N = processes
+    redis: bool = False  # the shards share the budget through a redis-server of their own
 
 
 SCENARIOS = [
@@ -117,6 +122,15 @@ SCENARIOS = [
         "requests",
         processes=2,
         local_shards=True,
+    ),
+    Scenario(
+        "2 local shards, Redis",
+        {"requests_per_minute": 600, "rate_limit_burst_s": 5},
+        {"requests_per_minute": 600},
+        "requests",
+        processes=2,
+        local_shards=True,
+        redis=True,
     ),
 ]
 
@@ -260,7 +274,11 @@ def run_local_shards(scenario: Scenario, seconds: float) -> dict[str, Any]:
     )
     limit = scenario.client["requests_per_minute"]
     rows = int(limit / 60 * (seconds + 2 * _WARMUP_S + 10) * 1.5)
-    with SimServer(config) as server, tempfile.TemporaryDirectory() as folder:
+    with (
+        SimServer(config) as server,
+        tempfile.TemporaryDirectory() as folder,
+        _redis(scenario.redis) as redis_url,
+    ):
         base = Path(folder)
         lines = ["id,question", *(f"q{i},Question {i}: what is {i} squared?" for i in range(rows))]
         (base / "data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -272,6 +290,7 @@ def run_local_shards(scenario: Scenario, seconds: float) -> dict[str, Any]:
             "limits": {
                 "concurrency": scenario.concurrency,
                 "state_dir": str(base / "state"),
+                **({"redis_url": redis_url} if redis_url else {}),
                 **scenario.client,
             },
             "output": {"dir": "out"},
@@ -298,6 +317,37 @@ def run_local_shards(scenario: Scenario, seconds: float) -> dict[str, Any]:
     records = [[t, s or 0, 0, 0] for t, s in zip(sent, attempts["http_status"], strict=True)]
     start = min(sent) + _WARMUP_S
     return measure(scenario, records, start, min(seconds, max(sent) - start))
+
+
+@contextlib.contextmanager
+def _redis(wanted: bool) -> Iterator[str | None]:
+    """A throwaway redis-server on a free loopback port, as a URL (None when not ``wanted``)."""
+    if not wanted:
+        yield None
+        return
+    if shutil.which("redis-server") is None:
+        raise SystemExit("the Redis scenario needs redis-server (make redis installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def measure(
