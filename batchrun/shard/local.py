@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,7 +38,6 @@ from batchrun.errors import (
     EXIT_ROW_ERRORS,
     EXIT_UNAVAILABLE,
     SIGNAL_EXIT,
-    BatchrunError,
     JobError,
 )
 from batchrun.job.schema import Job
@@ -103,7 +103,7 @@ def run_local(
     if shard is not None:
         raise JobError("--local runs every shard of the job: give --shards N, not --shard K/N")
     count = shards or default_shards()
-    out_dir = job.run_dir(_now()).resolve()
+    out_dir = job.run_dir(datetime.now(UTC)).resolve()
     verbose = ["-v"] if log_display().verbosity >= VERBOSE else []
     children = [_start(Shard(k, count), job_file, [*args, *verbose], out_dir) for k in range(count)]
     with _forwarded(children):
@@ -125,19 +125,9 @@ def run_local(
         return code
     from batchrun.shard.merge import merge_job
 
-    try:
-        merged = merge_job(job)
-    except BatchrunError as exc:
-        print(f"batchrun: error: merging the shards: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    merged = merge_job(job)  # its errors end the command as `batchrun merge` would end
     print(merged.line, file=sys.stderr)
     return worst([code, merged.exit_code])
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def _start(shard: Shard, job_file: str, args: list[str], out_dir: Path) -> _Child:
