@@ -36,6 +36,10 @@ commands:
                                    also: batchrun run JOB.yaml [options]
   batchrun JOB.yaml --cancel       batch mode: cancel the run's open batches
   batchrun validate JOB.yaml       check the job file and its input; sends nothing
+  batchrun JOB.yaml --shard K/N    run shard K of N (0 .. N-1) into <output.dir>/shard-K-of-N/;
+                                   --shards N alone reads K from JOB_COMPLETION_INDEX
+  batchrun JOB.yaml --shards N --local   run the N shards as processes here, then merge
+  batchrun merge JOB.yaml          combine the job's shard folders into <output.dir>
   batchrun sim [--port P]          serve the built-in Anthropic API simulator on loopback
   batchrun score JOB.yaml          score the run folder with the job's scorers (judges only)
   batchrun report RUN_DIR [RUN_B]  summary of a run (and report.html), or two runs compared
@@ -52,7 +56,7 @@ written (disk full, I/O or permission error); 75 another run holds the run folde
 """
 
 
-_COMMANDS = ("run", "validate", "sim", "report", "cache", "score")
+_COMMANDS = ("run", "validate", "sim", "report", "cache", "score", "merge")
 
 
 def _output_options() -> argparse.ArgumentParser:
@@ -161,8 +165,32 @@ def _run_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long requests in flight may take to finish before they "
         "are abandoned and left for the next run (default 10)",
     )
+    _shard_args(parser)
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="run the --shards N shards as N processes on this host (N: this host's cores when "
+        "--shards is not given), with one progress line and one exit code, then merge them",
+    )
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     return parser
+
+
+def _shard_args(parser: argparse.ArgumentParser) -> None:
+    """--shard K/N and --shards N: the run (or its prediction) of one shard of the job."""
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="only shard K (0 .. N-1) of N: the rows whose stable hash of (variant, id) falls "
+        "in it, into <output.dir>/shard-K-of-N/",
+    )
+    parser.add_argument(
+        "--shards",
+        type=_positive_int,
+        metavar="N",
+        help="the job is split in N shards; without --shard, K is read from "
+        "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's pod index)",
+    )
 
 
 class _Version(argparse.Action):
@@ -196,6 +224,37 @@ def _validate_parser() -> argparse.ArgumentParser:
         help="as the run would with --retry-errors: send again the rows that ended in error",
     )
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    _shard_args(parser)
+    return parser
+
+
+def _merge_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun merge",
+        parents=[_output_options()],
+        description="Combine the job's shard folders (<output.dir>/shard-K-of-N/, written by "
+        "--shard K/N) into <output.dir>: results.parquet, attempts.parquet, run.json, and "
+        "scores.parquet and judgements.parquet when the shards have them. Streamed; merging "
+        "again gives the same files. Refuses (exit 2) shard folders of another job (their "
+        "request hashes), of two different N, or missing or unfinished shards. Exit 0 when "
+        "every row is ok, 1 when some ended in error.",
+    )
+    parser.add_argument("job", metavar="JOB.yaml", help="the job file the shards ran")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the --set options the shards ran with (output.dir, request keys, ...)",
+    )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="merge the shards there are even when some are missing or unfinished (run.json "
+        "then says which, and the merged run is not complete)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
 
@@ -320,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": (_report_parser, _report),
         "cache": (_cache_parser, _cache),
         "score": (_score_parser, _score),
+        "merge": (_merge_parser, _merge),
         "run": (_run_parser, _run),
     }[command]
     ns = parser().parse_args(args)  # --help and usage errors end here, before anything loads
@@ -377,7 +437,7 @@ def _validate(ns: argparse.Namespace) -> int:
 
     from batchrun.preflight import describe, predict
 
-    job = _load(ns)
+    job = _sharded(_load(ns), ns)
     seen = asyncio.run(predict(job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors))
     if ns.json:
         import json
@@ -394,6 +454,11 @@ def _run(ns: argparse.Namespace) -> int:
     from batchrun.run import run_job
 
     job = _load(ns)
+    if ns.local:
+        from batchrun.shard.local import run_local
+
+        return run_local(job, ns.job, _passed_on(ns), shards=ns.shards, shard=ns.shard)
+    job = _sharded(job, ns)
     if ns.cancel:
         from batchrun.run import cancel_job
 
@@ -410,6 +475,42 @@ def _run(ns: argparse.Namespace) -> int:
         )
     print(_summary(outcome), file=sys.stderr)
     return outcome.exit_code
+
+
+def _sharded(job: Job, ns: argparse.Namespace) -> Job:
+    """The job, or the shard of it that --shard K/N (or --shards N and JOB_COMPLETION_INDEX)
+    names."""
+    from batchrun.shard import Shard
+
+    if ns.shard is not None:
+        shard = Shard.parse(ns.shard)
+        if ns.shards is not None and ns.shards != shard.count:
+            raise JobError(f"--shard {ns.shard} and --shards {ns.shards} disagree on N")
+        return job.with_shard(shard)
+    if ns.shards is not None:
+        return job.with_shard(Shard.from_env(ns.shards))
+    return job
+
+
+def _passed_on(ns: argparse.Namespace) -> list[str]:
+    """The options of this command line that each shard's process of --local runs with."""
+    args = [arg for kv in ns.overrides for arg in ("--set", kv)]
+    args += ["--limit", str(ns.limit)] if ns.limit is not None else []
+    args += ["--grace-s", str(ns.grace_s)]
+    args += [
+        flag for flag, on in (("--fresh", ns.fresh), ("--retry-errors", ns.retry_errors)) if on
+    ]
+    if ns.cancel:
+        raise JobError("--cancel applies to one run folder: give --shard K/N, not --local")
+    return args
+
+
+def _merge(ns: argparse.Namespace) -> int:
+    from batchrun.shard.merge import merge_job
+
+    merged = merge_job(_load(ns), partial=ns.partial)
+    print(merged.line, file=sys.stderr)
+    return merged.exit_code
 
 
 def _summary(outcome: RunOutcome) -> str:

@@ -34,6 +34,7 @@ from batchrun.record.lock import RunLock, check_free
 from batchrun.record.rundir import clear, make_run_dir
 from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.schedule.spend import SpendLedger, folder_spent
+from batchrun.shard.plan import shard_summary
 
 __all__ = ["Forecast", "Preflight", "describe", "dry_mode", "forecast", "predict", "preflight"]
 
@@ -80,7 +81,7 @@ async def preflight(
     """Check ``job`` as its run does before the first request, holding the run folder's lock
     while the context lasts (``dry``: only checking that it is free). Raises what the run
     raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
-    summary = check_input(job, limit=limit)
+    summary = shard_summary(job, check_input(job, limit=limit), limit)  # the shard's part
     if job.scorers:  # a scorer naming a column no row has would fail only after the run
         from batchrun.score.command import check_columns  # the judge's imports: only here
 

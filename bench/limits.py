@@ -7,22 +7,29 @@ batchrun's budget (``batchrun.limits.make_budget``) and client (``stream_attempt
 or two sharing a key. It prints, per scenario, the binding limit, the configured and achieved
 rate per minute, the busiest 10 s window as a share of the limit (the issue's bound: 110%, the
 limit plus the one-second burst), the 429s received and the time from the first 429 to the
-last. Limits are scaled (hundreds of requests a minute, a server burst of a few seconds) so that
-a minute's behaviour shows in a short run.
+last. "2 local shards" runs the whole tool instead: ``batchrun JOB --shards 2 --local`` under one
+``requests_per_minute``, measured from the shards' attempts.parquet (the target: 95-102% of the
+limit together). Limits are scaled (hundreds of requests a minute, a server burst of a few
+seconds) so that a minute's behaviour shows in a short run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,8 @@ class Scenario:
     max_tokens: int = 64
     outputs: tuple[int, int] = (20, 60)
     sim: dict[str, Any] = field(default_factory=dict)
+    local_shards: bool = False  # run `batchrun JOB --shards N --local`, N = processes
+    redis: bool = False  # the shards share the budget through a redis-server of their own
 
 
 SCENARIOS = [
@@ -105,6 +114,23 @@ SCENARIOS = [
         {"requests_per_minute": 600, "output_tokens_per_minute": 30_000, "shared": False},
         "requests",
         processes=2,
+    ),
+    Scenario(
+        "2 local shards, shared",
+        {"requests_per_minute": 600, "rate_limit_burst_s": 5},
+        {"requests_per_minute": 600},
+        "requests",
+        processes=2,
+        local_shards=True,
+    ),
+    Scenario(
+        "2 local shards, Redis",
+        {"requests_per_minute": 600, "rate_limit_burst_s": 5},
+        {"requests_per_minute": 600},
+        "requests",
+        processes=2,
+        local_shards=True,
+        redis=True,
     ),
 ]
 
@@ -180,6 +206,8 @@ async def drive(spec: dict[str, Any]) -> list[list[float]]:
 
 
 def run_scenario(scenario: Scenario, seconds: float) -> dict[str, Any]:
+    if scenario.local_shards:
+        return run_local_shards(scenario, seconds)
     low, high = scenario.outputs
     config = SimConfig(
         ttft_s=0.05,
@@ -222,6 +250,104 @@ def run_scenario(scenario: Scenario, seconds: float) -> dict[str, Any]:
                     raise SystemExit(f"a child process failed ({child.returncode})")
                 records.extend(json.loads(out.strip().splitlines()[-1]))
     return measure(scenario, records, start, seconds)
+
+
+_WARMUP_S = 2.0  # of the shards' run, before the measured window: both processes started
+
+
+def run_local_shards(scenario: Scenario, seconds: float) -> dict[str, Any]:
+    """``batchrun JOB --shards N --local`` against the simulator with the scenario's client
+    limits (the shards share them through the SQLite budget: one key, one URL), stopped with
+    SIGTERM after the window; the achieved rate is counted from the shards' attempts."""
+    import signal
+
+    import polars as pl
+    import yaml
+
+    low, high = scenario.outputs
+    config = SimConfig(
+        ttft_s=0.05,
+        token_interval_s=0.005,
+        min_output_tokens=low,
+        max_output_tokens=high,
+        **scenario.server,
+    )
+    limit = scenario.client["requests_per_minute"]
+    rows = int(limit / 60 * (seconds + 2 * _WARMUP_S + 10) * 1.5)
+    with (
+        SimServer(config) as server,
+        tempfile.TemporaryDirectory() as folder,
+        _redis(scenario.redis) as redis_url,
+    ):
+        base = Path(folder)
+        lines = ["id,question", *(f"q{i},Question {i}: what is {i} squared?" for i in range(rows))]
+        (base / "data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        job = {
+            "name": "shards",
+            "input": {"path": "data.csv", "id_column": "id", "prompt": "{question}"},
+            "request": {"model": "claude-sonnet-5-5", "max_tokens": scenario.max_tokens},
+            "endpoint": {"base_url": server.base_url, "api_key_env": "BENCH_KEY"},
+            "limits": {
+                "concurrency": scenario.concurrency,
+                "state_dir": str(base / "state"),
+                **({"redis_url": redis_url} if redis_url else {}),
+                **scenario.client,
+            },
+            "output": {"dir": "out"},
+            "telemetry": {"traces": "none"},
+        }
+        (base / "job.yaml").write_text(yaml.safe_dump(job), encoding="utf-8")
+        command = [sys.executable, "-m", "batchrun.cli", str(base / "job.yaml"), "-q"]
+        shards = ["--shards", str(scenario.processes), "--local"]
+        env = {**os.environ, "BENCH_KEY": "bench-key"}
+        proc = subprocess.Popen([*command, *shards], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=seconds + 2 * _WARMUP_S + 20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        if proc.returncode not in (0, 143):
+            raise SystemExit(
+                f"--shards {scenario.processes} --local failed ({proc.returncode}):\n{err}"
+            )
+        attempts = pl.concat(
+            pl.scan_parquet(p) for p in (base / "out").glob("shard-*/attempts.parquet")
+        ).collect()
+    sent = attempts["started_at"].dt.epoch("us") / 1e6
+    records = [[t, s or 0, 0, 0] for t, s in zip(sent, attempts["http_status"], strict=True)]
+    start = min(sent) + _WARMUP_S
+    return measure(scenario, records, start, min(seconds, max(sent) - start))
+
+
+@contextlib.contextmanager
+def _redis(wanted: bool) -> Iterator[str | None]:
+    """A throwaway redis-server on a free loopback port, as a URL (None when not ``wanted``)."""
+    if not wanted:
+        yield None
+        return
+    if shutil.which("redis-server") is None:
+        raise SystemExit("the Redis scenario needs redis-server (make redis installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def measure(

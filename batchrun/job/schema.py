@@ -48,6 +48,7 @@ from batchrun.job.sections import (
     TelemetryConfig,
     TimeoutsConfig,
 )
+from batchrun.shard.assign import Shard
 from batchrun.sim.config import SimConfig
 
 __all__ = ["Job", "load_job"]
@@ -87,6 +88,7 @@ class Job(Section):
     scorers: tuple[Scorer, ...] = Field(default=(), strict=False)
 
     _path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "job.yaml")
+    _shard: Shard | None = PrivateAttr(default=None)  # --shard K/N: see batchrun.shard
 
     @model_validator(mode="before")
     @classmethod
@@ -220,12 +222,25 @@ class Job(Section):
         job._path = Path(path).expanduser().resolve()
         return job
 
+    @property
+    def shard(self) -> Shard | None:
+        """The shard of the job this run is (``--shard K/N``), or None for the whole job."""
+        return self._shard
+
+    def with_shard(self, shard: Shard | None) -> Job:
+        """A copy of this job that runs only ``shard``'s requests, in its own folder."""
+        job = self.model_copy()
+        job._shard = shard
+        return job
+
     def run_dir(self, now: datetime) -> Path:
-        """The run folder: ``output.dir`` with ``{name}`` and ``{date}`` (UTC) filled in."""
+        """The run folder: ``output.dir`` with ``{name}`` and ``{date}`` (UTC) filled in; a
+        shard's is ``shard-K-of-N`` inside it."""
         if now.tzinfo is None:
             raise ValueError("run_dir needs an aware datetime")
         day = now.astimezone(UTC).strftime("%Y-%m-%d")
-        return self.base_dir / Path(self.output.dir.format(name=self.name, date=day)).expanduser()
+        out = self.base_dir / Path(self.output.dir.format(name=self.name, date=day)).expanduser()
+        return out if self._shard is None else out / self._shard.folder
 
     def input_paths(self) -> list[Path]:
         """The input files, sorted; ``input.path`` may be a glob. None found is a JobError.

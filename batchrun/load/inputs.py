@@ -36,6 +36,7 @@ from batchrun.load.sources import (
 )
 from batchrun.models import InputSummary, RequestItem
 from batchrun.record.keyhash import seen_twice
+from batchrun.shard.assign import owned
 
 __all__ = ["InputSummary", "check_input", "count_rows", "iter_batches"]
 
@@ -261,6 +262,12 @@ def iter_batches(
     grow with the input (``chunk_rows`` rows are read at once, rounded to whole batches). Run
     :func:`check_input` first: a bad row met here raises JobError and stops the stream.
     """
+    if job.shard is not None:  # --shard K/N: only the requests it owns (batchrun.shard)
+        whole = iter_batches(
+            job.with_shard(None), limit=limit, batch_rows=batch_rows, chunk_rows=chunk_rows
+        )
+        yield from owned(job.shard, whole)
+        return
     if limit is not None and limit < 1:
         raise JobError(f"--limit must be at least 1 (got {limit})")
     if batch_rows < 1:

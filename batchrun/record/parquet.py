@@ -36,6 +36,7 @@ __all__ = [
     "resume_index",
     "resume_keys",
     "scan_table",
+    "write_final",
     "write_json_atomic",
 ]
 
@@ -143,11 +144,7 @@ class ResultsWriter:
         self.flush()
         for name in _TABLES:
             table = scan_table(self.run_dir, name, key_hash=self._key_hash, quarantine=True)
-            path = self.run_dir / f"{name}.parquet"
-            if name == "results":
-                commit(_write_in_input_order(table, self.run_dir, path.name), path)
-            else:
-                commit(_write_parquet_temp(table, self.run_dir, path.name), path)
+            write_final(self.run_dir, name, table)
         for part in self.parts_dir.glob("*.parquet"):
             part.unlink()
         counts = (
@@ -157,6 +154,16 @@ class ResultsWriter:
             .collect(engine="streaming")
         )
         return dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True))
+
+
+def write_final(run_dir: Path, name: str, table: pl.LazyFrame) -> None:
+    """Commit ``table``, streamed, as ``run_dir``'s final ``NAME.parquet``; results in input
+    order. Compaction writes a folder's tables so, and ``batchrun merge`` the shards'."""
+    path = run_dir / f"{name}.parquet"
+    if name == "results":
+        commit(_write_in_input_order(table, run_dir, path.name), path)
+    else:
+        commit(_write_parquet_temp(table, run_dir, path.name), path)
 
 
 def read_table(run_dir: Path, name: str, *, key_hash: KeyHash = hash_keys) -> pl.DataFrame:

@@ -38,11 +38,12 @@ class RunData:
     results: pl.DataFrame
     attempts: pl.DataFrame
     manifest: dict[str, Any]
-    state: str  # complete | aborted | interrupted (run.json) | partial (parts) | unknown
+    state: str  # complete | aborted | interrupted (run.json) | partial (parts) | unmerged | unknown
+    shards: tuple[Path, ...] = ()  # an unmerged sharded folder: its shard folders, read instead
 
     def scan_results(self) -> pl.LazyFrame:
         """Every column of the results, lazily (scan with a filter, a head or a select)."""
-        return scan_table(self.run_dir, "results")
+        return _scan(self.run_dir, self.shards, "results")
 
     @property
     def job(self) -> dict[str, Any]:
@@ -73,7 +74,8 @@ def load_run(run_dir: Path | str) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NoResultsError(f"{run_dir}: no such run folder")
-    scan = scan_table(run_dir, "results")
+    shards = _unmerged(run_dir)
+    scan = _scan(run_dir, shards, "results")
     narrow = [c for c in scan.collect_schema().names() if c not in WIDE_COLUMNS]
     results = scan.select(narrow).collect(engine="streaming")
     if results.is_empty():
@@ -81,14 +83,44 @@ def load_run(run_dir: Path | str) -> RunData:
             f"{run_dir}: no results in this folder (no results.parquet and no checkpoint parts "
             "under parts/); is it a run folder, and has the run finished a request yet?"
         )
-    manifest = _manifest(run_dir)
+    manifest = _manifest(run_dir) if not shards else _shards_manifest(run_dir)
     return RunData(
         run_dir=run_dir,
         results=results,
-        attempts=scan_table(run_dir, "attempts").collect(engine="streaming"),
+        attempts=_scan(run_dir, shards, "attempts").collect(engine="streaming"),
         manifest=manifest,
-        state=_state(run_dir, manifest),
+        state=_state(run_dir, manifest) if not shards else "unmerged",
+        shards=shards,
     )
+
+
+def _unmerged(run_dir: Path) -> tuple[Path, ...]:
+    """The shard folders of a sharded run folder not merged yet (no results of its own)."""
+    from batchrun.shard.folders import shard_folders
+
+    own = (run_dir / "results.parquet").exists() or any((run_dir / "parts").glob("results-*"))
+    return () if own else tuple(shard_folders(run_dir).values())
+
+
+def _scan(run_dir: Path, shards: tuple[Path, ...], name: str) -> pl.LazyFrame:
+    if not shards:
+        return scan_table(run_dir, name)
+    return pl.concat([scan_table(path, name) for path in shards])
+
+
+def _shards_manifest(run_dir: Path) -> dict[str, Any]:
+    """The shards' run.json combined, saying that the folder is not merged and what is in it."""
+    from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders
+
+    found = shard_folders(run_dir)
+    record = combined_manifest({shard: read_manifest(path) for shard, path in found.items()})
+    sizes = sorted({shard.count for shard in found})
+    record["message"] = (
+        f"unmerged: read from {len(found)} shard folders ("
+        + ", ".join(f"{item['folder']} {item['status'] or 'running'}" for item in record["shards"])
+        + f") of {' and '.join(map(str, sizes))} shards; batchrun merge JOB.yaml combines them"
+    )
+    return record
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""``batchrun merge JOB.yaml``: the job's shard folders combined into ``<output.dir>``, as if one
+process had run the whole job there.
+
+Each table is streamed from the shards' final files into the folder's own, with the compaction's
+writer (``record.parquet.write_final``: results in input order), so memory stays within the
+compaction's bound. Shards own disjoint rows (``assign``), so nothing is deduplicated; but each
+shard folder is first checked to be this job's shard, by the request hashes of its rows, as a
+resume checks a folder (``load.resume.resume_plan``), and to hold only rows that shard owns.
+The same shards merged twice give the same files. It sends nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
+from batchrun.job.schema import Job
+from batchrun.load.inputs import count_rows
+from batchrun.load.resume import resume_plan
+from batchrun.record.cost import cost_text, estimate_cost
+from batchrun.record.folder import translated
+from batchrun.record.lock import RunLock, check_free
+from batchrun.record.parquet import scan_table, write_final, write_json_atomic
+from batchrun.record.rundir import make_run_dir
+from batchrun.shard.assign import Shard
+from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
+
+__all__ = ["EXTRA_TABLES", "Merged", "merge_job"]
+
+EXTRA_TABLES = ("scores", "judgements")  # written by `batchrun score` in a shard's folder
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What a merge wrote: the folder, its counts and exit code, and the closing line."""
+
+    out_dir: Path
+    counts: dict[str, int]
+    complete: bool
+    exit_code: int
+    line: str
+
+
+def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -> Merged:
+    """Merge ``job``'s shard folders into its run folder. Raises JobError (exit 2) when there
+    are none, when they are of two different N, when one is another job's, or (unless
+    ``partial``) when one is missing or unfinished; RunLockedError (75) when a shard still runs
+    or another process holds the run folder."""
+    job = job.with_shard(None)
+    out_dir = job.run_dir(now or datetime.now(UTC)).resolve()
+    found = shard_folders(out_dir)
+    if not found:
+        raise JobError(
+            f"{out_dir}: no shard folders (shard-K-of-N) to merge; run the shards first "
+            f"(batchrun {job.path.name} --shard K/N, or --shards N --local), with the same "
+            "--set options as this merge"
+        )
+    sizes = sorted({shard.count for shard in found})
+    if len(sizes) > 1:
+        listed = ", ".join(path.name for path in found.values())
+        raise JobError(
+            f"{out_dir}: shard folders of {' and '.join(map(str, sizes))} shards side by side "
+            f"({listed}); a job's rows are split one way: remove the folders of the other "
+            "split, then merge again"
+        )
+    count = sizes[0]
+    for path in found.values():
+        check_free(path)  # a shard still running: exit 75
+    manifests = {shard: read_manifest(path) for shard, path in found.items()}
+    missing = [Shard(k, count) for k in range(count) if Shard(k, count) not in found]
+    why = {
+        shard: reason
+        for shard, path in found.items()
+        if (reason := unfinished(path, manifests[shard])) is not None
+    }
+    gaps = [f"{s.folder}: missing" for s in missing] + [f"{s.folder}: {r}" for s, r in why.items()]
+    if gaps and not partial:
+        raise JobError(
+            f"{out_dir}: cannot merge yet, {len(gaps)} of {count} shards are not done: "
+            f"{'; '.join(gaps)}. Run each again (batchrun {job.path.name} --shard K/{count}: it "
+            "resumes), or merge what there is with --partial"
+        )
+    for shard, path in found.items():
+        _check_owned(job.with_shard(shard), path)
+    with RunLock(make_run_dir(out_dir)):
+        _check_target(out_dir)
+        with translated(out_dir, "writing the merged tables"):
+            for name in ("results", "attempts"):
+                write_final(out_dir, name, pl.concat([scan_table(p, name) for p in found.values()]))
+            for name in EXTRA_TABLES:
+                having = [p / f"{name}.parquet" for p in found.values()]
+                having = [p for p in having if p.exists()]
+                if having:
+                    frames = [pl.scan_parquet(p) for p in having]
+                    write_final(out_dir, name, pl.concat(frames, how="diagonal_relaxed"))
+            record = _manifest(job, out_dir, manifests, gaps)
+            write_json_atomic(out_dir / "run.json", record)
+    counts = record["counts"]
+    code = EXIT_ROW_ERRORS if counts["error"] else EXIT_OK
+    state = "merged" if record["complete"] else f"merged {len(found)} of {count} shards, PARTIAL"
+    cost = cost_text(record["cost"])
+    line = (
+        f"batchrun: {state}: {counts['ok']} ok, {counts['error']} error"
+        f"{f'; {cost}' if cost else ''}; results in {out_dir / 'results.parquet'}"
+    )
+    return Merged(out_dir, counts, bool(record["complete"]), code, line)
+
+
+def _check_owned(shard_job: Job, path: Path) -> None:
+    """Refuse a shard folder that is not this job's shard: a row whose request this job would
+    send differently (``resume_plan`` says so, naming rows), or rows the shard does not own (its
+    ids are not this input's, or another split's)."""
+    done = resume_plan(shard_job, path, None, False, quarantine=False)
+    rows = scan_table(path, "results").select(pl.len()).collect().item()
+    matched = len(done) + done.again
+    if rows > matched:
+        raise JobError(
+            f"{shard_job.path}: the shard folder {path} holds {rows - matched} row(s) that shard "
+            f"{shard_job.shard} of this job would not send (ids not in this job's input, or "
+            "rows of another split): it is another job's shard. Move it away, or merge with the "
+            "job file and --set options the shards ran with"
+        )
+
+
+def _check_target(out_dir: Path) -> None:
+    """Refuse to overwrite the results of a run of the whole job (not a merge) in the folder."""
+    record = read_manifest(out_dir)
+    own = any((out_dir / "parts").glob("results-*.parquet")) or (
+        (out_dir / "results.parquet").exists() and "shards" not in record
+    )
+    if own:
+        raise JobError(
+            f"{out_dir}: holds the results of an unsharded run of the job, which a merge would "
+            "replace; move them away (or set output.dir elsewhere for the shards), then merge"
+        )
+
+
+def _manifest(
+    job: Job, out_dir: Path, manifests: dict[Shard, dict[str, Any]], gaps: list[str]
+) -> dict[str, Any]:
+    """The merged run.json: the shards' combined, with the counts, rows and cost of the merged
+    results, the job as resolved now, and what is missing."""
+    record = combined_manifest(manifests)
+    results = pl.scan_parquet(out_dir / "results.parquet")
+    by_status = results.group_by("status").len().collect()
+    counts = dict(zip(by_status["status"].to_list(), by_status["len"].to_list(), strict=True))
+    rows = results.select(pl.col("input_row").n_unique()).collect().item()
+    complete = record["complete"] and not gaps
+    record.update(
+        status=record["status"] if not gaps or record["status"] != "complete" else "partial",
+        complete=complete,
+        message=None if not gaps else "merged without: " + "; ".join(gaps),
+        counts={"ok": counts.get("ok", 0), "error": counts.get("error", 0)},
+        input_rows=rows,
+        input_rows_total=count_rows(job),
+        limited=isinstance(record["options"], dict) and record["options"].get("limit") is not None,
+        job=job.resolved(),
+        job_sha256=hashlib.sha256(job.path.read_bytes()).hexdigest(),
+        cost=estimate_cost(results, job.prices, job.request.mode),
+    )
+    if record["started_at"] and record["finished_at"]:
+        span = datetime.fromisoformat(str(record["finished_at"])) - datetime.fromisoformat(
+            str(record["started_at"])
+        )
+        record["duration_s"] = round(span.total_seconds(), 3)
+    return record
