@@ -146,6 +146,12 @@ def _run_parser() -> argparse.ArgumentParser:
         help="on resume, send again the rows that ended in error",
     )
     parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="on resume, send again the rows whose request the job now asks differently "
+        "(a changed model, prompt or variant), replacing them; their earlier attempts stay",
+    )
+    parser.add_argument(
         "--cancel",
         action="store_true",
         help="batch mode: cancel the run folder's open batches and collect what they finished "
@@ -192,6 +198,11 @@ def _validate_parser() -> argparse.ArgumentParser:
         "--retry-errors",
         action="store_true",
         help="as the run would with --retry-errors: send again the rows that ended in error",
+    )
+    parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="as the run would with --rerun-changed: send again the rows whose request changed",
     )
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
     return parser
@@ -347,7 +358,15 @@ def _validate(ns: argparse.Namespace) -> int:
     from batchrun.preflight import describe, predict
 
     job = _load(ns)
-    seen = asyncio.run(predict(job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors))
+    seen = asyncio.run(
+        predict(
+            job,
+            limit=ns.limit,
+            fresh=ns.fresh,
+            retry_errors=ns.retry_errors,
+            rerun_changed=ns.rerun_changed,
+        )
+    )
     if ns.json:
         import json
 
@@ -374,6 +393,7 @@ def _run(ns: argparse.Namespace) -> int:
                 limit=ns.limit,
                 fresh=ns.fresh,
                 retry_errors=ns.retry_errors,
+                rerun_changed=ns.rerun_changed,
                 grace_s=ns.grace_s,
             )
         )

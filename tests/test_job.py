@@ -128,6 +128,7 @@ def test_defaults_equal_contract() -> None:
         "output": {"dir": "outputs/{name}"},
         "telemetry": {"traces": "file", "capture_content": False},
         "cache": {"mode": "off", "dir": None},
+        "variants": [],
     }
 
 
