@@ -292,7 +292,8 @@ async def test_validate_predicts_and_prices_each_variant(
     by_name = {v.name: v for v in seen.variants}
     assert by_name["haiku"].price == (0.1, 0.5)
     assert by_name["sonnet"].price == (2.0, 10.0)
-    assert by_name["haiku"].stream_usd is not None and by_name["sonnet"].stream_usd is not None
+    assert by_name["haiku"].stream_usd is not None
+    assert by_name["sonnet"].stream_usd is not None
     assert by_name["haiku"].stream_usd < by_name["sonnet"].stream_usd
     assert seen.stream_usd == pytest.approx(
         by_name["haiku"].stream_usd + by_name["sonnet"].stream_usd
