@@ -16,7 +16,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from batchrun.batch.entries import custom_id
+from batchrun.batch.entries import Entry, custom_id
 from batchrun.cli import main
 from batchrun.errors import JobError
 from batchrun.job.schema import Job, load_job
@@ -392,3 +392,32 @@ def test_a_variant_prompt_replaces_the_messages_column(tmp_path: Path) -> None:
     assert (b.input.prompt, b.input.messages_column) == ("{q}", None)
     assert b.input_key("prompt") == "variants[1].input.prompt"
     assert job.variant("a").input.messages_column == "conv"
+
+
+def test_batch_state_from_before_variants_reads_as_default() -> None:
+    """A batch index entry written before variants (no variant key) is the default variant's."""
+    entry = Entry.from_json(
+        {"custom_id": "r1-0-abc", "id": "r1", "sample": 0, "request_hash": "h", "attempt": 1}
+    )
+    assert entry.variant == "default"
+    assert Entry.from_json(entry.to_json()) == entry
+
+
+async def test_the_response_cache_answers_variants_a_new_folder_shares(
+    write_job: JobWriter, sim_server: StartSim, tmp_path: Path
+) -> None:
+    """A 2-variant job, then a copy with a third variant in a new folder, both with the
+    response cache: the second run sends only the third variant's requests."""
+    server = sim_server()
+    cache = {"mode": "read_write", "dir": str(tmp_path / "cache")}
+    first = await run_job(load_job(_job(write_job, server, TWO, cache=cache)), sleep=no_sleep)
+    assert first.sent == 6
+    third = [*TWO, {"name": "opus", "request": {"model": "claude-opus-5-5"}}]
+    path = _job(write_job, server, third, cache=cache, output={"dir": "out2"})
+    recorder = Recorder()
+    outcome = await run_job(load_job(path), sleep=no_sleep, transport=recorder)
+    assert outcome.sent == 3
+    assert {b["model"] for b in recorder.sent} == {"claude-opus-5-5"}
+    results = _table(outcome)
+    hits = dict(results.group_by("variant").agg(pl.col("cache_hit").all()).iter_rows())
+    assert hits == {"haiku": True, "opus": False, "sonnet": True}
