@@ -210,6 +210,11 @@ def test_run_json_records_the_options_and_a_limit(write_job: JobWriter, tmp_path
     assert done.returncode == 0, done.stderr
     assert "complete: 5 ok, 0 error" in done.stderr.splitlines()[-1]
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert manifest["options"] == {"limit": 9, "fresh": False, "retry_errors": True}
+    assert manifest["options"] == {
+        "limit": 9,
+        "fresh": False,
+        "retry_errors": True,
+        "rerun_changed": False,
+    }
     assert (manifest["input_rows"], manifest["input_rows_total"]) == (5, 5)
     assert manifest["limited"] is False
