@@ -156,7 +156,7 @@ class Job(Section):
     def effective_variants(self) -> tuple[Variant, ...]:
         """The variants every input row runs under, each with its whole request and input,
         in the order a row's requests go out (by name); without ``variants``, one: default."""
-        if not self._variants:  # a Job made with model_construct: the job's own request
+        if not self.variants or not self._variants:  # made from this job's fields, always
             return (Variant(DEFAULT, self.request, self.input),)
         return self._variants
 

@@ -39,9 +39,8 @@ _INPUT_KEYS = ("prompt", "system", "messages_column")
 
 
 def _problem(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
-    return InitErrorDetails(
-        type=PydanticCustomError("variant", message), loc=loc, input=value
-    )  # the message is the whole text: pydantic formats nothing into it
+    """One problem at ``loc`` (under the field or model raising it), in ``message``'s words."""
+    return InitErrorDetails(type=PydanticCustomError("variant", message), loc=loc, input=value)
 
 
 def _raise(title: str, problems: list[InitErrorDetails]) -> None:
