@@ -369,7 +369,9 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
         )
     if len(seen.variants) > 1:
         lines.append(f"variants:   {len(seen.variants)}, each row and sample under every one:")
-        lines += [f"  {v.name}: {v.to_send:,} to send; {_cost(v)}" for v in seen.variants]
+        lines += [
+            f"  {v.name}: {v.to_send:,} to send; {_cost(v, named=True)}" for v in seen.variants
+        ]
         if seen.stream_usd is not None and seen.batch_usd is not None:
             lines.append(
                 f"cost:       at most {_usd(seen.stream_usd)} in stream mode, "
@@ -394,16 +396,18 @@ def _cap_line(seen: Forecast, cap: float, worst: float) -> str:
     )
 
 
-def _cost(v: VariantForecast) -> str:
-    """A variant's cost at most, at its model's list prices, in words."""
+def _cost(v: VariantForecast, *, named: bool = False) -> str:
+    """A variant's cost at most, at its model's list prices (``named``: saying which), in
+    words."""
     if v.price is None or v.stream_usd is None or v.batch_usd is None:
         return f"model {v.model} has no list price (add it under prices:)"
     written = v.input_rate is not None and v.input_rate != v.price[0]
     rate = f"${v.input_rate:g} in as cache writes" if written else f"${v.price[0]:g} in"
     worst = "input and output at their worst case" if written else "output at its worst case"
+    whose = f"{v.model}'s " if named else ""
     return (
         f"at most {_usd(v.stream_usd)} in stream mode, {_usd(v.batch_usd)} in batch mode, at "
-        f"{v.model}'s list prices ({rate}, ${v.price[1]:g} out per million tokens), {worst}"
+        f"{whose}list prices ({rate}, ${v.price[1]:g} out per million tokens), {worst}"
     )
 
 
