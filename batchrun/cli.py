@@ -152,6 +152,12 @@ def _run_parser() -> argparse.ArgumentParser:
         help="on resume, send again the rows that ended in error",
     )
     parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="on resume, send again the rows whose request the job now asks differently "
+        "(a changed model, prompt or variant), replacing them; their earlier attempts stay",
+    )
+    parser.add_argument(
         "--cancel",
         action="store_true",
         help="batch mode: cancel the run folder's open batches and collect what they finished "
@@ -222,6 +228,11 @@ def _validate_parser() -> argparse.ArgumentParser:
         "--retry-errors",
         action="store_true",
         help="as the run would with --retry-errors: send again the rows that ended in error",
+    )
+    parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="as the run would with --rerun-changed: send again the rows whose request changed",
     )
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
     _shard_args(parser)
@@ -438,7 +449,15 @@ def _validate(ns: argparse.Namespace) -> int:
     from batchrun.preflight import describe, predict
 
     job = _sharded(_load(ns), ns)
-    seen = asyncio.run(predict(job, limit=ns.limit, fresh=ns.fresh, retry_errors=ns.retry_errors))
+    seen = asyncio.run(
+        predict(
+            job,
+            limit=ns.limit,
+            fresh=ns.fresh,
+            retry_errors=ns.retry_errors,
+            rerun_changed=ns.rerun_changed,
+        )
+    )
     if ns.json:
         import json
 
@@ -470,6 +489,7 @@ def _run(ns: argparse.Namespace) -> int:
                 limit=ns.limit,
                 fresh=ns.fresh,
                 retry_errors=ns.retry_errors,
+                rerun_changed=ns.rerun_changed,
                 grace_s=ns.grace_s,
             )
         )

@@ -2,7 +2,8 @@
 
 :func:`preflight` is the start of :func:`batchrun.run.run_job`: the input, the API key, the run
 folder (its path, its entries, its lock), the mode's own state in it, ``--fresh`` and the
-resume plan (which refuses a folder holding another job's results). ``dry`` is the same
+resume plan (which refuses a folder holding another job's results, or with
+``rerun_changed`` sends the changed requests again). ``dry`` is the same
 sequence without writing: the folder is looked at, never created, locked, cleared or
 quarantined, so ``validate`` refuses what the run would refuse, with the same message and exit
 code. :func:`forecast` then says what the run would send and what it may cost. Nothing here
@@ -16,8 +17,9 @@ import contextlib
 import errno
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +38,16 @@ from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.schedule.spend import SpendLedger, folder_spent
 from batchrun.shard.plan import shard_summary
 
-__all__ = ["Forecast", "Preflight", "describe", "dry_mode", "forecast", "predict", "preflight"]
+__all__ = [
+    "Forecast",
+    "Preflight",
+    "VariantForecast",
+    "describe",
+    "dry_mode",
+    "forecast",
+    "predict",
+    "preflight",
+]
 
 
 class FolderMode(Protocol):
@@ -50,7 +61,7 @@ class FolderMode(Protocol):
         """Under the lock, before the resume plan: the mode's own state in the run folder."""
         ...
 
-    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
         """Requests sent by an earlier process and not collected yet: not to send again."""
         ...
 
@@ -76,6 +87,7 @@ async def preflight(
     limit: int | None = None,
     fresh: bool = False,
     retry_errors: bool = False,
+    rerun_changed: bool = False,
     dry: bool = False,
 ) -> AsyncIterator[Preflight]:
     """Check ``job`` as its run does before the first request, holding the run folder's lock
@@ -104,7 +116,11 @@ async def preflight(
         done = Done()
         if exists and not fresh:  # --fresh: nothing to plan in the folder, once cleared
             done = await asyncio.to_thread(
-                resume_plan, job, run_dir, limit, retry_errors, quarantine=not dry
+                partial(resume_plan, rerun_changed=rerun_changed, quarantine=not dry),
+                job,
+                run_dir,
+                limit,
+                retry_errors,
             )
         busy = await mode.in_flight(run_dir) if exists else set()
         yield Preflight(summary, key, run_dir, done.also(busy), len(busy), exists)
@@ -148,10 +164,53 @@ def dry_mode(job: Job) -> FolderMode:
 
 
 @dataclass(frozen=True, slots=True)
+class VariantForecast:
+    """One variant's part of a :class:`Forecast`: its model, requests to send, their tokens
+    and cost at its model's prices (``None`` when it has none)."""
+
+    name: str
+    model: str
+    to_send: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    price: tuple[float, float] | None = None
+    input_rate: float | None = None
+    stream_usd: float | None = None
+    batch_usd: float | None = None
+
+    def priced(self, job: Job) -> VariantForecast:
+        """This forecast with its cost, at the variant's model's list prices."""
+        request = job.variant(self.name).request
+        rates = rates_for(request.model, job.prices)
+        if rates is None:
+            return self
+        input_rate = {
+            "5m": rates.cache_write_5m,
+            "1h": rates.cache_write_1h,
+        }.get(request.prompt_cache or "", rates.input)
+        usd = (self.input_tokens * input_rate + self.output_tokens * rates.output) / 1e6
+        return replace(
+            self,
+            price=(rates.input, rates.output),
+            input_rate=input_rate,
+            stream_usd=round(usd, 6),
+            batch_usd=round(usd * BATCH_DISCOUNT, 6),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["price"] = (
+            None if self.price is None else {"input": self.price[0], "output": self.price[1]}
+        )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Forecast:
     """What a run would do now (see :func:`forecast`). Token counts are of the requests to
     send; ``output_tokens`` is their ``max_tokens``: a ceiling, not an estimate. Costs are
-    ``None`` when the model has no price."""
+    ``None`` when a model has no price; ``price`` and ``input_rate`` are the model's when the
+    job runs one model (``variants`` has each variant's)."""
 
     job: str
     run_dir: Path
@@ -183,6 +242,10 @@ class Forecast:
     spent_usd: float | None = None
     worst_usd: float | None = None
     fit_requests: int | None = None
+    variants: tuple[VariantForecast, ...] = ()
+    # Requests whose rows the job would now send differently, by variant: refused, or sent
+    # again with --rerun-changed (then counted in ``again``).
+    changed: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -190,6 +253,7 @@ class Forecast:
         out["price"] = (
             None if self.price is None else {"input": self.price[0], "output": self.price[1]}
         )
+        out["variants"] = [v.as_json() for v in self.variants]
         return out
 
 
@@ -199,11 +263,13 @@ def forecast(
     """What the run would send after ``plan``: the requests (counted from the input, as the run
     will read it), their input tokens (the API's estimate, as the rate budget takes it: not
     ``count_tokens``, which would send) and their output ceiling (``max_tokens``), priced at
-    the job's list prices at the stream and the batch rate. Reads the input once more. With
-    ``limits.max_cost_usd``, also the worst case against the cap (``fresh``: the folder's
-    spend so far will be cleared)."""
-    api, params = job.request.api_spec, job.request.params
-    to_send = tokens_in = tokens_out = 0
+    each variant's model's list prices at the stream and the batch rate. Reads the input once
+    more. With ``limits.max_cost_usd``, also the worst case against the cap (``fresh``: the
+    folder's spend so far will be cleared)."""
+    api = job.request.api_spec
+    params = {v.name: v.request.params for v in job.effective_variants}
+    sides = {v.name: VariantForecast(v.name, v.request.model) for v in job.effective_variants}
+    counts = {name: [0, 0, 0] for name in sides}  # to send, input tokens, output tokens
     cap = job.limits.max_cost_usd
     ledger = SpendLedger.for_job(job, on_capped=lambda: None)
     spent = worst = 0.0
@@ -212,29 +278,29 @@ def forecast(
         spent = worst = folder_spent(job, plan.run_dir)
     for batch in plan.done.filter(job, iter_batches(job, limit=limit)):
         for item in batch:
-            body = api.body(item, params)
-            to_send += 1
-            tokens_in += api.estimate_input_tokens(body)
-            tokens_out += api.output_reservation(body)
+            body = api.body(item, params[item.variant])
+            count = counts[item.variant]
+            count[0] += 1
+            count[1] += api.estimate_input_tokens(body)
+            count[2] += api.output_reservation(body)
             if cap is not None:
-                worst += ledger.worst_case(api, body)
+                worst += ledger.worst_case(api, body, item.variant)
                 fit += worst <= cap
-    rates = rates_for(job.request.model, job.prices)
-    price = input_rate = stream_usd = None
-    if rates is not None:
-        price, input_rate = (rates.input, rates.output), rates.input
-        if job.request.prompt_cache == "5m":
-            input_rate = rates.cache_write_5m
-        elif job.request.prompt_cache == "1h":
-            input_rate = rates.cache_write_1h
-        stream_usd = (tokens_in * input_rate + tokens_out * rates.output) / 1e6
+    per = tuple(
+        replace(sides[name], to_send=c[0], input_tokens=c[1], output_tokens=c[2]).priced(job)
+        for name, c in counts.items()
+    )
+    to_send, tokens_in, tokens_out = (sum(c[i] for c in counts.values()) for i in range(3))
+    one = per[0] if len(per) == 1 else None
+    costs = [v.stream_usd for v in per]
+    stream_usd = None if None in costs else sum(c or 0.0 for c in costs)
     return Forecast(
         job=str(job.path),
         run_dir=plan.run_dir,
         folder_exists=plan.folder_exists,
         api=job.request.api,
         mode=job.request.mode,
-        model=job.request.model,
+        model=", ".join(dict.fromkeys(v.model for v in per)),
         samples=job.request.samples,
         endpoint=str(job.endpoint.base_url),
         input_rows=plan.summary.rows,
@@ -246,14 +312,16 @@ def forecast(
         again=plan.done.again,
         input_tokens=tokens_in,
         output_tokens=tokens_out,
-        price=price,
-        input_rate=input_rate,
+        price=one.price if one is not None else None,
+        input_rate=one.input_rate if one is not None else None,
         stream_usd=None if stream_usd is None else round(stream_usd, 6),
         batch_usd=None if stream_usd is None else round(stream_usd * BATCH_DISCOUNT, 6),
         cap_usd=cap,
         spent_usd=None if cap is None else round(spent, 6),
         worst_usd=None if cap is None else round(worst, 6),
         fit_requests=None if cap is None else fit,
+        variants=per,
+        changed=dict(plan.done.changed),
     )
 
 
@@ -263,13 +331,21 @@ async def predict(
     limit: int | None = None,
     fresh: bool = False,
     retry_errors: bool = False,
+    rerun_changed: bool = False,
     now: datetime | None = None,
 ) -> Forecast:
     """``batchrun validate``: :func:`preflight` with ``dry``, then :func:`forecast`."""
     when = now or datetime.now(UTC)
     mode = dry_mode(job)
     async with preflight(
-        job, mode, now=when, limit=limit, fresh=fresh, retry_errors=retry_errors, dry=True
+        job,
+        mode,
+        now=when,
+        limit=limit,
+        fresh=fresh,
+        retry_errors=retry_errors,
+        rerun_changed=rerun_changed,
+        dry=True,
     ) as plan:
         return await asyncio.to_thread(forecast, job, plan, limit=limit, fresh=fresh)
 
@@ -283,6 +359,8 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
         f"run folder: {seen.run_dir}" + ("" if seen.folder_exists else " (not created yet)"),
     ]
     why = "ended in error" if retry_errors else "ended in a transient error"
+    if seen.changed:
+        why += f", or the request changed: {sum(seen.changed.values()):,}, --rerun-changed"
     lines.append(
         f"to send:    {seen.to_send:,} requests: {seen.new:,} new, {seen.again:,} again "
         f"(their rows {why})"
@@ -295,17 +373,18 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
             f"count); at most {seen.output_tokens:,} output (max_tokens of every request: a "
             "worst case)"
         )
-    if seen.price is None:
-        lines.append(f"cost:       model {seen.model} has no list price (add it under prices:)")
-    elif seen.stream_usd is not None and seen.batch_usd is not None:
-        written = seen.input_rate is not None and seen.input_rate != seen.price[0]
-        rate = f"${seen.input_rate:g} in as cache writes" if written else f"${seen.price[0]:g} in"
-        worst = "input and output at their worst case" if written else "output at its worst case"
-        lines.append(
-            f"cost:       at most {_usd(seen.stream_usd)} in stream mode, "
-            f"{_usd(seen.batch_usd)} in batch mode, at list prices ({rate}, "
-            f"${seen.price[1]:g} out per million tokens), {worst}"
-        )
+    if len(seen.variants) > 1:
+        lines.append(f"variants:   {len(seen.variants)}, each row and sample under every one:")
+        lines += [
+            f"  {v.name}: {v.to_send:,} to send; {_cost(v, named=True)}" for v in seen.variants
+        ]
+        if seen.stream_usd is not None and seen.batch_usd is not None:
+            lines.append(
+                f"cost:       at most {_usd(seen.stream_usd)} in stream mode, "
+                f"{_usd(seen.batch_usd)} in batch mode, all variants together"
+            )
+    elif seen.variants:
+        lines.append(f"cost:       {_cost(seen.variants[0])}")
     if seen.cap_usd is not None and seen.worst_usd is not None:
         lines.append(f"spend cap:  {_cap_line(seen, seen.cap_usd, seen.worst_usd)}")
     return "\n".join(lines)
@@ -320,6 +399,21 @@ def _cap_line(seen: Forecast, cap: float, worst: float) -> str:
     return (
         text + f": the run would stop after about {seen.fit_requests:,} rows (of "
         f"{seen.to_send:,} requests to send; exit 4, raise limits.max_cost_usd to go on)"
+    )
+
+
+def _cost(v: VariantForecast, *, named: bool = False) -> str:
+    """A variant's cost at most, at its model's list prices (``named``: saying which), in
+    words."""
+    if v.price is None or v.stream_usd is None or v.batch_usd is None:
+        return f"model {v.model} has no list price (add it under prices:)"
+    written = v.input_rate is not None and v.input_rate != v.price[0]
+    rate = f"${v.input_rate:g} in as cache writes" if written else f"${v.price[0]:g} in"
+    worst = "input and output at their worst case" if written else "output at its worst case"
+    whose = f"{v.model}'s " if named else ""
+    return (
+        f"at most {_usd(v.stream_usd)} in stream mode, {_usd(v.batch_usd)} in batch mode, at "
+        f"{whose}list prices ({rate}, ${v.price[1]:g} out per million tokens), {worst}"
     )
 
 

@@ -79,7 +79,7 @@ class Mode(Protocol):
         """Under the lock, before the resume plan: the mode's own state in the run folder."""
         ...
 
-    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
         """Requests sent by an earlier process and not collected yet: not to send again."""
         ...
 
@@ -122,6 +122,7 @@ async def run_job(
     limit: int | None = None,
     fresh: bool = False,
     retry_errors: bool = False,
+    rerun_changed: bool = False,
     grace_s: float = 10.0,
     cancel: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
@@ -136,7 +137,9 @@ async def run_job(
     """Run ``job`` to the end (or to an abort or a signal) and return how it ended.
 
     Resumes what an earlier run left in the run folder unless ``fresh``; rows that ended in
-    ``error`` are sent again only with ``retry_errors``. On SIGINT/SIGTERM no new request starts
+    ``error`` are sent again only with ``retry_errors``; rows whose request the job now asks
+    differently refuse the folder (JobError), or with ``rerun_changed`` are sent again and
+    replaced. On SIGINT/SIGTERM no new request starts
     and (stream mode) requests in flight get ``grace_s`` to finish. Batch mode picks up the
     batches an earlier process left running; ``cancel`` cancels them instead of sending, and
     ``batch_limits`` (requests and bytes per batch) default to the API's. ``transport``
@@ -191,7 +194,13 @@ async def run_job(
             spend=spend,
         )
     async with preflight(
-        job, mode, now=clock.wall(started), limit=limit, fresh=fresh, retry_errors=retry_errors
+        job,
+        mode,
+        now=clock.wall(started),
+        limit=limit,
+        fresh=fresh,
+        retry_errors=retry_errors,
+        rerun_changed=rerun_changed,
     ) as plan:  # the checks `batchrun validate` makes too; the folder's lock held from here
         summary, key, run_dir, done = plan.summary, plan.key, plan.run_dir, plan.done
         if spend.cap_usd is not None:
@@ -200,7 +209,12 @@ async def run_job(
         # input that cannot be counted past the limit (total None) was cut by it all the same.
         total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
         limited = total is None or summary.rows < total
-        options = {"limit": limit, "fresh": fresh, "retry_errors": retry_errors}
+        options = {
+            "limit": limit,
+            "fresh": fresh,
+            "retry_errors": retry_errors,
+            "rerun_changed": rerun_changed,
+        }
         run_id = new_run_id(clock.wall(started))
         structlog.contextvars.bind_contextvars(run_id=run_id)
         log.info(

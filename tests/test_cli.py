@@ -198,13 +198,23 @@ def test_run_json_records_the_options_and_a_limit(write_job: JobWriter, tmp_path
         r"complete: 2 of 5 rows \(--limit\): 2 ok, 0 error; cost \$[0-9.]+; results in", done.stderr
     )
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert manifest["options"] == {"limit": 2, "fresh": True, "retry_errors": False}
+    assert manifest["options"] == {
+        "limit": 2,
+        "fresh": True,
+        "retry_errors": False,
+        "rerun_changed": False,
+    }
     assert (manifest["input_rows"], manifest["input_rows_total"]) == (2, 5)
     assert manifest["limited"] is True
     done = batchrun(job, "--limit", "9", "--retry-errors")
     assert done.returncode == 0, done.stderr
     assert "complete: 5 ok, 0 error" in done.stderr.splitlines()[-1]
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert manifest["options"] == {"limit": 9, "fresh": False, "retry_errors": True}
+    assert manifest["options"] == {
+        "limit": 9,
+        "fresh": False,
+        "retry_errors": True,
+        "rerun_changed": False,
+    }
     assert (manifest["input_rows"], manifest["input_rows_total"]) == (5, 5)
     assert manifest["limited"] is False

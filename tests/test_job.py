@@ -129,6 +129,7 @@ def test_defaults_equal_contract() -> None:
         "telemetry": {"traces": "file", "capture_content": False},
         "cache": {"mode": "off", "dir": None},
         "scorers": [],
+        "variants": [],
     }
 
 

@@ -194,7 +194,9 @@ def test_the_resume_index_holds_keys_status_and_request_hashes(
     assert index["request"].to_list() == [*request_keys(["cd" * 32, "ab" * 32]), None]
     assert (
         index["_hash"].to_list()
-        == resume_keys(["a", "a", "b"], [0, 1, 0], key_hash=key_hash)["_hash"].to_list()
+        == resume_keys(["default"] * 3, ["a", "a", "b"], [0, 1, 0], key_hash=key_hash)[
+            "_hash"
+        ].to_list()
     )
 
 

@@ -314,7 +314,7 @@ async def test_an_empty_folder_plans_nothing_to_skip(write_job: JobWriter, tmp_p
     done = resume_plan(job, tmp_path / "out", None, False)
     assert len(done) == 0
     assert await _pending(job, done) == [("r0", 0), ("r1", 0), ("r2", 0)]
-    assert await _pending(job, done.also({("r1", 0)})) == [("r0", 0), ("r2", 0)]
+    assert await _pending(job, done.also({("default", "r1", 0)})) == [("r0", 0), ("r2", 0)]
 
 
 async def test_requests_in_flight_in_batches_are_skipped_too(
@@ -323,7 +323,9 @@ async def test_requests_in_flight_in_batches_are_skipped_too(
     """Batch mode adds the requests of batches not collected yet to what the folder has done."""
     job = load_job(write_job(rows=4))
     _write_folder(job, tmp_path / "out", {("r0", 0): "ok", ("r2", 0): "error"})
-    done = resume_plan(job, tmp_path / "out", None, True, key_hash=key_hash).also({("r1", 0)})
+    done = resume_plan(job, tmp_path / "out", None, True, key_hash=key_hash).also(
+        {("default", "r1", 0)}
+    )
     assert await _pending(job, done) == [("r2", 0), ("r3", 0)]
     assert len(done) == 1
 
@@ -347,7 +349,8 @@ def test_a_changed_job_is_named_whatever_keys_share_a_hash(
     assert "holds results of a different job: 10 request(s) would now be sent differently" in (
         message
     )
-    assert "e.g. 'r1' (sample 0), 'r1' (sample 1), 'r2' (sample 0). Run with --fresh" in message
+    examples = "e.g. 'r1' (sample 0), 'r1' (sample 1), 'r2' (sample 0). Run with --rerun-changed"
+    assert examples in message
 
 
 def test_one_changed_request_among_many_is_found(

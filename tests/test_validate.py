@@ -95,9 +95,10 @@ def test_validate_of_the_example_job_predicts_a_first_run(
     done = run_cli(Path("validate"), "jobs/eval.yaml", "--set", out, env=env)
     assert done.returncode == 0, done.stderr
     rows = pl.read_csv(root / "jobs" / "data" / "eval.csv").height
+    requests = rows * 2  # two variants
     lines = done.stdout.splitlines()
-    assert lines[0].startswith(f"jobs/eval.yaml: valid. {rows} input rows, {rows} requests")
-    assert f"to send:    {rows} requests: {rows} new, 0 again" in done.stdout
+    assert lines[0].startswith(f"jobs/eval.yaml: valid. {rows} input rows, {requests} requests")
+    assert f"to send:    {requests} requests: {requests} new, 0 again" in done.stdout
     assert "in stream mode" in done.stdout
     assert "in batch mode" in done.stdout
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,10 +47,10 @@ class Recorder:
     writer: ResultsWriter
     run_id: str
     api: Api
-    model: str
     max_attempts: int
     clock: Clock
-    rates: CacheRates | None = None  # the model's batch rates, for each row's cost_usd
+    # Per variant: its model and that model's batch rates (for each row's cost_usd).
+    models: Mapping[str, tuple[str, CacheRates | None]]
     rows: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     cache: ResponseCache | None = None  # ok rows are stored in it (read_write)
     cache_key: Callable[[Entry], str] | None = None
@@ -59,16 +59,18 @@ class Recorder:
         self, result: Any, entry: Entry, times: BatchTimes, *, may_retry: bool
     ) -> Entry | None:
         """Queue ``entry``'s rows; the entry itself when it is to be sent again instead."""
+        # A variant no longer in the job (its batch sent by an earlier run): no price known.
+        model, rates = self.models.get(entry.variant, (None, None))
         settled = settle(
             result,
             entry,
             run_id=self.run_id,
             api=self.api,
-            model=self.model,
+            model=model,
             times=times,
             may_retry=may_retry and entry.attempt < self.max_attempts,
             clock=self.clock,
-            rates=self.rates,
+            rates=rates,
         )
         if settled.result is None:
             self.writer.add_attempts([settled.attempt])

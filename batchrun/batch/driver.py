@@ -58,7 +58,7 @@ class BatchMode:
     interrupted_note = "batches keep running on the API; run the job again to collect them"
     state: BatchState = field(default_factory=BatchState)
     session: Session | None = None
-    _busy: set[tuple[str, int]] = field(default_factory=set)
+    _busy: set[tuple[str, str, int]] = field(default_factory=set)
     _nothing_to_cancel: bool = False
     spend: SpendLedger = field(default_factory=SpendLedger)  # the cap, at batch prices
 
@@ -79,8 +79,9 @@ class BatchMode:
             clear_cancel(run_dir)
         self._nothing_to_cancel = self.cancel and not self.state.unfinished()
 
-    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
-        """(id, sample) of every request in a batch not collected yet: never sent again."""
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
+        """(variant, id, sample) of every request in a batch not collected yet: never sent
+        again."""
         self._busy = await asyncio.to_thread(_in_flight, run_dir, self.state)
         return self._busy
 
@@ -162,17 +163,22 @@ class BatchMode:
         return {"batches": [_describe(record) for record in self.state.records]}
 
 
-def _in_flight(run_dir: Path, state: BatchState) -> set[tuple[str, int]]:
-    return {(e.id, e.sample) for r in state.unfinished() for e in iter_entries(run_dir, r)}
+def _in_flight(run_dir: Path, state: BatchState) -> set[tuple[str, str, int]]:
+    return {
+        (e.variant, e.id, e.sample) for r in state.unfinished() for e in iter_entries(run_dir, r)
+    }
 
 
 def _held(run_dir: Path, state: BatchState, spend: SpendLedger, job: Job) -> float:
-    """The worst case of every request in a batch not collected yet."""
+    """The worst case of every request in a batch not collected yet (each at its variant's
+    price)."""
     api = job.request.api_spec
     return sum(
-        spend.worst_case(api, json.loads(wire)["params"])
+        spend.worst_case(api, json.loads(wire)["params"], entry.variant)
         for record in state.unfinished()
-        for wire in iter_wires(run_dir, record)
+        for entry, wire in zip(
+            iter_entries(run_dir, record), iter_wires(run_dir, record), strict=True
+        )
     )
 
 

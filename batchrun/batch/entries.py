@@ -1,9 +1,10 @@
 """Batch mode's requests: an item as a batch entry, its ``custom_id``, and batches within limits.
 
-A :class:`RequestItem` becomes an :class:`Entry`: the Messages body stream mode would send,
-without ``stream``, under a ``custom_id`` the API accepts (``^[a-zA-Z0-9_-]{1,64}$``). The id is
-deterministic: the row id made safe and cut short, the sample, and a hash of both salted with
-the run folder's own salt, so ids never collide and a batch can be recognised as this folder's
+A :class:`RequestItem` becomes an :class:`Entry`: the Messages body stream mode would send
+(the item's variant's request), without ``stream``, under a ``custom_id`` the API accepts
+(``^[a-zA-Z0-9_-]{1,64}$``). The id is deterministic: the variant (but ``default``) and the row
+id made safe and cut short, the sample, and a hash of the key salted with the run folder's own
+salt, so ids never collide and a batch can be recognised as this folder's
 by the custom ids in its results. :class:`Splitter` groups entries within the API's limits.
 Pure: no I/O. It must not know how entries are stored or sent.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from batchrun.apis import build_request
 from batchrun.job.schema import Job
+from batchrun.job.variants import DEFAULT as DEFAULT_VARIANT
 from batchrun.models import RequestItem
 
 __all__ = ["BatchLimits", "Entry", "Splitter", "body", "custom_id", "make_entry", "wire_custom_id"]
@@ -36,21 +38,28 @@ class BatchLimits:
     max_bytes: int = 256_000_000
 
 
-def custom_id(salt: str, item_id: str, sample: int) -> str:
-    """``{safe id}-{sample}-{hash}``: readable in the console, unique, at most 64 characters."""
-    key = f"{salt}\0{item_id}\0{sample}".encode("utf-8", "surrogatepass")
-    tail = f"-{sample}-{hashlib.sha256(key).hexdigest()[:20]}"
-    return _UNSAFE.sub("_", item_id)[: max(0, 64 - len(tail))] + tail
+def custom_id(salt: str, item_id: str, sample: int, variant: str = DEFAULT_VARIANT) -> str:
+    """``[{variant}-]{safe id}-{sample}-{hash}``: readable in the console, unique, at most 64
+    characters. The default variant's ids are those of folders from before variants."""
+    key = f"{salt}\0{item_id}\0{sample}"
+    readable = item_id
+    if variant != DEFAULT_VARIANT:
+        key, readable = f"{key}\0{variant}", f"{variant}-{item_id}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    tail = f"-{sample}-{digest}"
+    return _UNSAFE.sub("_", readable)[: max(0, 64 - len(tail))] + tail
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """Where the answer to one request of a batch goes (id, sample), and which attempt it is.
+    """Where the answer to one request of a batch goes (variant, id, sample), and which attempt
+    it is.
 
     ``request_hash`` is stream mode's hash of the same request, so a run folder can switch
     modes and still resume. ``first_at`` is when the request was first submitted (ISO 8601), for
     the row's ``started_at`` after retries. ``input_row`` is the item's row (``None`` in batch
-    state written before it was kept). The request itself travels as its wire form.
+    state written before it was kept). ``variant`` is ``default`` in batch state written before
+    variants. The request itself travels as its wire form.
     """
 
     custom_id: str
@@ -60,6 +69,7 @@ class Entry:
     attempt: int = 1
     first_at: str | None = None
     input_row: int | None = None
+    variant: str = DEFAULT_VARIANT
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,11 +80,13 @@ class Entry:
             "attempt": self.attempt,
             "first_at": self.first_at,
             "input_row": self.input_row,
+            "variant": self.variant,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
         first_at, input_row = data.get("first_at"), data.get("input_row")
+        variant = data.get("variant")
         return cls(
             custom_id=str(data["custom_id"]),
             id=str(data["id"]),
@@ -83,6 +95,7 @@ class Entry:
             attempt=int(data["attempt"]),
             first_at=first_at if isinstance(first_at, str) else None,
             input_row=input_row if isinstance(input_row, int) else None,
+            variant=variant if isinstance(variant, str) else DEFAULT_VARIANT,
         )
 
     def retry(self, first_at: str | None) -> Entry:
@@ -93,16 +106,16 @@ class Entry:
 def make_entry(job: Job, item: RequestItem, salt: str) -> tuple[Entry, bytes]:
     """``item`` as the first attempt of a batch entry, and its wire form: the
     ``{"custom_id": ..., "params": ...}`` object a batch body carries."""
-    params, request_hash = build_request(
-        job.request.api_spec, item, job.request.params, job.endpoint.betas
-    )
+    request = job.variant(item.variant).request
+    params, request_hash = build_request(request.api_spec, item, request.params, job.endpoint.betas)
     params.pop("stream", None)
     entry = Entry(
-        custom_id(salt, item.id, item.sample),
+        custom_id(salt, item.id, item.sample, item.variant),
         item.id,
         item.sample,
         request_hash,
         input_row=item.row,
+        variant=item.variant,
     )
     # ASCII-only JSON: a lone surrogate in a prompt stays an escape, never invalid UTF-8 that
     # would make the whole batch unreadable. custom_id comes first (see wire_custom_id).

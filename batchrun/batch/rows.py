@@ -92,7 +92,7 @@ def settle(
     *,
     run_id: str,
     api: Api,
-    model: str,
+    model: str | None,
     times: BatchTimes,
     may_retry: bool,
     clock: Clock,
@@ -104,7 +104,7 @@ def settle(
     got = result if isinstance(result, AttemptError) else outcome(result, api)
     error = got if isinstance(got, AttemptError) else None
     completion = got if isinstance(got, Completion) else None
-    item = RequestItem(id=entry.id, sample=entry.sample, messages=())
+    item = RequestItem(id=entry.id, sample=entry.sample, messages=(), variant=entry.variant)
     final = Attempt(request_id=times.request_id, completion=completion, error=error)
     attempt = attempt_row(run_id, item, entry.attempt, 0.0, final, clock)
     # Batch state written before input_row was kept: the row is not known (null, not 0).

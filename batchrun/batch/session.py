@@ -80,14 +80,17 @@ class Session:
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.job.retry.initial_backoff_s, self.job.retry.max_backoff_s)
+        prices = self.job.prices
         self.recorder = Recorder(
             self.writer,
             self.run_id,
             self.job.request.api_spec,
-            self.job.request.model,
             self.job.retry.max_attempts,
             self.clock,
-            rates_for(self.job.request.model, self.job.prices, "batch"),
+            {
+                v.name: (v.request.model, rates_for(v.request.model, prices, "batch"))
+                for v in self.job.effective_variants
+            },
             cache=self.cache,
             cache_key=self._cache_key,
         )
@@ -113,7 +116,7 @@ class Session:
             entry, wire = make_entry(self.job, item, self.state.salt)
             if await self._cached(item, entry):
                 continue  # answered from the response cache: never submitted
-            if not self._affords(wire):
+            if not self._affords(entry, wire):
                 break  # past the spend cap: this request and the rest wait for a later run
             if not splitter.fits(wire):
                 too_large = PermanentError(
@@ -131,12 +134,13 @@ class Session:
         if rest and not self._halted():
             await self._send_new(rest)
 
-    def _affords(self, wire: bytes) -> bool:
+    def _affords(self, entry: Entry, wire: bytes) -> bool:
         """Whether the spend cap holds the worst case of ``wire``'s request (then it is held
         for the rest of the session: batches report their cost only when collected)."""
         if self.spend.cap_usd is None:
             return True
-        usd = self.spend.worst_case(self.job.request.api_spec, json.loads(wire)["params"])
+        params = json.loads(wire)["params"]
+        usd = self.spend.worst_case(self.job.request.api_spec, params, entry.variant)
         if self.spend.take(usd):
             return True
         log.warning(
@@ -165,7 +169,7 @@ class Session:
             cached,
             run_id=self.run_id,
             item=item,
-            model=self.job.request.model,
+            model=self.job.variant(item.variant).request.model,
             api=self.job.request.api_spec.name,
             request_hash=entry.request_hash,
             at=self._wall(),

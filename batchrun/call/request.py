@@ -82,9 +82,10 @@ class _Sent:
 
 async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> None:
     """Send ``item`` until it succeeds, fails for good or runs out of attempts; record it."""
-    job, tel = ctx.job, ctx.telemetry
-    api = job.request.api_spec
-    body, request_hash = build_request(api, item, job.request.params, job.endpoint.betas)
+    job, tel = ctx.job, ctx.telemetry.of(item.variant)
+    request = job.variant(item.variant).request  # the variant picks the model and its keys
+    api = request.api_spec
+    body, request_hash = build_request(api, item, request.params, job.endpoint.betas)
     key = ""
     if ctx.cache is not None:
         endpoint = job.endpoint
@@ -93,7 +94,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
         if cached is not None:
             _record_hit(ctx, item, queued_at, request_hash, cached)
             return
-    hold = await ctx.spend.reserve(api, body)
+    hold = await ctx.spend.reserve(api, body, item.variant)
     if hold is None:
         return  # past the spend cap: not sent, not recorded; dispatch stops
     sent = _Sent()
@@ -101,13 +102,15 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
     trace_id = format(span.get_span_context().trace_id, "032x")
     with (
         trace.use_span(span, end_on_exit=False),
-        structlog.contextvars.bound_contextvars(id=item.id, sample=item.sample, trace_id=trace_id),
+        structlog.contextvars.bound_contextvars(
+            variant=item.variant, id=item.id, sample=item.sample, trace_id=trace_id
+        ),
     ):
 
         async def attempt_once(number: int, backoff_s: float) -> Attempt:
             nonlocal sent
             structlog.contextvars.bind_contextvars(attempt=number)
-            attempt = await _attempt(ctx, api, body, number, backoff_s)
+            attempt = await _attempt(ctx, tel, api, body, number, backoff_s)
             row = attempt_row(ctx.run_id, item, number, backoff_s, attempt, ctx.clock)
             sent = _Sent(
                 (*sent.attempts, attempt), (*sent.rows, row), sent.retry_wait_s + backoff_s
@@ -164,7 +167,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
         row = result_row(
             run_id=ctx.run_id,
             item=item,
-            model=job.request.model,
+            model=request.model,
             api=api.name,
             final=sent.final,
             error=error,
@@ -175,7 +178,7 @@ async def process(ctx: StreamContext, item: RequestItem, queued_at: float) -> No
             trace_id=trace_id,
             request_hash=request_hash,
             clock=ctx.clock,
-            rates=rates_for(job.request.model, job.prices),
+            rates=rates_for(request.model, job.prices),
         )
         ctx.spend.settle(hold, row["cost_usd"])
         tel.end(span, error, sent.final, row["cost_usd"])
@@ -207,7 +210,7 @@ def _record_hit(
         cached,
         run_id=ctx.run_id,
         item=item,
-        model=ctx.job.request.model,
+        model=ctx.job.variant(item.variant).request.model,
         api=ctx.job.request.api_spec.name,
         request_hash=request_hash,
         at=ctx.clock.wall(now),
@@ -215,12 +218,12 @@ def _record_hit(
     )
     ctx.writer.add(row, ())
     ctx.progress.update(ok=True, output_tokens=row["output_tokens"])
-    log.debug("batchrun.request.cache_hit", id=item.id, sample=item.sample)
+    log.debug("batchrun.request.cache_hit", variant=item.variant, id=item.id, sample=item.sample)
 
 
-def _chunk_observer(ctx: StreamContext) -> Callable[[float], None]:
+def _chunk_observer(ctx: StreamContext, tel: RequestTelemetry) -> Callable[[float], None]:
     """Per content chunk: the metric, and the news that the endpoint answers."""
-    record, alive = ctx.telemetry.chunk_recorder(), ctx.reach.alive
+    record, alive = tel.chunk_recorder(), ctx.reach.alive
 
     def on_chunk(offset: float) -> None:
         record(offset)
@@ -235,7 +238,12 @@ def _cancelled(span: trace.Span) -> None:
 
 
 async def _attempt(
-    ctx: StreamContext, api: Api, body: dict[str, Any], number: int, backoff_s: float
+    ctx: StreamContext,
+    tel: RequestTelemetry,
+    api: Api,
+    body: dict[str, Any],
+    number: int,
+    backoff_s: float,
 ) -> Attempt:
     """One attempt, after the budget allows it, inside its own span; the budget is settled
     with what it used."""
@@ -248,18 +256,18 @@ async def _attempt(
         return Attempt(sent_at=now, ended_at=now, error=exc)
     attempt = Attempt()  # what settle sees if the attempt is cancelled
     try:
-        with ctx.telemetry.attempt_span(number, backoff_s) as span:
+        with tel.attempt_span(number, backoff_s) as span:
             attempt = await stream_attempt(
                 ctx.client,
                 api,
                 body,
                 total_s=ctx.job.timeouts.total_s,
                 clock=ctx.clock,
-                on_chunk=_chunk_observer(ctx),
+                on_chunk=_chunk_observer(ctx, tel),
             )
-            ctx.telemetry.annotate(span, attempt)
+            tel.annotate(span, attempt)
     finally:
         ctx.budget.settle(reservation, attempt)
     ctx.reach.saw(attempt)
-    ctx.telemetry.attempt_metrics(attempt)
+    tel.attempt_metrics(attempt)
     return attempt

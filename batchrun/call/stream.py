@@ -169,7 +169,7 @@ class StreamMode:
     def prepare(self, run_dir: Path, fresh: bool) -> None:
         """Nothing of its own in the run folder."""
 
-    async def in_flight(self, run_dir: Path) -> set[tuple[str, int]]:
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
         return set()  # a request in flight when a run ended was never recorded: send it again
 
     def started(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from batchrun.job.sections import (
     TelemetryConfig,
     TimeoutsConfig,
 )
+from batchrun.job.variants import DEFAULT, Variant, VariantConfig, resolve
 from batchrun.shard.assign import Shard
 from batchrun.sim.config import SimConfig
 
@@ -75,6 +77,8 @@ class Job(Section):
     request: RequestConfig = Field(
         description="what to ask, e.g. request: {model: claude-sonnet-5-5, max_tokens: 256}"
     )
+    # Several requests per row, compared (batchrun.job.variants); none: one, named default.
+    variants: tuple[VariantConfig, ...] = Field(default=(), strict=False)
     limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -89,6 +93,7 @@ class Job(Section):
 
     _path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "job.yaml")
     _shard: Shard | None = PrivateAttr(default=None)  # --shard K/N: see batchrun.shard
+    _variants: tuple[Variant, ...] = PrivateAttr(default=())
 
     @model_validator(mode="before")
     @classmethod
@@ -110,32 +115,8 @@ class Job(Section):
     @classmethod
     def _fits_version(cls, request: RequestConfig, info: ValidationInfo) -> RequestConfig:
         endpoint = info.data.get("endpoint")
-        if endpoint is None:
-            return request
-        version, api = endpoint.anthropic_version, request.api_spec
-        if api.versions is not None and version not in api.versions:
-            only = ", ".join(sorted(api.versions))
-            raise ValueError(
-                f"api: {api.name} speaks anthropic_version {only} only (got "
-                f"endpoint.anthropic_version: {version!r}); set endpoint.anthropic_version: "
-                f'"{only}", or remove it'
-            )
-        sampling = sampling_set(request)
-        if sampling and version >= LATEST_VERSION:
-            raise ValueError(
-                f"sets {', '.join(sampling)}, but anthropic_version {version} has no temperature, "
-                "top_p or top_k (the API answers 400 even at their defaults); remove them from "
-                "request, or pin endpoint.anthropic_version: "
-                f'"{FIRST_VERSION}" with a model that takes them (e.g. claude-haiku-4-5)'
-            )
-        model = lookup(request.model)
-        non_default = sampling_set(request, non_default=True)
-        if model is not None and not model.sampling and non_default:
-            raise ValueError(
-                f"sets {', '.join(non_default)}, but {request.model} refuses sampling values "
-                "other than the defaults on every API version (the API answers 400); remove "
-                "them from request, or use a model that takes them (e.g. claude-haiku-4-5)"
-            )
+        if endpoint is not None:
+            _version_rules(request, endpoint)
         return request
 
     @field_validator("prices", mode="before")
@@ -163,18 +144,45 @@ class Job(Section):
         return {**DEFAULT_PRICES, **value}
 
     @model_validator(mode="after")
+    def _variants_fit(self) -> Job:
+        endpoint = self.endpoint
+        self._variants = resolve(
+            self.variants, self.request, self.input, lambda r: _version_rules(r, endpoint)
+        )
+        return self
+
+    @model_validator(mode="after")
     def _priced_under_cap(self) -> Job:
         from batchrun.record.cost import rates_for  # record imports job: not at import
 
-        model = self.request.model
-        if self.limits.max_cost_usd is not None and rates_for(model, self.prices) is None:
-            raise ValueError(
-                f"limits.max_cost_usd is set, but request.model {model} has no price, so no "
-                f"request could be counted against the cap; give its price under prices: "
-                f"({model}: {{input: ..., output: ...}}, USD per million tokens), or remove "
-                "limits.max_cost_usd"
-            )
+        if self.limits.max_cost_usd is None:
+            return self
+        for variant in self.effective_variants:
+            model = variant.request.model
+            if rates_for(model, self.prices) is None:
+                key = "request.model" if variant.index is None else f"{variant.shown} model"
+                raise ValueError(
+                    f"limits.max_cost_usd is set, but {key} {model} has no price, so no "
+                    f"request could be counted against the cap; give its price under prices: "
+                    f"({model}: {{input: ..., output: ...}}, USD per million tokens), or remove "
+                    "limits.max_cost_usd"
+                )
         return self
+
+    @property
+    def effective_variants(self) -> tuple[Variant, ...]:
+        """The variants every input row runs under, each with its whole request and input,
+        in the order a row's requests go out (by name); without ``variants``, one: default."""
+        if not self.variants or not self._variants:  # made from this job's fields, always
+            return (Variant(DEFAULT, self.request, self.input),)
+        return self._variants
+
+    def variant(self, name: str) -> Variant:
+        """The variant called ``name`` (KeyError when the job has none by that name)."""
+        for variant in self.effective_variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
 
     @field_validator("name")
     @classmethod
@@ -189,22 +197,25 @@ class Job(Section):
     @property
     def warnings(self) -> tuple[str, ...]:
         """What is valid but worth saying before a run: a model the catalogue does not know
-        (new models appear: it is sent as given), one that is deprecated."""
-        model = self.request.model
-        info = lookup(model)
-        if info is None:
-            known = ", ".join(i.id for i in models() if i.status == "active")
-            return (
-                f"request.model: {model} is not in batchrun's model catalogue; it is sent as "
-                "given, with no output limit checked (give its price under prices: for the "
-                f"cost); current models: {known}",
-            )
-        if info.status == "deprecated":
-            return (
-                f"request.model: {model} is deprecated and retires on {info.retired_on}; "
-                f"move to model: {info.successor}",
-            )
-        return ()
+        (new models appear: it is sent as given), one that is deprecated; per variant."""
+        found: list[str] = []
+        for variant in self.effective_variants:
+            model = variant.request.model
+            key = "request.model" if variant.index is None else f"{variant.shown}: model"
+            info = lookup(model)
+            if info is None:
+                known = ", ".join(i.id for i in models() if i.status == "active")
+                found.append(
+                    f"{key}: {model} is not in batchrun's model catalogue; it is sent as "
+                    "given, with no output limit checked (give its price under prices: for the "
+                    f"cost); current models: {known}"
+                )
+            elif info.status == "deprecated":
+                found.append(
+                    f"{key}: {model} is deprecated and retires on {info.retired_on}; "
+                    f"move to model: {info.successor}"
+                )
+        return tuple(dict.fromkeys(found))
 
     @property
     def path(self) -> Path:
@@ -277,6 +288,34 @@ class Job(Section):
         return data
 
 
+def _version_rules(request: RequestConfig, endpoint: EndpointConfig) -> None:
+    """The API version's rules for a request (the job's, and each variant's); ValueError."""
+    version, api = endpoint.anthropic_version, request.api_spec
+    if api.versions is not None and version not in api.versions:
+        only = ", ".join(sorted(api.versions))
+        raise ValueError(
+            f"api: {api.name} speaks anthropic_version {only} only (got "
+            f"endpoint.anthropic_version: {version!r}); set endpoint.anthropic_version: "
+            f'"{only}", or remove it'
+        )
+    sampling = sampling_set(request)
+    if sampling and version >= LATEST_VERSION:
+        raise ValueError(
+            f"sets {', '.join(sampling)}, but anthropic_version {version} has no temperature, "
+            "top_p or top_k (the API answers 400 even at their defaults); remove them from "
+            "request, or pin endpoint.anthropic_version: "
+            f'"{FIRST_VERSION}" with a model that takes them (e.g. claude-haiku-4-5)'
+        )
+    model = lookup(request.model)
+    non_default = sampling_set(request, non_default=True)
+    if model is not None and not model.sampling and non_default:
+        raise ValueError(
+            f"sets {', '.join(non_default)}, but {request.model} refuses sampling values "
+            "other than the defaults on every API version (the API answers 400); remove "
+            "them from request, or use a model that takes them (e.g. claude-haiku-4-5)"
+        )
+
+
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
     """Read, override and validate a job file; every problem found is in one JobError.
 
@@ -284,16 +323,31 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
     value, applied in order after the file is read.
     """
     job = load_model(path, Job, overrides, secret_keys=_SECRET_KEYS).with_path(path)
-    if not job.request.files():
+    if not any(v.request.files() for v in job.effective_variants) and not job.request.files():
         return job
-    data = read_request_files(job.request, job.base_dir, shown=str(path))
+    request = _with_files(job.request, job.base_dir, str(path), "request")
+    variants = tuple(
+        replace(v, request=_with_files(v.request, job.base_dir, str(path), v.shown))
+        for v in job.effective_variants
+    )
+    job = job.model_copy(update={"request": request})
+    job._variants = variants
+    return job
+
+
+def _with_files(request: RequestConfig, base_dir: Path, shown: str, where: str) -> RequestConfig:
+    """``request`` with the keys it gives as paths read (``where`` names it in messages)."""
+    if not request.files():
+        return request
+    data = read_request_files(request, base_dir, shown=shown)
     try:
-        request = RequestConfig.model_validate({**job.request.model_dump(), **data})
+        return RequestConfig.model_validate({**request.model_dump(), **data})
     except ValidationError as exc:
-        read = ", ".join(f"{key}: {name}" for key, name in job.request.files().items())
+        read = ", ".join(f"{key}: {name}" for key, name in request.files().items())
         lines = []
         for err in exc.errors(include_url=False):
             key = ".".join(map(str, ("request", *err["loc"])))
-            lines.append(f"{path}: {key}: {err['msg'].removeprefix('Value error, ')} ({read})")
+            message = err["msg"].removeprefix("Value error, ")
+            of = "" if where == "request" else f"{where}: "
+            lines.append(f"{shown}: {of}{key}: {message} ({read})")
         raise JobError("\n".join(lines)) from None
-    return job.model_copy(update={"request": request})

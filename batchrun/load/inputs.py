@@ -18,6 +18,7 @@ import polars as pl
 
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
+from batchrun.job.variants import Variant
 from batchrun.load.conversation import CellKind, parse_messages
 from batchrun.load.sources import (
     FILE,
@@ -32,6 +33,7 @@ from batchrun.load.sources import (
     messages_kind,
     parse_all_fields,
     sources,
+    templates,
     unreadable,
 )
 from batchrun.models import InputSummary, RequestItem
@@ -90,27 +92,35 @@ def _file_problems(
 ) -> tuple[int, list[str]]:
     """One file's row count and the problems in its rows, in one pass of chunks of
     ``chunk_rows``: null ids, null template cells, empty prompts, bad ``messages_column``
-    cells. Appends the hashes of its ids (``id_hash``) to ``hashes`` for the duplicate check."""
-    cfg = job.input
-    uses = {c: "input.prompt" for c in cfg.prompt_columns}
-    for c in cfg.system_columns:
-        uses[c] = "input.system" if c not in uses else "input.prompt and input.system"
-    has_prompt = cfg.prompt is not None
-    blank = pl.col(PROMPT).str.strip_chars().str.len_chars() == 0 if has_prompt else pl.lit(False)
-    bad = pl.any_horizontal(*(pl.col(c).is_null() for c in uses), blank, pl.lit(False))
+    cells (of every variant's templates). Appends the hashes of its ids (``id_hash``) to
+    ``hashes`` for the duplicate check."""
+    uses: dict[str, list[str]] = {}  # column -> the keys that use it
+    prompts: dict[str, str] = {}  # rendered prompt column -> its key and template, for messages
+    columns: dict[str, str] = {}  # messages column -> its key
+    for variant in job.effective_variants:
+        t, cfg = templates(job).index(variant.input), variant.input
+        for key, cols in (("prompt", cfg.prompt_columns), ("system", cfg.system_columns)):
+            for c in cols:
+                uses.setdefault(c, []).append(variant.input_key(key))
+        if cfg.prompt is not None:
+            prompts.setdefault(f"{PROMPT}{t}", f"{variant.input_key('prompt')}: {cfg.prompt!r}")
+        if cfg.messages_column is not None:
+            columns.setdefault(cfg.messages_column, variant.input_key("messages_column"))
+    blank = [pl.col(p).str.strip_chars().str.len_chars() == 0 for p in prompts]
+    bad = pl.any_horizontal(*(pl.col(c).is_null() for c in uses), *blank, pl.lit(False))
     ident = pl.col(ID)
-    null_id = ident.is_null() | (ident == "") if cfg.id_column is not None else pl.lit(False)
-    column = cfg.messages_column
-    kind = messages_kind(src.schema[column]) if column is not None else None
-    shown = [LOCAL, ID, *uses, *([PROMPT] if has_prompt else [])]
-    wanted = list(dict.fromkeys([*shown, *([column] if column is not None else [])]))
+    null_id = ident.is_null() | (ident == "") if job.input.id_column is not None else pl.lit(False)
+    shown = [LOCAL, ID, *uses, *prompts]
+    wanted = list(dict.fromkeys([*shown, *columns]))
     rows = found_ids = found_bad = found_messages = 0
     null_ids: list[int] = []
     bad_rows: list[dict[str, Any]] = []
     message_problems: list[str] = []
+    kinds = {column: messages_kind(src.schema[column]) for column in columns}
+    text_only = job.request.api_spec.text_only
     for df in _chunks(src, lf.select(wanted), head, chunk_rows):
         rows += df.height
-        if cfg.id_column is not None:
+        if job.input.id_column is not None:
             hashes.append(df.select(id_hash.drop_nulls()).to_series())
         flagged = df.filter(null_id)
         found_ids += flagged.height
@@ -118,19 +128,18 @@ def _file_problems(
         flagged = df.filter(bad)
         found_bad += flagged.height
         bad_rows += flagged.select(shown).head(_SHOWN - len(bad_rows)).to_dicts()
-        if column is None:
-            continue
-        for local, ident_, cell in df.select(LOCAL, ID, column).iter_rows():
-            try:
-                parse_messages(cell, kind=kind, text_only=job.request.api_spec.text_only)
-            except ValueError as exc:
-                found_messages += 1
-                if found_messages <= _SHOWN:
-                    where = _where(job, src.shown, local, ident_)
-                    message_problems.append(f"{where}: input.messages_column {column!r}: {exc}")
+        for column, key in columns.items():
+            for local, ident_, cell in df.select(LOCAL, ID, column).iter_rows():
+                try:
+                    parse_messages(cell, kind=kinds[column], text_only=text_only)
+                except ValueError as exc:
+                    found_messages += 1
+                    if found_messages <= _SHOWN:
+                        where = _where(job, src.shown, local, ident_)
+                        message_problems.append(f"{where}: {key} {column!r}: {exc}")
     problems = [
-        f"{_where(job, src.shown, local, None)}: input.id_column {cfg.id_column!r} is null or "
-        "empty; every row needs an id"
+        f"{_where(job, src.shown, local, None)}: input.id_column {job.input.id_column!r} is "
+        "null or empty; every row needs an id"
         for local in null_ids
     ]
     problems += _more(found_ids)
@@ -138,9 +147,11 @@ def _file_problems(
         where = _where(job, src.shown, row[LOCAL], row[ID])
         nulls = [c for c in uses if row[c] is None]
         for c in nulls:
-            problems.append(f"{where}: column {c!r} is null ({uses[c]} uses it)")
+            problems.append(f"{where}: column {c!r} is null ({' and '.join(uses[c])} uses it)")
         if not nulls:
-            problems.append(f"{where}: the rendered prompt is empty (input.prompt: {cfg.prompt!r})")
+            for p, key in prompts.items():
+                if row[p] is not None and not row[p].strip():
+                    problems.append(f"{where}: the rendered prompt is empty ({key})")
     problems += _more(found_bad)
     return rows, problems + message_problems + _more(found_messages)
 
@@ -235,7 +246,8 @@ def check_input(
     if problems:
         raise JobError("\n".join(problems))
     columns = list(dict.fromkeys(c for src in files for c in src.schema))
-    return InputSummary(rows=rows, requests=rows * job.request.samples, columns=columns)
+    requests = rows * job.request.samples * len(job.effective_variants)
+    return InputSummary(rows=rows, requests=requests, columns=columns)
 
 
 def count_rows(job: Job) -> int | None:
@@ -256,8 +268,10 @@ def iter_batches(
 ) -> Iterator[list[RequestItem]]:
     """Stream the input as lists of RequestItems, each from at most ``batch_rows`` input rows.
 
-    Rows come in file order (files sorted by name); each row yields ``samples`` items, sample
-    0..n-1 in order. Without ``id_column`` an item's id is its 0-based row number across all files.
+    Rows come in file order (files sorted by name); each row yields one item per variant (in
+    the job's run order, by name) and sample (0..n-1), variant by variant: row-major, so that a
+    run cut short holds every variant of the rows it finished. Without ``id_column`` an item's
+    id is its 0-based row number across all files.
     The files are read a chunk at a time, when the batches before are taken: memory does not
     grow with the input (``chunk_rows`` rows are read at once, rounded to whole batches). Run
     :func:`check_input` first: a bad row met here raises JobError and stops the stream.
@@ -273,10 +287,11 @@ def iter_batches(
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1 (got {batch_rows})")
     files = sources(job)
-    cfg, column = job.input, job.input.messages_column
-    kind = messages_kind(files[0].schema[column]) if column is not None else None
-    content = column if column is not None else PROMPT
-    wanted = [ROW, FILE, LOCAL, ID, content, *([SYSTEM] if cfg.system is not None else [])]
+    wanted = [ROW, FILE, LOCAL, ID]
+    for t, cfg in enumerate(templates(job)):
+        wanted += [cfg.messages_column or f"{PROMPT}{t}"]
+        wanted += [f"{SYSTEM}{t}"] if cfg.system is not None else []
+    wanted = list(dict.fromkeys(wanted))
     chunk = batch_rows * max(1, chunk_rows // batch_rows)
     rows = 0
     try:
@@ -291,7 +306,7 @@ def iter_batches(
             for df in _chunks(src, derive(job, lf).select(wanted), head, chunk):
                 rows += df.height
                 for start in range(0, df.height, batch_rows):
-                    yield _items(job, files, df.slice(start, batch_rows), content, kind)
+                    yield _items(job, files, df.slice(start, batch_rows))
     except pl.exceptions.PolarsError as exc:
         # check_input read these files; one changed since. Name it when there is only one.
         if len(files) == 1:
@@ -299,44 +314,65 @@ def iter_batches(
         raise JobError(f"input.path {job.input.path!r}: cannot read: {exc}") from exc
 
 
-def _items(
-    job: Job,
-    files: list[Source],
-    df: pl.DataFrame,
-    content: str,
-    kind: CellKind | None,
-) -> list[RequestItem]:
+def _items(job: Job, files: list[Source], df: pl.DataFrame) -> list[RequestItem]:
+    """The requests of ``df``'s rows: per row, each variant (in run order), each sample."""
     samples, text_only = job.request.samples, job.request.api_spec.text_only
-    systems = df[SYSTEM].to_list() if SYSTEM in df.columns else [None] * df.height
+    shapes = templates(job)
+    kinds = {
+        cfg.messages_column: messages_kind(files[0].schema[cfg.messages_column])
+        for cfg in shapes
+        if cfg.messages_column is not None
+    }
+    runs = [(v, shapes.index(v.input)) for v in job.effective_variants]
     items: list[RequestItem] = []
-    for (row, file, local, ident, cell), system in zip(
-        df.select(ROW, FILE, LOCAL, ID, content).iter_rows(), systems, strict=True
-    ):
+    for values in df.iter_rows(named=True):
+        row, file, local, ident = values[ROW], values[FILE], values[LOCAL], values[ID]
+        rendered: dict[int, tuple[tuple[dict[str, Any], ...], str | None]] = {}
         try:
             if not ident:
                 raise ValueError(f"input.id_column {job.input.id_column!r} is null or empty")
-            if kind is None:
-                if cell is None or not cell.strip():
-                    raise ValueError("the rendered prompt is empty or null")
-                messages: tuple[dict[str, Any], ...] = ({"role": "user", "content": cell},)
-            else:
-                try:
-                    messages = parse_messages(cell, kind=kind, text_only=text_only)
-                except ValueError as exc:
-                    column = job.input.messages_column
-                    raise ValueError(f"input.messages_column {column!r}: {exc}") from None
-            if system is None and job.input.system is not None:
-                raise ValueError("a column input.system uses is null")
+            for variant, t in runs:
+                if t not in rendered:
+                    rendered[t] = _conversation(variant, t, values, kinds, text_only)
         except ValueError as exc:
             raise JobError(f"{_where(job, files[file].shown, local, ident)}: {exc}") from None
-        for sample in range(samples):
-            items.append(
-                RequestItem(
-                    id=ident,
-                    sample=sample,
-                    messages=tuple(dict(m) for m in messages),
-                    system=system or None,  # a system template that renders empty: no system
-                    row=row,
+        for variant, t in runs:
+            messages, system = rendered[t]
+            for sample in range(samples):
+                items.append(
+                    RequestItem(
+                        id=ident,
+                        sample=sample,
+                        messages=tuple(dict(m) for m in messages),
+                        system=system or None,  # a system template that renders empty: none
+                        row=row,
+                        variant=variant.name,
+                    )
                 )
-            )
     return items
+
+
+def _conversation(
+    variant: Variant,
+    t: int,
+    values: dict[str, Any],
+    kinds: dict[str, CellKind | None],
+    text_only: bool,
+) -> tuple[tuple[dict[str, Any], ...], str | None]:
+    """One row's messages and system under ``variant`` (template ``t``); ValueError."""
+    cfg = variant.input
+    system = values.get(f"{SYSTEM}{t}")
+    if system is None and cfg.system is not None:
+        raise ValueError(f"a column {variant.input_key('system')} uses is null")
+    if cfg.messages_column is None:
+        cell = values[f"{PROMPT}{t}"]
+        if cell is None or not cell.strip():
+            raise ValueError("the rendered prompt is empty or null")
+        return ({"role": "user", "content": cell},), system
+    try:
+        kind = kinds[cfg.messages_column]
+        messages = parse_messages(values[cfg.messages_column], kind=kind, text_only=text_only)
+    except ValueError as exc:
+        key = variant.input_key("messages_column")
+        raise ValueError(f"{key} {cfg.messages_column!r}: {exc}") from None
+    return messages, system

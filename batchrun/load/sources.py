@@ -18,6 +18,7 @@ import polars as pl
 
 from batchrun.errors import JobError
 from batchrun.job.schema import Job
+from batchrun.job.sections import InputConfig
 from batchrun.job.templates import TemplatePart
 from batchrun.load.conversation import CellKind
 
@@ -34,6 +35,7 @@ __all__ = [
     "messages_kind",
     "parse_all_fields",
     "sources",
+    "templates",
     "unreadable",
 ]
 
@@ -98,9 +100,11 @@ def sources(job: Job) -> list[Source]:
         source = Source(p, _shown(job, p), schema)
         problems += _schema_problems(job, source)
         found.append(source)
-    column = job.input.messages_column
-    if column is not None and len({messages_kind(s.schema[column]) for s in found}) > 1:
-        problems.append(f"{job.input.path}: {column!r} is JSON text in some files, lists in others")
+    for column in {t.messages_column for t in templates(job) if t.messages_column is not None}:
+        if len({messages_kind(s.schema[column]) for s in found if column in s.schema}) > 1:
+            problems.append(
+                f"{job.input.path}: {column!r} is JSON text in some files, lists in others"
+            )
     if problems:
         raise JobError("\n".join(problems))
     return found
@@ -202,14 +206,16 @@ def parse_all_fields(src: Source, head: int | None) -> None:
 
 
 def _schema_problems(job: Job, src: Source) -> list[str]:
-    cfg, names = job.input, list(src.schema)
-    wanted: list[tuple[str, str]] = []  # (key, column)
-    if cfg.id_column is not None:
-        wanted.append(("input.id_column", cfg.id_column))
-    wanted += [("input.prompt", c) for c in cfg.prompt_columns]
-    wanted += [("input.system", c) for c in cfg.system_columns]
-    if cfg.messages_column is not None:
-        wanted.append(("input.messages_column", cfg.messages_column))
+    names = list(src.schema)
+    wanted: dict[tuple[str, str], None] = {}  # (key, column), each once, in order
+    if job.input.id_column is not None:
+        wanted[("input.id_column", job.input.id_column)] = None
+    for variant in job.effective_variants:
+        cfg = variant.input
+        wanted.update(dict.fromkeys((variant.input_key("prompt"), c) for c in cfg.prompt_columns))
+        wanted.update(dict.fromkeys((variant.input_key("system"), c) for c in cfg.system_columns))
+        if cfg.messages_column is not None:
+            wanted[(variant.input_key("messages_column"), cfg.messages_column)] = None
     listing = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
     problems = []
     for key, col in wanted:
@@ -221,9 +227,9 @@ def _schema_problems(job: Job, src: Source) -> list[str]:
                 f"{src.shown}: {key} uses column {col!r}, which the file does not have{hint} "
                 f"(columns: {listing})"
             )
-        elif key != "input.messages_column" and src.schema[col].is_nested():
+        elif not key.endswith("messages_column") and src.schema[col].is_nested():
             problems.append(f"{src.shown}: {key} column {col!r} is {src.schema[col]}, not a scalar")
-        elif key == "input.messages_column" and messages_kind(src.schema[col]) is None:
+        elif key.endswith("messages_column") and messages_kind(src.schema[col]) is None:
             problems.append(
                 f"{src.shown}: {key} column {col!r} is {src.schema[col]}; it must hold a list "
                 "of {role, content} structs or JSON text"
@@ -240,14 +246,21 @@ def messages_kind(dtype: pl.DataType) -> CellKind | None:
     return None
 
 
+def templates(job: Job) -> list[InputConfig]:
+    """The distinct input templates of the job's variants, in run order: the columns
+    :func:`derive` renders are ``PROMPT``/``SYSTEM`` followed by a template's place here."""
+    return list(dict.fromkeys(v.input for v in job.effective_variants))
+
+
 def frame(job: Job, src: Source, index: int) -> pl.LazyFrame:
     """One file's rows: only the columns the job uses (ids and template columns as strings)."""
-    cfg = job.input
-    cols = {c: pl.col(c).cast(pl.String) for c in cfg.template_columns}
-    if cfg.id_column is not None:
-        cols[cfg.id_column] = pl.col(cfg.id_column).cast(pl.String)
-    if cfg.messages_column is not None:
-        cols[cfg.messages_column] = pl.col(cfg.messages_column)
+    cols: dict[str, pl.Expr] = {}
+    for cfg in templates(job):
+        cols.update({c: pl.col(c).cast(pl.String) for c in cfg.template_columns})
+        if cfg.messages_column is not None:
+            cols[cfg.messages_column] = pl.col(cfg.messages_column)
+    if job.input.id_column is not None:
+        cols[job.input.id_column] = pl.col(job.input.id_column).cast(pl.String)
     return (
         _scan(src.path)
         .with_row_index(LOCAL)
@@ -267,12 +280,14 @@ def _render(parts: tuple[TemplatePart, ...]) -> pl.Expr:
 
 
 def derive(job: Job, lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Add the id and the rendered prompt and system; needs ``ROW``."""
+    """Add the id and each template's rendered prompt and system (``PROMPT0``, ``SYSTEM0``,
+    ... in the order of :func:`templates`); needs ``ROW``."""
     cfg = job.input
     ident = pl.col(cfg.id_column) if cfg.id_column is not None else pl.col(ROW).cast(pl.String)
     derived = [ident.alias(ID)]
-    if cfg.prompt is not None:
-        derived.append(_render(cfg.prompt_parts).alias(PROMPT))
-    if (system := cfg.system_parts) is not None:
-        derived.append(_render(system).alias(SYSTEM))
+    for t, template in enumerate(templates(job)):
+        if template.prompt is not None:
+            derived.append(_render(template.prompt_parts).alias(f"{PROMPT}{t}"))
+        if (system := template.system_parts) is not None:
+            derived.append(_render(system).alias(f"{SYSTEM}{t}"))
     return lf.with_columns(derived)

@@ -6,10 +6,9 @@ to a new temporary file, fsynced and renamed, so a crash never leaves a half-wri
 a real name, and a link planted under a name is replaced, never written through; each part's
 name carries its checksum, which ``record.verify`` checks before its rows are read).
 ``finalize`` compacts the earlier final files and the parts into ``results.parquet`` (ordered
-by ``input_row``, then ``sample``) and ``attempts.parquet``, one row per (id, sample),
-atomically. This is the only module that writes
-Parquet; it defines no column (``record.schema`` does) and knows nothing of HTTP or of the job
-file's shape.
+by ``input_row``, ``variant``, ``sample``) and ``attempts.parquet``, one row per (variant, id,
+sample), atomically. This is the only module that writes Parquet; it defines no column
+(``record.schema`` does) and knows nothing of HTTP or of the job file's shape.
 """
 
 from __future__ import annotations
@@ -49,7 +48,11 @@ _SEED = 0x6B657973  # of the key hashes that find a key written twice, or a requ
 _REQUEST_SEED = 0x72657175  # of the request hashes a resume compares, 8 bytes a row
 
 _TABLES = {"results": RESULT_SCHEMA, "attempts": ATTEMPT_SCHEMA}
-_KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "attempt"]}
+_KEYS = {
+    "results": ["variant", "id", "sample"],
+    "attempts": ["run_id", "variant", "id", "sample", "attempt"],
+}
+DEFAULT_VARIANT = "default"  # the variant of rows written before the column existed
 
 KeyHash = Callable[[list[str]], pl.Expr]
 """Rows' key columns to a 64-bit ``_hash`` column; tests pass one under which keys collide."""
@@ -227,21 +230,23 @@ def _superseded(
 def _scan_part(path: Path, schema: Mapping[str, Any]) -> pl.LazyFrame:
     """A part or final file, checked already, with every column of ``schema``."""
     columns = pl.read_parquet_schema(path)
-    # Files written before a column was added lack it: add it as nulls.
+    # Files written before a column was added lack it: add it as nulls. Rows from before
+    # variants ran as the one variant a job without them has.
     missing = [
         pl.lit(None, dtype=dtype).alias(col) for col, dtype in schema.items() if col not in columns
     ]
-    return pl.scan_parquet(path).with_columns(missing).select(list(schema))
+    variant = pl.col("variant").fill_null(DEFAULT_VARIANT)
+    return pl.scan_parquet(path).with_columns(missing).with_columns(variant).select(list(schema))
 
 
 def resume_index(
     run_dir: Path, *, key_hash: KeyHash = hash_keys, quarantine: bool = True
 ) -> pl.DataFrame:
-    """Every (id, sample) with a result in this run folder, keyed as :func:`resume_keys` keys
-    it (``_hash``, ``id``, ``sample``), with ``ok`` (its status is ok) and ``request``, its
-    ``request_hash`` as :func:`request_keys` hashes it (null where it has none). Parts that
-    fail their checksum are quarantined (unless not ``quarantine``: then only left out): call
-    it under the run folder's lock.
+    """Every (variant, id, sample) with a result in this run folder, keyed as
+    :func:`resume_keys` keys it (``_hash``, ``variant``, ``id``, ``sample``), with ``ok`` (its
+    status is ok) and ``request``, its ``request_hash`` as :func:`request_keys` hashes it (null
+    where it has none). Parts that fail their checksum are quarantined (unless not
+    ``quarantine``: then only left out): call it under the run folder's lock.
 
     About 40 bytes a row, where a dict of Python tuples took ~800: read streaming, only these
     columns.
@@ -251,6 +256,7 @@ def resume_index(
         scan_table(run_dir, "results", key_hash=key_hash, quarantine=quarantine)
         .select(
             key_hash(_KEYS["results"]),
+            "variant",
             "id",
             "sample",
             (pl.col("status") == "ok").fill_null(False).alias("ok"),
@@ -261,14 +267,15 @@ def resume_index(
 
 
 def resume_keys(
-    ids: list[str], samples: list[int], *, key_hash: KeyHash = hash_keys
+    variants: list[str], ids: list[str], samples: list[int], *, key_hash: KeyHash = hash_keys
 ) -> pl.DataFrame:
-    """(id, sample) pairs with the 64-bit hash of each (``_hash``) that :func:`resume_index`
-    gives the same pair, for looking requests up in it."""
+    """(variant, id, sample) keys with the 64-bit hash of each (``_hash``) that
+    :func:`resume_index` gives the same key, for looking requests up in it."""
     keys = pl.DataFrame(
-        {"id": ids, "sample": samples}, schema={"id": pl.String, "sample": pl.Int64}
+        {"variant": variants, "id": ids, "sample": samples},
+        schema={"variant": pl.String, "id": pl.String, "sample": pl.Int64},
     )
-    return keys.select(key_hash(_KEYS["results"]), "id", "sample")
+    return keys.select(key_hash(_KEYS["results"]), "variant", "id", "sample")
 
 
 def request_keys(digests: list[str]) -> pl.Series:
@@ -290,7 +297,7 @@ def _json_default(value: object) -> str:
 
 
 def _write_in_input_order(table: pl.LazyFrame, folder: Path, name: str) -> Path:
-    """``table`` (results) ordered by ``input_row``, then ``sample``, in a new temporary file;
+    """``table`` (results) ordered by ``input_row``, ``variant``, ``sample``, in a new file;
     rows recorded before ``input_row`` existed (null) go last, in the order they were stored.
 
     Sorted :data:`SORT_ROWS` rows at a time: each range of input rows is filtered from the
@@ -300,7 +307,7 @@ def _write_in_input_order(table: pl.LazyFrame, folder: Path, name: str) -> Path:
     a sort, in ~8 s instead of ~1 s. Rows finish in about input order, so a range reads few
     row groups; in random order every range reads them all (300k rows: 8 s).
     """
-    order = ("input_row", "sample")
+    order = ("input_row", "variant", "sample")
     stats = table.select(
         pl.col("input_row").max().alias("top"), pl.col("input_row").count().alias("n")
     ).collect(engine="streaming")

@@ -127,6 +127,7 @@ def hit_row(
         id=item.id,
         sample=item.sample,
         input_row=item.row,
+        variant=item.variant,
         model=model,
         api=api,
         status="ok",

@@ -69,6 +69,9 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "ttft_text_s": pl.Float64,  # first text delta minus request sent, on the successful attempt
     "cost_usd": pl.Float64,  # list prices with cache prices, at the mode's rate
     "cache_hit": pl.Boolean,  # from the response cache, nothing sent (null in older folders)
+    # The job's variant the request ran under; with id and sample, the row's key. Folders
+    # written before it read it as "default" (record.parquet fills it in).
+    "variant": pl.String,
 }
 
 ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
@@ -87,6 +90,7 @@ ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "retry_after_s": pl.Float64,
     "error_message": pl.String,
     "input_row": pl.Int64,
+    "variant": pl.String,
 }
 
 
@@ -108,6 +112,7 @@ def attempt_row(
         "id": item.id,
         "sample": item.sample,
         "input_row": item.row,
+        "variant": item.variant,
         "attempt": number,
         "outcome": "ok" if err is None else err.error_type,
         "http_status": a.http_status,
@@ -126,7 +131,7 @@ def result_row(
     *,
     run_id: str,
     item: RequestItem,
-    model: str,
+    model: str | None,
     api: str,
     final: Attempt,
     error: AttemptError | None,
@@ -148,6 +153,7 @@ def result_row(
         id=item.id,
         sample=item.sample,
         input_row=item.row,
+        variant=item.variant,
         model=model,
         api=api,
         status="ok" if error is None else "error",

@@ -83,6 +83,8 @@ class SpendLedger:
 
     ``on_capped`` is called once, when the first request does not fit. While ``halted()``
     (the run stopping for another reason, a signal), a waiting request gives up, not started.
+    A request is priced by its variant's model and ``prompt_cache`` (``pricing``, by variant
+    name); ``rates`` and ``prompt_cache`` price a variant not in it.
     """
 
     cap_usd: float | None = None
@@ -93,6 +95,7 @@ class SpendLedger:
     halted: Callable[[], bool] = lambda: False
     rates: CacheRates | None = None
     prompt_cache: str | None = None
+    pricing: dict[str, tuple[CacheRates | None, str | None]] = field(default_factory=dict)
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -103,30 +106,37 @@ class SpendLedger:
         on_capped: Callable[[], None],
         halted: Callable[[], bool] = lambda: False,
     ) -> SpendLedger:
-        """The ledger of ``job`` at its mode's prices (batch: half)."""
-        cap = job.limits.max_cost_usd
+        """The ledger of ``job`` at its mode's prices (batch: half), each variant at its
+        model's."""
+        mode = job.request.mode
         return cls(
-            cap_usd=cap,
+            cap_usd=job.limits.max_cost_usd,
             on_capped=on_capped,
             halted=halted,
-            rates=rates_for(job.request.model, job.prices, job.request.mode),
-            prompt_cache=job.request.prompt_cache,
+            pricing={
+                v.name: (rates_for(v.request.model, job.prices, mode), v.request.prompt_cache)
+                for v in job.effective_variants
+            },
         )
 
-    def worst_case(self, api: Api, body: Mapping[str, Any]) -> float:
-        """What ``body`` holds while in flight (0 without a cap)."""
-        if self.cap_usd is None or self.rates is None:
+    def worst_case(self, api: Api, body: Mapping[str, Any], variant: str = "default") -> float:
+        """What ``body`` (a request of ``variant``) holds while in flight (0 without a cap)."""
+        rates, prompt_cache = self.pricing.get(variant, (self.rates, self.prompt_cache))
+        if self.cap_usd is None or rates is None:
             return 0.0
-        return worst_case_usd(api, body, self.rates, self.prompt_cache)
+        return worst_case_usd(api, body, rates, prompt_cache)
 
     def fits(self, usd: float) -> bool:
         """Whether ``usd`` more may be held now."""
         return self.cap_usd is None or self.spent_usd + self.held_usd + usd <= self.cap_usd
 
-    async def reserve(self, api: Api, body: Mapping[str, Any]) -> Hold | None:
-        """Hold ``body``'s worst case, waiting (in turn) for holds in flight to return while
-        it does not fit; ``None`` once the cap is reached: the request must not start."""
-        usd = self.worst_case(api, body)
+    async def reserve(
+        self, api: Api, body: Mapping[str, Any], variant: str = "default"
+    ) -> Hold | None:
+        """Hold ``body``'s worst case (a request of ``variant``), waiting (in turn) for holds in
+        flight to return while it does not fit; ``None`` once the cap is reached: the request
+        must not start."""
+        usd = self.worst_case(api, body, variant)
         if self.cap_usd is None:
             return Hold(usd)
         async with self._turn:  # first come, first served: rows go out in order

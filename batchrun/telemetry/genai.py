@@ -3,7 +3,8 @@
 Follows the OpenTelemetry GenAI client conventions (and their Anthropic page: the API's
 ``input_tokens`` is the uncached part, so ``gen_ai.usage.input_tokens`` adds the cache reads and
 writes to it). :class:`RequestTelemetry` is made once per run (the attributes every request
-shares, the link to the run's span) and used by the stream driver for each request; it decides
+shares, the link to the run's span; :meth:`RequestTelemetry.of` a variant's view, its model in
+the attributes) and used by the stream driver for each request; it decides
 nothing about a request and never sees a header or the key. Prompt and completion text reach a
 span only with ``capture_content``.
 
@@ -17,6 +18,7 @@ counters (input, output, cache read, cache write, reasoning; ``gen_ai.token.moda
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 import batchrun
 from batchrun.clock import Clock
 from batchrun.errors import AttemptError
+from batchrun.job.request import RequestConfig
 from batchrun.job.schema import Job
 from batchrun.models import Attempt, Completion, RequestItem
 from batchrun.telemetry.semconv import (
@@ -68,13 +71,28 @@ class RequestTelemetry:
         )
         self.clock = clock
         self.capture_content = job.telemetry.capture_content
-        # The same for every request of the run: made once, not per request.
-        self.span_attributes = _run_attributes(job)
+        self.links = [Link(run_span)]
+        self._job = job
+        self._views: dict[str, RequestTelemetry] = {}
+        self._shared(job.effective_variants[0].request)
+
+    def _shared(self, request: RequestConfig) -> None:
+        # The same for every request of a variant: made once, not per request.
+        self.span_attributes = _run_attributes(self._job, request)
         self.metric_attributes = {
             k: v for k, v in self.span_attributes.items() if k in _METRIC_KEYS
         }
-        self.span_name = f"{self.span_attributes['gen_ai.operation.name']} {job.request.model}"
-        self.links = [Link(run_span)]
+        self.span_name = f"{self.span_attributes['gen_ai.operation.name']} {request.model}"
+
+    def of(self, variant: str) -> RequestTelemetry:
+        """This run's telemetry for the requests of ``variant``: its model and request keys in
+        the attributes, the run's instruments and link."""
+        view = self._views.get(variant)
+        if view is None:
+            view = copy.copy(self)
+            view._shared(self._job.variant(variant).request)
+            self._views[variant] = view
+        return view
 
     def start(
         self, item: RequestItem, queued_at: float, body: Mapping[str, Any] | None = None
@@ -85,6 +103,7 @@ class RequestTelemetry:
         attributes = {
             **self.span_attributes,
             **(request_attributes(body, latest=self.latest is not None) if body else {}),
+            "batchrun.variant": item.variant,
             "batchrun.id": item.id,
             "batchrun.sample": item.sample,
         }
@@ -229,9 +248,9 @@ def _response_attributes(span: trace.Span, done: Completion, capture_content: bo
         )
 
 
-def _run_attributes(job: Job) -> dict[str, Any]:
-    """The GenAI attributes every request span of the run carries."""
-    req, api = job.request, job.request.api_spec
+def _run_attributes(job: Job, req: RequestConfig) -> dict[str, Any]:
+    """The GenAI attributes every request span of a variant (asking ``req``) carries."""
+    api = req.api_spec
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": api.operation,
         "gen_ai.provider.name": api.provider,
