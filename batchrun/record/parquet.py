@@ -48,7 +48,10 @@ _SEED = 0x6B657973  # of the key hashes that find a key written twice, or a requ
 _REQUEST_SEED = 0x72657175  # of the request hashes a resume compares, 8 bytes a row
 
 _TABLES = {"results": RESULT_SCHEMA, "attempts": ATTEMPT_SCHEMA}
-_KEYS = {"results": ["id", "sample"], "attempts": ["run_id", "id", "sample", "attempt"]}
+_KEYS = {
+    "results": ["variant", "id", "sample"],
+    "attempts": ["run_id", "variant", "id", "sample", "attempt"],
+}
 
 KeyHash = Callable[[list[str]], pl.Expr]
 """Rows' key columns to a 64-bit ``_hash`` column; tests pass one under which keys collide."""
@@ -259,7 +262,8 @@ def resume_keys(
     """(id, sample) pairs with the 64-bit hash of each (``_hash``) that :func:`resume_index`
     gives the same pair, for looking requests up in it."""
     keys = pl.DataFrame(
-        {"id": ids, "sample": samples}, schema={"id": pl.String, "sample": pl.Int64}
+        {"variant": [None] * len(ids), "id": ids, "sample": samples},
+        schema={"variant": pl.String, "id": pl.String, "sample": pl.Int64},
     )
     return keys.select(key_hash(_KEYS["results"]), "id", "sample")
 

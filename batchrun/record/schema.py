@@ -69,6 +69,7 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "ttft_text_s": pl.Float64,  # first text delta minus request sent, on the successful attempt
     "cost_usd": pl.Float64,  # list prices with cache prices, at the mode's rate
     "cache_hit": pl.Boolean,  # from the response cache, nothing sent (null in older folders)
+    "variant": pl.String,  # the job's variant; with id and sample, the row's key
 }
 
 ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
@@ -87,6 +88,7 @@ ATTEMPT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "retry_after_s": pl.Float64,
     "error_message": pl.String,
     "input_row": pl.Int64,
+    "variant": pl.String,
 }
 
 
