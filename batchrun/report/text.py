@@ -304,7 +304,9 @@ def _snippet(text: str | None, length: int = 90) -> str:
 def render_breakdown(by: Mapping[str, Any]) -> str:
     """The summary per value of an input column, one line each."""
     groups = by["groups"]
-    width = min(max([len(str(g["value"])) for g in groups] + [len(by["column"])]) + 2, 40)
+    names = [str(g["value"]) for g in groups] + [by["column"]]
+    names += [f"  {v['variant']}" for g in groups for v in g.get("variants", ())]
+    width = min(max(len(name) for name in names) + 2, 40)
     priced = any("cost_usd" in g for g in groups)
     lines = [
         f"by {by['column']} (joined on {by['joined_on']})",
