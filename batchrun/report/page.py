@@ -88,6 +88,8 @@ td.ids { font-size: 11px; line-height: 1.35; }
 td.ids span { color: var(--muted); }
 td.error { color: var(--bad); font-weight: 600; }
 td.sub { padding-left: 24px; color: var(--muted); }
+table.columns { width: auto; }
+table.columns td.n, table.columns th.n { min-width: 140px; padding-left: 24px; }
 td.text { white-space: pre-wrap; min-width: 320px; max-width: 640px; font-size: 12px;
   word-break: break-word; }
 .side { display:grid; grid-template-columns: 1fr 1fr; gap: 16px; }
@@ -363,6 +365,6 @@ def variants_table(variants: Sequence[Mapping[str, Any]] | None) -> str:
     )
     return panel(
         "Variants side by side",
-        f'<div class="scroll"><table>{head}</tr>{body}</table></div>{note}',
+        f'<div class="scroll"><table class="columns">{head}</tr>{body}</table></div>{note}',
         wide=True,
     )
