@@ -263,6 +263,8 @@ def test_the_terminal_shows_a_column_per_variant_and_names_the_variant_of_rows(
     assert any(line.split() == ["cache", "hits", "2", "0"] for line in table)
     assert any(line.split() == ["cost", "$1.00", "$0.0004"] for line in table)
     assert any(line.split() == ["e2e", "ms", "p50", "2,500.0", "650.0"] for line in table)
+    # sonnet's text came after its first token; haiku recorded no text timing
+    assert any(line.split() == ["ttft", "text", "ms", "p50", "300.0", "\u2013"] for line in table)
     assert "haiku · r4 #0 (overloaded_error): 'overloaded_error on row 4'" in text
 
 
@@ -374,7 +376,10 @@ async def test_a_simulated_run_under_two_variants(
     results = pl.read_parquet(run_dir / "results.parquet")
     attempts = pl.read_parquet(run_dir / "attempts.parquet")
     other = results.with_columns(
-        model=pl.lit("claude-haiku-5-5"), e2e_s=pl.col("e2e_s") * 2, ttft_s=pl.col("ttft_s") * 3
+        model=pl.lit("claude-haiku-5-5"),
+        e2e_s=pl.col("e2e_s") * 2,
+        ttft_s=pl.col("ttft_s") * 3,
+        ttft_text_s=pl.col("ttft_text_s") * 3,
     )
     pl.concat(
         [results.with_columns(variant=pl.lit("a")), other.with_columns(variant=pl.lit("b"))]
@@ -412,3 +417,8 @@ async def test_a_simulated_run_under_two_variants(
         assert found["ttft_s"]["p90"] == pytest.approx(row["ttft_p90"])
         assert found["e2e_s"]["p50"] == pytest.approx(row["e2e_p50"])
     assert variants["b"]["e2e_s"]["p50"] == pytest.approx(2 * variants["a"]["e2e_s"]["p50"])
+    # plain text answers: the first text is the first token, and the table says it once
+    assert variants["a"]["ttft_text_s"] == variants["a"]["ttft_s"]
+    text = _cli(run_dir, "--no-html").stdout
+    assert "\nttft ms p50 " in text
+    assert "ttft text" not in text

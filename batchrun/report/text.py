@@ -343,7 +343,8 @@ def render_breakdown(by: Mapping[str, Any]) -> str:
 
 def variant_rows(variants: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
     """The figures of the variants side by side, a (label, one cell per variant) a line: the
-    terminal and the page show the same lines. Cache lines only when some variant has any."""
+    terminal and the page show the same lines. Cache lines only when some variant has any; TTFT
+    to the first text only when it is not the TTFT."""
     vs = variants
     lines = [
         ("model", [", ".join(v["models"]) or NONE for v in vs]),
@@ -358,8 +359,12 @@ def variant_rows(variants: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[
         if key in ("input", "output") or any(v["tokens"][key] for v in vs):
             lines.append((label, [_int(v["tokens"][key]) for v in vs]))
     lines.append(("cost", [usd(v["cost_usd"]) for v in vs]))
+    # TTFT to the first text differs from TTFT only after thinking or a tool call
+    text_later = any(
+        v["ttft_text_s"]["count"] and v["ttft_text_s"]["p50"] != v["ttft_s"]["p50"] for v in vs
+    )
     for key, label in _VARIANT_TIMINGS:
-        if key != "ttft_text_s" or any(v[key]["count"] for v in vs):
+        if key != "ttft_text_s" or text_later:
             show = _one if key == "stream_output_tokens_per_s" else _ms
             lines += [
                 (f"{label} {p}", [show(v[key][p]) for v in vs]) for p in ("p50", "p90", "p99")
