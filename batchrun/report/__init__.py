@@ -6,7 +6,10 @@
     summary.py      RunData → summary dict (polars; the keys of ``--json``)
     activity.py     outcome, rows covered (--limit), effective concurrency, rows/s over time
     completions.py  the completions shown (slowest, failed, random) and output lengths
+    variants.py     the variants of a run side by side
     by.py           ``--by COLUMN``: the summary per value of an input column
+    sections.py     the sections beyond the summary (variants, --by), listed once for the
+                    terminal, --json and the page
     series.py       RunData → bounded plot data (histograms, time bins, top rows)
     svg.py          plot data → inline SVG charts (no dependency, no script)
     page.py         style sheet, figure cards and tables of the page

@@ -5,7 +5,9 @@ Results do not copy input columns, so the input files the job names (run.json's 
 ``COLUMN``, and joined to the results: on ``id`` through ``input.id_column``; without an id
 column on ``input_row`` (the row's position across the files) when the results have it, else on
 the id, which is then that position. Rows of no group (an input changed since the run) fall in
-``(not in input)``. Plain data; a missing input or column is a ``JobError`` naming both.
+``(not in input)``. With several variants each value is broken down per variant as well.
+Latencies are of the rows sent (response cache hits left out). Plain data; a missing input or
+column is a ``JobError`` naming both.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from batchrun.errors import JobError
-from batchrun.report.load import RunData
+from batchrun.report.load import SENT, RunData
 from batchrun.report.summary import PERCENTILES
 
 __all__ = ["MAX_GROUPS", "breakdown"]
@@ -28,7 +30,8 @@ _NULL, _MISSING = "(null)", "(not in input)"
 
 
 def breakdown(run: RunData, column: str) -> dict[str, Any]:
-    """Per value of ``column``: rows, ok share, tokens, latency percentiles and cost."""
+    """Per value of ``column``: rows, ok share, tokens, latency percentiles and cost; and with
+    several variants, the same per variant under ``variants`` in each group."""
     files, shown, id_column = _inputs(run, column)
     scans = [_scan(path) for path in files]
     for path, scan in zip(files, scans, strict=True):
@@ -62,11 +65,25 @@ def breakdown(run: RunData, column: str) -> dict[str, Any]:
         .join(inputs.unique(on, keep="first"), on=on, how="left")
         .with_columns(pl.col(_GROUP).fill_null(_MISSING))
     )
-    groups = _aggregate(joined, "cost_usd" in results.columns).collect(engine="streaming")
+    priced = "cost_usd" in results.columns
+    groups = _aggregate(joined, [_GROUP], priced).collect(engine="streaming")
     groups = groups.sort(["rows", _GROUP], descending=[True, False])
-    listed = groups.head(MAX_GROUPS).rename({_GROUP: "value"}).to_dicts()
-    for group in listed:
-        group["ok_share"] = group["ok"] / group["rows"] if group["rows"] else None
+    listed = _shares(groups.head(MAX_GROUPS).rename({_GROUP: "value"}).to_dicts())
+    variants = run.variants
+    if len(variants) > 1:  # each value's rows per variant too, in the job's order
+        order = pl.DataFrame({"variant": variants, "_order": range(len(variants))})
+        split = (
+            _aggregate(joined, [_GROUP, "variant"], priced)
+            .join(order.lazy(), on="variant", how="left")
+            .sort("_order")
+            .drop("_order")
+            .collect(engine="streaming")
+        )
+        per_value: dict[str, list[dict[str, Any]]] = {}
+        for row in _shares(split.to_dicts()):
+            per_value.setdefault(row.pop(_GROUP), []).append(row)
+        for group in listed:
+            group["variants"] = per_value[group["value"]]
     return {
         "column": column,
         "joined_on": on,
@@ -75,18 +92,24 @@ def breakdown(run: RunData, column: str) -> dict[str, Any]:
     }
 
 
-def _aggregate(joined: pl.LazyFrame, priced: bool) -> pl.LazyFrame:
+def _shares(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for group in groups:
+        group["ok_share"] = group["ok"] / group["rows"] if group["rows"] else None
+    return groups
+
+
+def _aggregate(joined: pl.LazyFrame, keys: list[str], priced: bool) -> pl.LazyFrame:
     def tokens(name: str) -> pl.Expr:
         col = pl.col(name)
         return pl.when(col.count() > 0).then(col.sum()).otherwise(None).alias(name)
 
     latency = [
-        pl.col(name).quantile(q, "linear").alias(f"{name}_p{round(q * 100)}")
+        pl.col(name).filter(SENT).quantile(q, "linear").alias(f"{name}_p{round(q * 100)}")
         for name in ("ttft_s", "e2e_s")
         for q in PERCENTILES
     ]
     cost = [tokens("cost_usd").alias("cost_usd")] if priced else []
-    return joined.group_by(_GROUP).agg(
+    return joined.group_by(keys).agg(
         pl.len().alias("rows"),
         (pl.col("status") == "ok").sum().alias("ok"),
         (pl.col("status") == "error").sum().alias("error"),

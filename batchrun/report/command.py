@@ -1,8 +1,9 @@
 """``batchrun report``: from run folders to stdout and ``report.html``.
 
-What the command prints is the summary (or the comparison), as text or, with ``--json``, as JSON
-alone; where the page was written goes to stderr with the logs. The statistics, page and
-comparison live in their own modules; this one only sequences them.
+What the command prints is the summary with the sections that apply (or the comparison), as
+text or, with ``--json``, as JSON alone; where the page was written goes to stderr with the
+logs. The statistics, page and comparison live in their own modules; this one only sequences
+them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from pathlib import Path
 from typing import TextIO
 
 from batchrun.errors import JobError
-from batchrun.report.by import breakdown
 from batchrun.report.compare import compare_runs
 from batchrun.report.compare_page import write_comparison_html
 from batchrun.report.html import write_html
 from batchrun.report.load import load_run
-from batchrun.report.scores import render_scores_text, score_section
+from batchrun.report.sections import Options, add_sections, text_sections
 from batchrun.report.summary import summarize, to_json
-from batchrun.report.text import render_breakdown, render_comparison, render_summary
+from batchrun.report.text import render_comparison, render_summary
 
 __all__ = ["report_command"]
 
@@ -52,18 +52,10 @@ def report_command(
         print(to_json(comparison) if as_json else render_comparison(comparison), file=out)
         return 0
     (run,) = runs
-    summary = summarize(run)
-    if by is not None:
-        summary["by"] = breakdown(run, by)
-    if (scores := score_section(run, by)) is not None:
-        summary["scores"] = scores
+    summary = add_sections(summarize(run), run, Options(by=by))
     if html:
         _write(lambda: write_html(run, summary, rows=rows), "report.html", err)
-    text = to_json(summary) if as_json else render_summary(summary)
-    if by is not None and not as_json:
-        text += "\n\n" + render_breakdown(summary["by"])
-    if scores is not None and not as_json:
-        text += "\n\n" + render_scores_text(scores)
+    text = to_json(summary) if as_json else render_summary(summary, text_sections(summary))
     print(text, file=out)
     return 0
 

@@ -1,6 +1,7 @@
 """Two runs side by side: their summaries with deltas, and the rows whose completion changed.
 
-Rows are matched on (``id``, ``sample``). Completions are compared by their hash, in a streaming
+Rows are matched on (``variant``, ``id``, ``sample``); a folder written before variants holds
+variant ``default``. Completions are compared by their hash, in a streaming
 scan, so neither run's text is held in memory; only the changed rows shown are read whole (cut
 to :data:`TEXT_LIMIT` characters). The result is JSON-ready data; this module neither prints
 nor writes files.
@@ -14,13 +15,12 @@ from typing import Any
 import polars as pl
 
 from batchrun.report.completions import keyed_scan
-from batchrun.report.load import RunData
+from batchrun.report.load import DEFAULT_VARIANT, KEYS, RunData
 from batchrun.report.summary import summarize
 
 __all__ = ["TEXT_LIMIT", "compare_runs", "metrics"]
 
 TEXT_LIMIT = 2000  # characters of each changed completion shown
-_KEYS = ["id", "sample"]
 _SIDE = ["status", "stop_reason", "error_type", "output_tokens", "completion"]
 
 
@@ -39,6 +39,7 @@ def metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, tuple
     """The compared metrics: (label, path into the summary), counts by kind over both runs."""
     found: list[tuple[str, tuple[str, ...]]] = [
         ("rows", ("rows",)),
+        ("cache hits", ("cache_hits",)),
         ("ok", ("status", "ok")),
         ("error", ("status", "error")),
     ]
@@ -85,7 +86,7 @@ def _fingerprints(run: RunData) -> pl.LazyFrame:
     """Key, status and a hash of the completion (null stays null): 8 bytes of text a row."""
     text = pl.col("completion")
     return run.scan_results().select(
-        *_KEYS,
+        *KEYS,
         "status",
         _h=pl.when(text.is_null()).then(None).otherwise(text.hash(seed=15)),
     )
@@ -99,7 +100,7 @@ def _sides(run: RunData, keys: pl.DataFrame) -> pl.DataFrame:
     )
     return (
         keyed_scan(run, keys)
-        .select(*_KEYS, *_SIDE)
+        .select(*KEYS, *_SIDE)
         .with_columns(completion=cut.otherwise(text))
         .collect(engine="streaming")
     )
@@ -108,29 +109,33 @@ def _sides(run: RunData, keys: pl.DataFrame) -> pl.DataFrame:
 def _changed(a: RunData, b: RunData, rows: int) -> dict[str, Any]:
     joined = (
         _fingerprints(a)
-        .join(_fingerprints(b), on=_KEYS, how="full", coalesce=True, suffix="_b")
+        .join(_fingerprints(b), on=KEYS, how="full", coalesce=True, suffix="_b")
         .collect(engine="streaming")
     )
     in_a = pl.col("status").is_not_null()
     in_b = pl.col("status_b").is_not_null()
     both = joined.filter(in_a & in_b)
-    changed = both.filter(pl.col("_h").ne_missing(pl.col("_h_b"))).sort(_KEYS)
-    shown = changed.head(rows).select(_KEYS)
+    changed = both.filter(pl.col("_h").ne_missing(pl.col("_h_b"))).sort(KEYS)
+    shown = changed.head(rows).select(KEYS)
     side_a = _sides(a, shown)
     side_b = _sides(b, shown)
-    pairs = shown.join(side_a, on=_KEYS, how="left").join(side_b, on=_KEYS, how="left", suffix="_b")
+    pairs = shown.join(side_a, on=KEYS, how="left").join(side_b, on=KEYS, how="left", suffix="_b")
+    variants = joined["variant"].unique().to_list()
     return {
+        # how the rows are named: without variants, as before them
+        "key": ["id", "sample"] if variants == [DEFAULT_VARIANT] else KEYS,
         "compared": both.height,
         "changed": changed.height,
         "only_in_a": joined.filter(in_a & ~in_b).height,
         "only_in_b": joined.filter(~in_a & in_b).height,
         "rows": [
             {
+                "variant": row["variant"],
                 "id": row["id"],
                 "sample": row["sample"],
                 "a": {name: row[name] for name in _SIDE},
                 "b": {name: row[f"{name}_b"] for name in _SIDE},
             }
-            for row in pairs.sort(_KEYS).iter_rows(named=True)
+            for row in pairs.sort(KEYS).iter_rows(named=True)
         ],
     }

@@ -16,15 +16,14 @@ from typing import Any
 from batchrun.report.html import (
     document,
     finish_rate_chart,
-    grid,
     header,
     latency_chart,
     lengths_chart,
-    panel,
     write_page,
 )
 from batchrun.report.load import RunData
-from batchrun.report.page import NONE, cards
+from batchrun.report.page import NONE, cards, grid, panel
+from batchrun.report.text import key_words
 
 __all__ = ["render_comparison_html", "write_comparison_html"]
 
@@ -43,12 +42,12 @@ def render_comparison_html(a: RunData, b: RunData, comparison: Mapping[str, Any]
         ),
         panel("Metrics, B against A", _metrics(comparison["metrics"]), wide=True),
         grid(
-            panel("A: end-to-end latency", latency_chart(a.results["e2e_s"], sa["e2e_s"])),
-            panel("B: end-to-end latency", latency_chart(b.results["e2e_s"], sb["e2e_s"])),
+            panel("A: end-to-end latency", latency_chart(a, "e2e_s", sa["e2e_s"])),
+            panel("B: end-to-end latency", latency_chart(b, "e2e_s", sb["e2e_s"])),
         ),
         grid(
-            panel("A: time to first token", latency_chart(a.results["ttft_s"], sa["ttft_s"])),
-            panel("B: time to first token", latency_chart(b.results["ttft_s"], sb["ttft_s"])),
+            panel("A: time to first token", latency_chart(a, "ttft_s", sa["ttft_s"])),
+            panel("B: time to first token", latency_chart(b, "ttft_s", sb["ttft_s"])),
         ),
         grid(
             panel("A: output length of ok rows", lengths_chart(a, sa)),
@@ -89,20 +88,30 @@ def _metrics(metrics: list[Mapping[str, Any]]) -> str:
 
 def _changed(c: Mapping[str, Any]) -> str:
     intro = (
-        f'<p class="note">{c["changed"]:,} of {c["compared"]:,} (id, sample) pairs in both runs '
-        f"changed; only in A: {c['only_in_a']:,}; only in B: {c['only_in_b']:,}.</p>"
+        f'<p class="note">{c["changed"]:,} of {c["compared"]:,} {escape(key_words(c["key"]))} '
+        f"in both runs changed; only in A: {c['only_in_a']:,}; only in B: "
+        f"{c['only_in_b']:,}.</p>"
     )
     if not c["rows"]:
         return intro
-    head = "<tr><th>id</th><th class='n'>sample</th><th>A</th><th>B</th></tr>"
+    variant = "variant" in c["key"]
+    head = (
+        f"<tr>{'<th>variant</th>' if variant else ''}<th>id</th><th class='n'>sample</th>"
+        "<th>A</th><th>B</th></tr>"
+    )
     body = "".join(
-        f"<tr><td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
+        f"<tr>{_variant(row) if variant else ''}"
+        f"<td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
         f"{_side_cell(row['a'])}{_side_cell(row['b'])}</tr>"
         for row in c["rows"]
     )
     more = c["changed"] - len(c["rows"])
     note = f'<p class="note">… and {more:,} more (--rows N shows more).</p>' if more > 0 else ""
     return f'{intro}<div class="scroll"><table>{head}{body}</table></div>{note}'
+
+
+def _variant(row: Mapping[str, Any]) -> str:
+    return f"<td>{escape(str(row['variant']))}</td>"
 
 
 def _side_cell(row: Mapping[str, Any]) -> str:

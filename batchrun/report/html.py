@@ -23,23 +23,22 @@ from batchrun.report.completions import output_lengths
 from batchrun.report.load import RunData
 from batchrun.report.page import (
     CSS,
-    breakdown_table,
     cards,
     completion_table,
     facts,
+    grid,
+    panel,
     row_table,
 )
-from batchrun.report.scores import render_scores_html
+from batchrun.report.sections import html_sections
 from batchrun.report.text import tokens_note
 
 __all__ = [
     "document",
     "finish_rate_chart",
-    "grid",
     "header",
     "latency_chart",
     "lengths_chart",
-    "panel",
     "render_html",
     "write_html",
     "write_page",
@@ -62,12 +61,14 @@ def render_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> 
     """The page as text."""
     results = run.results
     failed = summary["status"]["error"]
+    variant = len(run.variants) > 1  # name each row's variant beside its id
     sections = [
         header(run, summary),
         cards(summary),
+        *html_sections(summary),
         grid(
-            panel("Time to first token", latency_chart(results["ttft_s"], summary["ttft_s"])),
-            panel("End-to-end latency", latency_chart(results["e2e_s"], summary["e2e_s"])),
+            panel("Time to first token", latency_chart(run, "ttft_s", summary["ttft_s"])),
+            panel("End-to-end latency", latency_chart(run, "e2e_s", summary["e2e_s"])),
         ),
         *_timelines(run, summary),
         grid(
@@ -85,19 +86,21 @@ def render_html(run: RunData, summary: Mapping[str, Any], *, rows: int = 20) -> 
             ),
         ),
         panel("Per-request timings and totals", facts(summary), wide=True),
-        *_breakdown(summary),
-        *_scores(summary),
         panel(
-            "Completions: the slowest, the failed and a few at random", _picks(summary), wide=True
+            "Completions: the slowest, the failed and a few at random",
+            _picks(summary, variant=variant),
+            wide=True,
         ),
         panel(
             f"Slowest {min(rows, summary['e2e_s']['count'])} rows (end-to-end)",
-            row_table(series.slowest_rows(results, rows)),
+            row_table(series.slowest_rows(results, rows), variant=variant),
             wide=True,
         ),
         panel(
             f"Failed rows ({failed:,})" + (f", first {rows}" if failed > rows else ""),
-            row_table(series.failed_rows(results, rows)) if failed else "<p>None.</p>",
+            row_table(series.failed_rows(results, rows), variant=variant)
+            if failed
+            else "<p>None.</p>",
             wide=True,
         ),
     ]
@@ -141,7 +144,7 @@ def finish_rate_chart(run: RunData) -> str:
     return svg.line_chart(line.edges, lines, y_label="rows finished per second")
 
 
-def _picks(summary: Mapping[str, Any]) -> str:
+def _picks(summary: Mapping[str, Any], *, variant: bool) -> str:
     picked = summary["completions"]
     names = {
         "slowest": "slowest ok rows",
@@ -149,30 +152,9 @@ def _picks(summary: Mapping[str, Any]) -> str:
         "random": "random rows (the same picks on every report of this folder)",
     }
     return "".join(
-        f"<h3>{escape(names.get(kind, kind))}</h3>{completion_table(rows)}"
+        f"<h3>{escape(names.get(kind, kind))}</h3>{completion_table(rows, variant=variant)}"
         for kind, rows in picked.items()
     )
-
-
-def _breakdown(summary: Mapping[str, Any]) -> list[str]:
-    by = summary.get("by")
-    if not by:
-        return []
-    title = f"By {by['column']} (input column, joined on {by['joined_on']})"
-    return [panel(title, breakdown_table(by), wide=True)]
-
-
-def _scores(summary: Mapping[str, Any]) -> list[str]:
-    scores = summary.get("scores")
-    if not scores:
-        return []
-    return [
-        panel(
-            "Scores: mean with 95% interval, and variants compared",
-            render_scores_html(scores),
-            wide=True,
-        )
-    ]
 
 
 def header(run: RunData, summary: Mapping[str, Any]) -> str:
@@ -207,8 +189,9 @@ def _span(first: str | None, last: str | None) -> str:
     return f"{first[:19].replace('T', ' ')} → {last[:19].replace('T', ' ')} UTC"
 
 
-def latency_chart(values: Any, stats: Mapping[str, Any]) -> str:
-    hist = series.histogram(values)
+def latency_chart(run: RunData, column: str, stats: Mapping[str, Any]) -> str:
+    """The distribution of a timing over the rows sent (response cache hits left out)."""
+    hist = series.histogram(run.results[column].filter(~run.results["cache_hit"]))
     if hist is None:
         return svg.empty_chart("no successful rows to time")
     ms = hist.edges[-1] < 2
@@ -276,13 +259,3 @@ def _no_tokens(summary: Mapping[str, Any]) -> str:
     if note is None:  # tokens were counted, but no stream produced any
         return "no row produced output"
     return note.removeprefix("none: ")
-
-
-def panel(title: str, body: str, *, wide: bool = False) -> str:
-    return (
-        f'<section class="panel{" wide" if wide else ""}"><h2>{escape(title)}</h2>{body}</section>'
-    )
-
-
-def grid(*panels: str) -> str:
-    return f'<div class="grid">{"".join(panels)}</div>'

@@ -13,17 +13,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
 from batchrun.errors import JobError
 from batchrun.record.parquet import scan_table
 
-__all__ = ["WIDE_COLUMNS", "NoResultsError", "RunData", "load_run"]
+__all__ = [
+    "DEFAULT_VARIANT",
+    "KEYS",
+    "SENT",
+    "WIDE_COLUMNS",
+    "NoResultsError",
+    "RunData",
+    "load_run",
+    "with_variant",
+]
 
 # Columns that can hold kilobytes a row: never held in memory for every row.
 WIDE_COLUMNS = ("completion", "content_json", "chunk_offsets_s", "usage_json")
+_Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
+DEFAULT_VARIANT = "default"  # the one variant of a job without ``variants``
+KEYS = ["variant", "id", "sample"]  # a result row's key
+# Rows that were sent: a response cache hit's timings are another run's, measured then, so
+# every timing statistic of the report filters on this.
+SENT = ~pl.col("cache_hit")
 
 
 class NoResultsError(JobError):
@@ -41,9 +56,34 @@ class RunData:
     state: str  # complete | aborted | interrupted (run.json) | partial (parts) | unmerged | unknown
     shards: tuple[Path, ...] = ()  # an unmerged sharded folder: its shard folders, read instead
 
+    def __post_init__(self) -> None:
+        # One reading of folders written before variants and the response cache, for every
+        # module of the report: each row has a variant and a cache_hit (false) to key and filter on.
+        results = with_variant(self.results)
+        if "cache_hit" not in results.columns:
+            results = results.with_columns(
+                pl.repeat(False, results.height, eager=True).alias("cache_hit")
+            )
+        object.__setattr__(
+            self, "results", results.with_columns(pl.col("cache_hit").fill_null(False))
+        )
+        object.__setattr__(self, "attempts", with_variant(self.attempts))
+
     def scan_results(self) -> pl.LazyFrame:
         """Every column of the results, lazily (scan with a filter, a head or a select)."""
-        return _scan(self.run_dir, self.shards, "results")
+        return with_variant(_scan(self.run_dir, self.shards, "results"))
+
+    @property
+    def variants(self) -> list[str]:
+        """The variants of the rows: in the order the job lists them, then any other by name."""
+        listed = self.job.get("variants")
+        order = (
+            [v.get("name") for v in listed if isinstance(v, dict)]
+            if isinstance(listed, list)
+            else []
+        )
+        seen = set(self.results["variant"].unique().to_list())
+        return [name for name in order if name in seen] + sorted(seen.difference(order))
 
     @property
     def job(self) -> dict[str, Any]:
@@ -121,6 +161,18 @@ def _shards_manifest(run_dir: Path) -> dict[str, Any]:
         + f") of {' and '.join(map(str, sizes))} shards; batchrun merge JOB.yaml combines them"
     )
     return record
+
+
+def with_variant(frame: _Frame) -> _Frame:
+    """``frame`` with a ``variant`` on every row: a folder written before variants existed has
+    no such column, or nulls in it; either reads as :data:`DEFAULT_VARIANT`."""
+    if "variant" in frame.collect_schema().names():
+        return frame.with_columns(pl.col("variant").fill_null(DEFAULT_VARIANT))
+    if isinstance(frame, pl.DataFrame):
+        return frame.with_columns(
+            pl.repeat(DEFAULT_VARIANT, frame.height, eager=True).alias("variant")
+        )
+    return frame.with_columns(pl.lit(DEFAULT_VARIANT, dtype=pl.String).alias("variant"))
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:

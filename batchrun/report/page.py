@@ -9,18 +9,22 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from batchrun.report.text import cost_line, usd
+from batchrun.report.text import cost_line, usd, variant_rows
 
 __all__ = [
     "CSS",
     "NONE",
+    "breakdown_panel",
     "breakdown_table",
     "cards",
     "completion_table",
     "facts",
+    "grid",
     "ms",
+    "panel",
     "row_table",
     "seconds",
+    "variants_table",
 ]
 
 NONE = "\u2013"  # an en dash: shown where there is no value
@@ -83,6 +87,9 @@ td.msg { white-space: normal; min-width: 240px; color: var(--muted); }
 td.ids { font-size: 11px; line-height: 1.35; }
 td.ids span { color: var(--muted); }
 td.error { color: var(--bad); font-weight: 600; }
+td.sub { padding-left: 24px; color: var(--muted); }
+table.columns { width: auto; }
+table.columns td.n, table.columns th.n { min-width: 140px; padding-left: 24px; }
 td.text { white-space: pre-wrap; min-width: 320px; max-width: 640px; font-size: 12px;
   word-break: break-word; }
 .side { display:grid; grid-template-columns: 1fr 1fr; gap: 16px; }
@@ -108,13 +115,27 @@ def seconds(value: float | None) -> str:
     return NONE if value is None else f"{value:.3f}"
 
 
+def panel(title: str, body: str, *, wide: bool = False) -> str:
+    """A titled card of the page; ``wide`` spans the whole width."""
+    return (
+        f'<section class="panel{" wide" if wide else ""}"><h2>{escape(title)}</h2>{body}</section>'
+    )
+
+
+def grid(*panels: str) -> str:
+    """Panels side by side, wrapping on a narrow screen."""
+    return f'<div class="grid">{"".join(panels)}</div>'
+
+
 def cards(summary: Mapping[str, Any]) -> str:
     """The row of headline figures."""
     status, rows = summary["status"], summary["rows"]
     ok_share = 100 * status["ok"] / rows if rows else 0.0
     retries = summary["attempts"]["retries"] or 0
+    cached = summary.get("cache_hits") or 0
+    hits = f" · {cached:,} cached" if cached else ""
     items = [
-        ("rows", f"{rows:,}", f"{status['ok']:,} ok · {status['error']:,} error", ""),
+        ("rows", f"{rows:,}", f"{status['ok']:,} ok · {status['error']:,} error" + hits, ""),
         ("success", f"{ok_share:.1f}%", "rows ending ok", "bad" if status["error"] else ""),
         (
             "in flight",
@@ -162,6 +183,7 @@ def facts(summary: Mapping[str, Any]) -> str:
         )
     tokens, attempts = summary["tokens"], summary["attempts"]
     extra = [
+        ("rows from the response cache (no timings)", _count(summary.get("cache_hits") or 0)),
         ("input tokens", _count(tokens["input"])),
         ("output tokens", _count(tokens["output"])),
         ("attempts (first included)", _count(attempts["total"])),
@@ -183,12 +205,14 @@ def facts(summary: Mapping[str, Any]) -> str:
     )
 
 
-def row_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows of results.parquet with their trace and request ids, to look them up."""
+def row_table(rows: Sequence[Mapping[str, Any]], *, variant: bool = False) -> str:
+    """Rows of results.parquet with their trace and request ids, to look them up; ``variant``
+    adds a column of each row's variant."""
     if not rows:
         return "<p>None.</p>"
     head = (
-        "<tr><th>id</th><th class='n'>sample</th><th>status</th><th>stop / error</th>"
+        f"<tr>{_VARIANT_HEAD if variant else ''}<th>id</th><th class='n'>sample</th><th>status</th>"
+        "<th>stop / error</th>"
         "<th class='n'>attempts</th><th class='n'>ttft ms</th><th class='n'>e2e ms</th>"
         "<th class='n'>out tokens</th><th>trace_id · request_id</th><th>message</th></tr>"
     )
@@ -197,7 +221,8 @@ def row_table(rows: Sequence[Mapping[str, Any]]) -> str:
         error = row["status"] == "error"
         message = str(row["error_message"] or "")
         body.append(
-            f"<tr><td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
+            f"<tr>{_variant_cell(row) if variant else ''}"
+            f"<td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
             f"<td class='{'error' if error else ''}'>{escape(str(row['status']))}</td>"
             f"<td>{escape(str(row['error_type'] if error else row['stop_reason'] or ''))}</td>"
             f"<td class='n'>{_count(row['attempts'])}</td><td class='n'>{ms(row['ttft_s'])}</td>"
@@ -210,12 +235,14 @@ def row_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
 
 
-def completion_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows with their completion (or error), cut short, every value escaped."""
+def completion_table(rows: Sequence[Mapping[str, Any]], *, variant: bool = False) -> str:
+    """Rows with their completion (or error), cut short, every value escaped; ``variant`` adds
+    a column of each row's variant."""
     if not rows:
         return "<p>None.</p>"
     head = (
-        "<tr><th>id</th><th class='n'>sample</th><th>stop / error</th><th class='n'>e2e ms</th>"
+        f"<tr>{_VARIANT_HEAD if variant else ''}<th>id</th><th class='n'>sample</th>"
+        "<th>stop / error</th><th class='n'>e2e ms</th>"
         "<th class='n'>out tokens</th><th>completion, or the error</th></tr>"
     )
     body = []
@@ -224,13 +251,21 @@ def completion_table(rows: Sequence[Mapping[str, Any]]) -> str:
         what = row["error_type"] if error else row["stop_reason"]
         text = row["error_message"] if error else row["completion"]
         body.append(
-            f"<tr><td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
+            f"<tr>{_variant_cell(row) if variant else ''}"
+            f"<td class='mono'>{escape(str(row['id']))}</td><td class='n'>{row['sample']}</td>"
             f"<td class='{'error' if error else ''}'>{escape(str(what or NONE))}</td>"
             f"<td class='n'>{ms(row['e2e_s'])}</td>"
             f"<td class='n'>{_count(row['output_tokens'])}</td>"
             f"<td class='text'>{escape(str(text if text is not None else NONE))}</td></tr>"
         )
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+_VARIANT_HEAD = "<th>variant</th>"
+
+
+def _variant_cell(row: Mapping[str, Any]) -> str:
+    return f"<td>{escape(str(row['variant']))}</td>"
 
 
 def breakdown_table(by: Mapping[str, Any]) -> str:
@@ -242,21 +277,32 @@ def breakdown_table(by: Mapping[str, Any]) -> str:
     head = f"<tr><th>{escape(by['column'])}</th>" + "".join(
         f'<th class="n">{escape(h)}</th>' for h in heads
     )
-    body = []
-    for g in groups:
+
+    def row(name: str, g: Mapping[str, Any], cls: str = "") -> str:
         share = NONE if g["ok_share"] is None else f"{100 * g['ok_share']:.1f}"
         cells = [_count(g["rows"]), _count(g["ok"]), share]
         cells += [_count(g["input_tokens"]), _count(g["output_tokens"])]
         cells += [ms(g[k]) for k in ("ttft_s_p50", "e2e_s_p50", "e2e_s_p90", "e2e_s_p99")]
         cells += [usd(g.get("cost_usd"))] if priced else []
-        body.append(
-            f"<tr><td>{escape(str(g['value']))}</td>"
+        return (
+            f"<tr><td{cls}>{escape(name)}</td>"
             + "".join(f'<td class="n">{escape(c)}</td>' for c in cells)
             + "</tr>"
         )
+
+    body = []
+    for g in groups:
+        body.append(row(str(g["value"]), g))
+        body += [row(v["variant"], v, ' class="sub"') for v in g.get("variants", ())]
     more = by["groups_left_off"]
     note = f'<p class="note">… and {more:,} more values (see --json).</p>' if more else ""
     return f'<div class="scroll"><table>{head}</tr>{"".join(body)}</table></div>{note}'
+
+
+def breakdown_panel(by: Mapping[str, Any]) -> str:
+    """The breakdown by an input column as a panel of the page."""
+    title = f"By {by['column']} (input column, joined on {by['joined_on']})"
+    return panel(title, breakdown_table(by), wide=True)
 
 
 def _flight(c: Mapping[str, Any]) -> str:
@@ -298,3 +344,27 @@ def _duration(value: float) -> str:
     if value >= 120:
         return f"{value / 60:.1f} min"
     return f"{value:.1f} s"
+
+
+def variants_table(variants: Sequence[Mapping[str, Any]] | None) -> str:
+    """The variants side by side, a column each; nothing for a run of one variant."""
+    if not variants or len(variants) < 2:
+        return ""
+    head = "<tr><th>variant</th>" + "".join(
+        f'<th class="n">{escape(v["variant"])}</th>' for v in variants
+    )
+    body = "".join(
+        f"<tr><td>{escape(label)}</td>"
+        + "".join(f'<td class="n">{escape(cell)}</td>' for cell in cells)
+        + "</tr>"
+        for label, cells in variant_rows(variants)
+    )
+    note = (
+        '<p class="note">Latencies in ms and one stream\'s output tokens/s, of the rows sent '
+        "(response cache hits left out); cost is the rows' own <code>cost_usd</code>.</p>"
+    )
+    return panel(
+        "Variants side by side",
+        f'<div class="scroll"><table class="columns">{head}</tr>{body}</table></div>{note}',
+        wide=True,
+    )

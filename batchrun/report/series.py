@@ -13,6 +13,8 @@ from typing import Any
 
 import polars as pl
 
+from batchrun.report.load import SENT
+
 __all__ = [
     "Histogram",
     "Timeline",
@@ -33,6 +35,7 @@ __all__ = [
 
 # Rows shown in the page's tables.
 ROW_COLUMNS = [
+    "variant",
     "id",
     "sample",
     "status",
@@ -209,11 +212,12 @@ def output_rate(results: pl.DataFrame, line: Timeline) -> list[float]:
     """Output tokens per second per bin, each stream's tokens spread over its generation time.
 
     A stream generates from its first content delta (``finished_at - e2e_s + ttft_s``, on the
-    successful attempt) to ``finished_at``; windows under a millisecond count as one.
+    successful attempt) to ``finished_at``; windows under a millisecond count as one. A response
+    cache hit generated nothing in this run: it is left out.
     """
     streams = (
-        results.select("output_tokens", "finished_at", "e2e_s", "ttft_s")
-        .filter(pl.col("output_tokens") > 0)
+        results.select("output_tokens", "finished_at", "e2e_s", "ttft_s", "cache_hit")
+        .filter((pl.col("output_tokens") > 0) & SENT)
         .drop_nulls(["finished_at", "e2e_s", "ttft_s"])
         .select(
             end=seconds("finished_at", line),
@@ -258,8 +262,14 @@ def stacked_counts(
 
 
 def slowest_rows(results: pl.DataFrame, n: int) -> list[dict[str, Any]]:
-    """The ``n`` ok rows with the longest end-to-end latency, slowest first."""
-    rows = results.lazy().select(ROW_COLUMNS).filter(pl.col("status") == "ok").drop_nulls("e2e_s")
+    """The ``n`` ok rows sent (not response cache hits) with the longest end-to-end latency,
+    slowest first."""
+    rows = (
+        results.lazy()
+        .filter((pl.col("status") == "ok") & SENT)
+        .select(ROW_COLUMNS)
+        .drop_nulls("e2e_s")
+    )
     return rows.top_k(n, by="e2e_s").sort("e2e_s", descending=True).collect().to_dicts()
 
 

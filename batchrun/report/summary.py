@@ -2,8 +2,10 @@
 
 Computed with polars from the tables ``load_run`` read; the result is a JSON-ready dict whose
 keys are stable (scripts and dashboards read ``batchrun report --json``). Percentiles use linear
-interpolation over the rows that have the value (timings exist only for ``ok`` rows). This
-module neither prints nor writes files.
+interpolation over the rows that have the value (timings exist only for ``ok`` rows) and were
+sent: a response cache hit's timings are another run's. The sections a report adds when they
+apply (variants side by side, ``--by``) are in ``sections.py``. This module neither prints nor
+writes files.
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
     results, attempts = run.results, run.attempts
     rows = results.height
     duration = active_duration_s(results)
+    # Timings are of requests sent: a response cache hit's are another run's, measured then;
+    # so are its output tokens, which this run did not generate.
+    sent = ~results["cache_hit"]
     output_tokens = _sum(results["output_tokens"])
+    generated = _sum(results["output_tokens"].filter(sent))
     # Filters of one column, never of the frame: a million-row frame copied is ~150 MB.
     failed_attempts = attempts["outcome"].filter(attempts["outcome"] != "ok")
     status = {"ok": 0, "error": 0, **counts(results["status"])}
     covered = activity.input_rows(run)
     unit, lengths = output_lengths(run)
-    # Timings are of requests sent: a response cache hit's are another run's, measured then.
-    sent = ~results["cache_hit"].fill_null(False) if "cache_hit" in results.columns else None
     return {
         "run_dir": str(run.run_dir),
         "state": run.state,
@@ -60,6 +64,7 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
         "models": sorted(results["model"].drop_nulls().unique().to_list()),
         "apis": sorted(results["api"].drop_nulls().unique().to_list()),
         "rows": rows,
+        "cache_hits": rows - int(sent.sum()),
         "status": status,
         "stop_reasons": counts(results["stop_reason"]),
         "tokens": {"input": _sum(results["input_tokens"]), "output": output_tokens},
@@ -71,14 +76,11 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
             "ok_per_s": _ratio(status["ok"], duration),
             "error_per_s": _ratio(status["error"], duration),
         },
-        "output_tokens_per_s": _ratio(output_tokens, duration),
+        "output_tokens_per_s": _ratio(generated, duration),
         "output_length": {"unit": unit, **distribution(lengths)},
         "concurrency": activity.concurrency(run, duration),
         "over_time": activity.over_time(run),
-        **{
-            key: distribution(results[column] if sent is None else results[column].filter(sent))
-            for key, column in TIMINGS.items()
-        },
+        **{key: distribution(results[column].filter(sent)) for key, column in TIMINGS.items()},
         "attempts": {
             "total": _int(results["attempts"].sum()),
             "retries": _int((results["attempts"] - 1).clip(lower_bound=0).sum()),

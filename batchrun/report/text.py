@@ -6,17 +6,21 @@ cron mail. Formatting only: the numbers come from ``summarize`` and ``compare_ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "cost_line",
+    "key_words",
     "render_breakdown",
     "render_comparison",
     "render_summary",
+    "render_variants",
+    "row_key",
     "sparkline",
     "tokens_note",
     "usd",
+    "variant_rows",
 ]
 
 NONE = "\u2013"  # an en dash: shown where there is no value
@@ -24,8 +28,9 @@ NONE = "\u2013"  # an en dash: shown where there is no value
 _TIMINGS = [("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"), ("queue", "queue_s")]
 
 
-def render_summary(summary: Mapping[str, Any]) -> str:
-    """The summary of one run, for stdout."""
+def render_summary(summary: Mapping[str, Any], sections: Sequence[str] = ()) -> str:
+    """The summary of one run, for stdout; ``sections`` (the text of the report's sections that
+    apply, see ``sections.py``) go after the figures, before the run over time."""
     s = summary
     status, attempts = s["status"], s["attempts"]
     throughput = s["throughput"]
@@ -42,7 +47,8 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"outcome   {_LEVELS[outcome['level']]}: {outcome['text']}",
-        f"rows      {s['rows']:,}: ok {status['ok']:,} · error {status['error']:,}",
+        f"rows      {s['rows']:,}: ok {status['ok']:,} · error {status['error']:,}"
+        + _hits(s.get("cache_hits") or 0),
         f"stopped   {_pairs(s['stop_reasons'])}",
         f"tokens    {_tokens(s)}",
         f"cost      {cost_line(s['cost'])}",
@@ -73,6 +79,8 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         f"errors    rows ending in error: {_pairs(s['errors'])}",
         f"          failed attempts: {_pairs(s['failed_attempts'])}",
     ]
+    for text in sections:
+        lines += ["", text]
     if s["over_time"]:
         over = s["over_time"]
         peak = max(over["ok_per_s"] + over["error_per_s"], default=0.0)
@@ -86,7 +94,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
             f"  errors/s  {sparkline(over['error_per_s'], peak)}",
             f"  in flight {sparkline(over['in_flight'], limit)}",
         ]
-    lines += _completions(s["completions"])
+    lines += _completions(s["completions"], variants=len(s.get("variants") or ()) > 1)
     return "\n".join(lines)
 
 
@@ -136,7 +144,21 @@ def _concurrency(c: Mapping[str, Any]) -> str:
     return line
 
 
-def _completions(picked: Mapping[str, list[Mapping[str, Any]]], shown: int = 3) -> list[str]:
+def _hits(hits: int) -> str:
+    if not hits:
+        return ""
+    return f" · {hits:,} from the response cache (left out of the timings)"
+
+
+def row_key(row: Mapping[str, Any], *, variant: bool) -> str:
+    """How a row is named: ``id #sample``, after its variant when the run has several."""
+    key = f"{row['id']} #{row['sample']}"
+    return f"{row['variant']} · {key}" if variant else key
+
+
+def _completions(
+    picked: Mapping[str, list[Mapping[str, Any]]], *, variants: bool, shown: int = 3
+) -> list[str]:
     lines: list[str] = []
     for kind, rows in picked.items():
         if not rows:
@@ -149,7 +171,7 @@ def _completions(picked: Mapping[str, list[Mapping[str, Any]]], shown: int = 3) 
             else:
                 what = str(row["error_type"])
                 body = _snippet(row["error_message"], 80)
-            lines.append(f"  {row['id']} #{row['sample']} ({what}): {body}")
+            lines.append(f"  {row_key(row, variant=variants)} ({what}): {body}")
     return lines
 
 
@@ -170,13 +192,14 @@ def render_comparison(comparison: Mapping[str, Any]) -> str:
             f"{_cell(m['delta'], signed=True):>14}{rel:>10}"
         )
     c = comparison["completions"]
+    variant = "variant" in c["key"]
     lines += [
         "",
-        f"completions: {c['changed']:,} of {c['compared']:,} (id, sample) pairs in both runs "
+        f"completions: {c['changed']:,} of {c['compared']:,} {key_words(c['key'])} in both runs "
         f"changed; only in A: {c['only_in_a']:,}; only in B: {c['only_in_b']:,}",
     ]
     for row in c["rows"]:
-        lines.append(f"  {row['id']} #{row['sample']}")
+        lines.append(f"  {row_key(row, variant=variant)}")
         for side in ("a", "b"):
             r = row[side]
             what = r["stop_reason"] if r["status"] == "ok" else r["error_type"]
@@ -184,6 +207,11 @@ def render_comparison(comparison: Mapping[str, Any]) -> str:
     if c["changed"] > len(c["rows"]):
         lines.append(f"  … and {c['changed'] - len(c['rows']):,} more (--rows N shows more)")
     return "\n".join(lines)
+
+
+def key_words(key: Sequence[str]) -> str:
+    """What the compared rows are: ``(id, sample) pairs``, or ``(variant, id, sample) keys``."""
+    return f"({', '.join(key)}) {'pairs' if len(key) == 2 else 'keys'}"
 
 
 def cost_line(cost: Mapping[str, Any]) -> str:
@@ -276,7 +304,9 @@ def _snippet(text: str | None, length: int = 90) -> str:
 def render_breakdown(by: Mapping[str, Any]) -> str:
     """The summary per value of an input column, one line each."""
     groups = by["groups"]
-    width = min(max([len(str(g["value"])) for g in groups] + [len(by["column"])]) + 2, 40)
+    names = [str(g["value"]) for g in groups] + [by["column"]]
+    names += [f"  {v['variant']}" for g in groups for v in g.get("variants", ())]
+    width = min(max(len(name) for name in names) + 2, 40)
     priced = any("cost_usd" in g for g in groups)
     lines = [
         f"by {by['column']} (joined on {by['joined_on']})",
@@ -284,18 +314,101 @@ def render_breakdown(by: Mapping[str, Any]) -> str:
         f"{'in tok':>11}{'out tok':>11}{'ttft p50':>10}{'e2e p50':>10}{'e2e p90':>10}"
         f"{'e2e p99':>10}" + (f"{'cost':>11}" if priced else ""),
     ]
-    for g in groups:
-        value = str(g["value"])
-        value = value if len(value) <= width - 2 else value[: width - 3] + "…"
+
+    def line(name: str, g: Mapping[str, Any]) -> str:
         share = NONE if g["ok_share"] is None else f"{100 * g['ok_share']:.1f}"
-        lines.append(
-            f"{value:<{width}}{g['rows']:>8,}{g['ok']:>8,}{share:>8}"
+        return (
+            f"{_fit(name, width - 2):<{width}}{g['rows']:>8,}{g['ok']:>8,}{share:>8}"
             f"{_int(g['input_tokens']):>11}{_int(g['output_tokens']):>11}"
             + "".join(f"{_ms(g[k]):>10}" for k in ("ttft_s_p50", "e2e_s_p50", "e2e_s_p90"))
             + f"{_ms(g['e2e_s_p99']):>10}"
             + (f"{usd(g.get('cost_usd')):>11}" if priced else "")
         )
+
+    for g in groups:
+        lines.append(line(str(g["value"]), g))
+        lines += [line(f"  {v['variant']}", v) for v in g.get("variants", ())]
     if by["groups_left_off"]:
         lines.append(f"… and {by['groups_left_off']:,} more values (see --json)")
-    lines.append("(latencies in ms)")
+    lines.append(
+        "(latencies in ms"
+        + (
+            "; under each value, its rows per variant)"
+            if by["groups"] and "variants" in by["groups"][0]
+            else ")"
+        )
+    )
     return "\n".join(lines)
+
+
+def variant_rows(variants: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The figures of the variants side by side, a (label, one cell per variant) a line: the
+    terminal and the page show the same lines. Cache lines only when some variant has any; TTFT
+    to the first text only when it is not the TTFT."""
+    vs = variants
+    lines = [
+        ("model", [", ".join(v["models"]) or NONE for v in vs]),
+        ("rows", [f"{v['rows']:,}" for v in vs]),
+        ("ok", [f"{v['ok']:,}" for v in vs]),
+        ("error", [f"{v['error']:,}" for v in vs]),
+        ("ok %", [NONE if v["ok_share"] is None else f"{100 * v['ok_share']:.1f}" for v in vs]),
+    ]
+    if any(v["cache_hits"] for v in vs):
+        lines.append(("cache hits", [f"{v['cache_hits']:,}" for v in vs]))
+    for key, label in _VARIANT_TOKENS:
+        if key in ("input", "output") or any(v["tokens"][key] for v in vs):
+            lines.append((label, [_int(v["tokens"][key]) for v in vs]))
+    lines.append(("cost", [usd(v["cost_usd"]) for v in vs]))
+    # TTFT to the first text differs from TTFT only after thinking or a tool call
+    text_later = any(
+        v["ttft_text_s"]["count"] and v["ttft_text_s"]["p50"] != v["ttft_s"]["p50"] for v in vs
+    )
+    for key, label in _VARIANT_TIMINGS:
+        if key != "ttft_text_s" or text_later:
+            show = _one if key == "stream_output_tokens_per_s" else _ms
+            lines += [
+                (f"{label} {p}", [show(v[key][p]) for v in vs]) for p in ("p50", "p90", "p99")
+            ]
+    return lines
+
+
+_VARIANT_TOKENS = (
+    ("input", "input tokens"),
+    ("output", "output tokens"),
+    ("cache_read", "cache read tokens"),
+    ("cache_creation", "cache write tokens"),
+)
+_VARIANT_TIMINGS = (
+    ("ttft_s", "ttft ms"),
+    ("ttft_text_s", "ttft text ms"),
+    ("e2e_s", "e2e ms"),
+    ("stream_output_tokens_per_s", "out tok/s"),
+)
+
+
+def render_variants(variants: Sequence[Mapping[str, Any]] | None, width: int = 100) -> str:
+    """The variants side by side, a column each (in blocks that fit ``width`` characters);
+    nothing for a run of one variant."""
+    if not variants or len(variants) < 2:
+        return ""
+    table = variant_rows(variants)
+    label = max(len(name) for name, _ in table) + 2
+    column = min(22, max(11, *(len(v["variant"]) + 2 for v in variants)))
+    column = max(column, min(22, max(len(c) + 2 for c in table[0][1])))  # the models
+    per_block = max(1, (width - label) // column)
+    lines = ["variants side by side (latencies of the rows sent: response cache hits left out)"]
+    for start in range(0, len(variants), per_block):
+        block = slice(start, start + per_block)
+        names = [_fit(v["variant"], column - 1) for v in variants[block]]
+        lines += [] if start == 0 else [""]
+        lines.append(f"{'variant':<{label}}" + "".join(f"{n:>{column}}" for n in names))
+        for name, cells in table:
+            lines.append(
+                f"{name:<{label}}"
+                + "".join(f"{_fit(c, column - 1):>{column}}" for c in cells[block])
+            )
+    return "\n".join(lines)
+
+
+def _fit(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
