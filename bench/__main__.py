@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -27,8 +28,6 @@ from bench import fidelity, memory, startup, throughput
 
 
 def _machine() -> str:
-    import os
-
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,8 +36,11 @@ def _machine() -> str:
                 break
     except OSError:
         pass
+    # Other work on the host takes cores from the clients and the simulator alike: say how much.
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}, "
+        f"load average {load} (1/5/15 min) at the end"
     )
 
 
@@ -131,7 +133,8 @@ def _table(results: dict[str, Any]) -> str:
         "stream=True) on its anthropic/ provider + a semaphore; N processes = batchrun as N",
         "processes side by side, each on its share of the rows; ttft excess = when the client",
         "saw the first content minus when the simulator wrote it (same host clock), p50/p99.",
-        f"machine: {_machine()}; {results['seconds']:.0f} s in all.",
+        f"machine: {_machine()}; {results['seconds']:.0f} s in all; load average at the "
+        f"start {results['load_at_start'][0]:.1f}.",
     ]
     return "\n".join(lines)
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_at_start": os.getloadavg()}
     print("start-up ...", file=sys.stderr)
     results["startup"] = startup.measure(runs=3 if args.quick else 9)
     print("throughput ...", file=sys.stderr)
