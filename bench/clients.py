@@ -4,11 +4,16 @@
 
 ``batchrun`` runs a whole job (input file, retries, results, attempts and traces written);
 ``sdk`` is the official SDK as users run it (``AsyncAnthropic``, ``messages.stream``, a semaphore
-of the same size); ``httpx`` and ``httpx-aiohttp`` only read the bytes of each stream, with
-httpx's own transport and with batchrun's: the ceiling of what Python and the simulator allow.
-Every client reports, per stream, the request id, when it sent the request and when it saw the
-first content, in ``perf_counter`` seconds (host-wide ``CLOCK_MONOTONIC`` on Linux), so that the
-simulator's own record of its first write can be compared with them.
+of the same size); ``litellm`` is LiteLLM's async streaming completion (``acompletion(...,
+stream=True)`` with an ``anthropic/`` model and ``api_base``), what multi-provider users pick;
+``httpx`` and ``httpx-aiohttp`` only read the bytes of each stream, with httpx's own transport
+and with batchrun's: the ceiling of what Python and the simulator allow. Every client reports,
+per stream, the request id, when it sent the request and when it saw the first content, in
+``perf_counter`` seconds (host-wide ``CLOCK_MONOTONIC`` on Linux), so that the simulator's own
+record of its first write can be compared with them.
+
+:func:`run_processes` runs one load as several batchrun processes side by side, each on its
+share of the rows: what ``batchrun JOB --shards N --local`` does.
 """
 
 from __future__ import annotations
@@ -20,36 +25,44 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KINDS", "Outcome", "Spec", "run_client"]
+__all__ = ["KINDS", "MODEL", "Outcome", "Spec", "run_client", "run_processes"]
 
-KINDS = ("batchrun", "sdk", "httpx", "httpx-aiohttp")
-MODEL = "claude-sonnet-4-5"
+KINDS = ("batchrun", "sdk", "litellm", "httpx", "httpx-aiohttp")
+MODEL = "claude-sonnet-5-5"
 _HEADERS = {"x-api-key": "bench-key", "anthropic-version": "2023-06-01"}
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One load: ``streams`` requests at ``concurrency``; ``tag`` makes every prompt unique."""
+    """One load: ``streams`` requests at ``concurrency``; ``tag`` makes every prompt unique.
+    With ``shards`` above 1, the client sends only the requests ``i`` with ``i % shards ==
+    shard``."""
 
     base_url: str
     streams: int
     concurrency: int
     max_tokens: int
     tag: str
+    shard: int = 0
+    shards: int = 1
+
+    def rows(self) -> range:
+        return range(self.shard, self.streams, self.shards)
 
 
 @dataclass
 class Outcome:
-    """What a client did: wall time of the whole load, and per stream (request id, sent at,
-    first content seen at) in ``perf_counter`` seconds."""
+    """What a client did: wall time of the whole load (from ``began``), and per stream
+    (request id, sent at, first content seen at), all in ``perf_counter`` seconds."""
 
     elapsed_s: float
     ok: int
     firsts: list[tuple[str, float, float]] = field(default_factory=list)
+    began: float = 0.0
 
 
 def prompt(spec: Spec, i: int) -> str:
@@ -58,20 +71,72 @@ def prompt(spec: Spec, i: int) -> str:
 
 def run_client(kind: str, spec: Spec, *, timeout_s: float = 300) -> Outcome:
     """Run ``kind`` on ``spec`` in a child process and return its outcome."""
-    done = subprocess.run(
+    return _outcome(kind, _start(kind, spec), timeout_s)
+
+
+def run_processes(
+    spec: Spec, processes: int, *, kind: str = "batchrun", timeout_s: float = 300
+) -> Outcome:
+    """The load ``spec`` as ``processes`` processes of ``kind`` started together on one host,
+    each on its share of the rows at ``spec.concurrency``; wall time from the first one's start
+    to the last one's end.
+
+    For batchrun this is what ``batchrun JOB --shards N --local`` does, written before it
+    existed: once it does, this is the one function to change (for ``kind == "batchrun"``, run
+    the command on the job of ``_batchrun``, take its wall time, and the first-content times of
+    every shard's ``attempts.parquet``).
+    """
+    shares = [replace(spec, shard=k, shards=processes) for k in range(processes)]
+    children = [_start(kind, share) for share in shares]
+    # Each child says when it has imported (and written its input), then all start at once:
+    # the window measured is the runs', as it is for one process.
+    for child in children:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"client {kind} failed: {child.communicate()[1][-2000:]}")
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    outcomes = [_outcome(kind, child, timeout_s) for child in children]
+    began = min(o.began for o in outcomes)
+    ended = max(o.began + o.elapsed_s for o in outcomes)
+    firsts = [first for o in outcomes for first in o.firsts]
+    return Outcome(ended - began, sum(o.ok for o in outcomes), firsts, began)
+
+
+def _start(kind: str, spec: Spec) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "bench.clients", kind, json.dumps(asdict(spec))],
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout_s,
-        check=False,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"client {kind} failed ({done.returncode}): {done.stderr[-2000:]}")
-    data = json.loads(done.stdout.strip().splitlines()[-1])
-    return Outcome(data["elapsed_s"], data["ok"], [tuple(f) for f in data["firsts"]])
+
+
+def _outcome(kind: str, child: subprocess.Popen[str], timeout_s: float) -> Outcome:
+    try:
+        out, err = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise
+    if child.returncode != 0:
+        raise RuntimeError(f"client {kind} failed ({child.returncode}): {err[-2000:]}")
+    data = json.loads(out.strip().splitlines()[-1])
+    firsts = [(f[0], f[1], f[2]) for f in data["firsts"]]
+    return Outcome(data["elapsed_s"], data["ok"], firsts, data["began"])
 
 
 # -- the clients, run in the child ---------------------------------------------------------
+
+
+def _ready(spec: Spec) -> None:
+    """One of several processes (:func:`run_processes`): say so, and start when told."""
+    if spec.shards > 1:
+        print("ready", flush=True)
+        sys.stdin.readline()
 
 
 def _body(spec: Spec, i: int) -> dict[str, Any]:
@@ -108,9 +173,10 @@ async def _bare(spec: Spec, aiohttp_transport: bool) -> Outcome:
                 outcome.ok += response.status_code == 200
                 outcome.firsts.append((response.headers.get("request-id", ""), sent, first))
 
-        began = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(spec.streams)))
-        outcome.elapsed_s = time.perf_counter() - began
+        _ready(spec)
+        outcome.began = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in spec.rows()))
+        outcome.elapsed_s = time.perf_counter() - outcome.began
     return outcome
 
 
@@ -136,10 +202,47 @@ async def _sdk(spec: Spec) -> Outcome:
             outcome.ok += 1
             outcome.firsts.append((stream.request_id or "", sent, first))
 
-    began = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(spec.streams)))
-    outcome.elapsed_s = time.perf_counter() - began
+    outcome.began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in spec.rows()))
+    outcome.elapsed_s = time.perf_counter() - outcome.began
     await client.close()
+    return outcome
+
+
+async def _litellm(spec: Spec) -> Outcome:
+    """LiteLLM's async streaming completion on its Anthropic provider, every chunk consumed,
+    behind a semaphore. The request id is the one LiteLLM passes on from the response."""
+    # Its price table from the package, not fetched from the network on import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    outcome = Outcome(0.0, 0)
+    gate = asyncio.Semaphore(spec.concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            sent = time.perf_counter()
+            first = 0.0
+            stream = await litellm.acompletion(
+                model=f"anthropic/{MODEL}",
+                messages=[{"role": "user", "content": prompt(spec, i)}],
+                max_tokens=spec.max_tokens,
+                stream=True,
+                api_base=spec.base_url,
+                api_key="bench-key",
+                num_retries=0,
+                timeout=60,
+            )
+            async for chunk in stream:
+                if not first and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.perf_counter()
+            headers = stream._hidden_params.get("additional_headers") or {}
+            outcome.ok += 1
+            outcome.firsts.append((headers.get("llm_provider-request-id", ""), sent, first))
+
+    outcome.began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in spec.rows()))
+    outcome.elapsed_s = time.perf_counter() - outcome.began
     return outcome
 
 
@@ -161,8 +264,8 @@ def _batchrun(spec: Spec) -> Outcome:
         root = Path(folder)
         pl.DataFrame(
             {
-                "id": [f"r{i}" for i in range(spec.streams)],
-                "prompt": [prompt(spec, i) for i in range(spec.streams)],
+                "id": [f"r{i}" for i in spec.rows()],
+                "prompt": [prompt(spec, i) for i in spec.rows()],
             }
         ).write_parquet(root / "input.parquet")
         job_file = {
@@ -178,6 +281,11 @@ def _batchrun(spec: Spec) -> Outcome:
         }
         (root / "job.yaml").write_text(yaml.safe_dump(job_file), encoding="utf-8")
         job = load_job(root / "job.yaml")
+        # Loaded on the run's first request otherwise; the baselines import theirs before too.
+        import batchrun.call.transport  # noqa: F401
+
+        _ready(spec)
+
         clock = Clock()
         began = time.perf_counter()
         with open(os.devnull, "w") as quiet:
@@ -193,7 +301,7 @@ def _batchrun(spec: Spec) -> Outcome:
         if ttft is not None
         for sent in [clock.origin_mono + (started - clock.origin_wall).total_seconds()]
     ]
-    return Outcome(elapsed, result.counts.get("ok", 0), firsts)
+    return Outcome(elapsed, result.counts.get("ok", 0), firsts, began)
 
 
 def main(argv: list[str]) -> int:
@@ -202,6 +310,8 @@ def main(argv: list[str]) -> int:
         outcome = _batchrun(spec)
     elif kind == "sdk":
         outcome = asyncio.run(_sdk(spec))
+    elif kind == "litellm":
+        outcome = asyncio.run(_litellm(spec))
     elif kind in ("httpx", "httpx-aiohttp"):
         outcome = asyncio.run(_bare(spec, aiohttp_transport=kind == "httpx-aiohttp"))
     else:

@@ -26,6 +26,7 @@ import polars as pl
 import yaml
 
 from batchrun.sim import SimConfig
+from bench.clients import MODEL
 from bench.simproc import SimProcess
 
 __all__ = ["Memory", "make_input", "measure"]
@@ -82,7 +83,7 @@ def measure(
                 "id_column": "id",
                 "prompt": "{prompt}",
             },
-            "request": {"max_tokens": 4},
+            "request": {"model": MODEL, "max_tokens": 4},
             "endpoint": {"base_url": sim.base_url, "api_key_env": "BENCH_API_KEY"},
             "limits": {"concurrency": 256, "shared": False},
             "output": {"dir": out},

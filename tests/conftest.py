@@ -84,6 +84,17 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 JobWriter = Callable[..., Path]
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a command a test runs configures logging for
+    the process (at info, say), and a later test capturing debug lines must not depend on the
+    order the tests ran in."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def write_job(tmp_path: Path) -> JobWriter:
     """Write a CSV of `rows` questions and a job file over it; returns the job file's path.

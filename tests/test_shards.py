@@ -312,7 +312,8 @@ def test_local_shards_forward_a_signal_and_resume(write_job: JobWriter, tmp_path
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_checkpoint(tmp_path / "out" / "shard-0-of-2", proc)
+    for k in range(2):  # both shards running (a shard signalled while it starts writes nothing)
+        wait_for_checkpoint(tmp_path / "out" / f"shard-{k}-of-2", proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr

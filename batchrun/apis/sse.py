@@ -34,9 +34,10 @@ __all__ = ["MAX_SIZE", "SSEDecoder", "ServerSentEvent"]
 # are a few hundred bytes; a whole long answer in one event is still far below this.
 MAX_SIZE = 4 * 1024 * 1024
 
-# One whole event in the shape Anthropic sends, line endings already made LF.
-_BLOCK = re.compile(r"event: ([^\n]*)\ndata: ([^\n]*)\n\n")
-_BLOCKS = re.compile(r"(?:event: [^\n]*\ndata: [^\n]*\n\n)*")
+# One whole event in the shape Anthropic sends, line endings already made LF. ``.`` is any
+# character but LF (no DOTALL), as ``[^\n]`` is, and the regex engine scans it faster.
+_BLOCK = re.compile(r"event: (.*)\ndata: (.*)\n\n")
+_BLOCKS = re.compile(r"(?:event: .*\ndata: .*\n\n)*")
 
 
 class ServerSentEvent(NamedTuple):
@@ -49,6 +50,11 @@ class ServerSentEvent(NamedTuple):
     data: str = ""
     id: str | None = None
     retry: int | None = None
+
+
+# Made straight from its four fields, in C: the named tuple's own ``__new__`` is a Python
+# function, and calling it was most of the cost of taking a block of the usual shape.
+_new_event = tuple.__new__
 
 
 class SSEDecoder:
@@ -164,7 +170,9 @@ class SSEDecoder:
             between = not (self._data or self._event) and self._retry is None
             if between and (m := _BLOCK.match(text, pos)):
                 name, data = m.groups()
-                events.append(ServerSentEvent(name or "message", data, self._last_id))
+                events.append(
+                    _new_event(ServerSentEvent, (name or "message", data, self._last_id, None))
+                )
                 pos = m.end()
                 if bulk and pos < end:
                     bulk = False
@@ -182,8 +190,9 @@ class SSEDecoder:
         if stop <= pos + 1 or not _BLOCKS.fullmatch(text, pos, stop):
             return pos
         last_id = self._last_id
+        new, cls = _new_event, ServerSentEvent
         events += [
-            ServerSentEvent(name or "message", data, last_id)
+            new(cls, (name or "message", data, last_id, None))
             for name, data in _BLOCK.findall(text, pos, stop)
         ]
         return stop

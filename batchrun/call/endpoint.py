@@ -55,6 +55,8 @@ class ApiClient(httpx.AsyncClient):
         self.scrubber = scrubber
         self._direct = transport
         self._urls: dict[str, httpx.URL] = {}
+        # The client's timeouts as a request carries them, made again only if they change.
+        self._timeouts: tuple[httpx.Timeout | None, dict[str, float | None]] = (None, {})
 
     @contextlib.asynccontextmanager
     async def open_stream(self, path: str, body: Any) -> AsyncIterator[httpx.Response]:
@@ -63,12 +65,15 @@ class ApiClient(httpx.AsyncClient):
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(str(self.base_url).rstrip("/") + path)
+        timeout, timeouts = self._timeouts
+        if timeout is not self.timeout:  # set anew since the last request
+            timeout, timeouts = self._timeouts = (self.timeout, self.timeout.as_dict())
         request = httpx.Request(
             "POST",
             url,
             headers=self.headers,
             content=msgspec.json.encode(body),
-            extensions={"timeout": self.timeout.as_dict()},
+            extensions={"timeout": timeouts},
         )
         response = await self._direct.handle_async_request(request)
         try:

@@ -30,6 +30,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limits = limits or httpx.Limits()
         self._session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | None = None
+        # A run sends every request with the same timeouts: one ClientTimeout for each.
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
 
     def _session_now(self) -> aiohttp.ClientSession:
         # Made on first use: an aiohttp session belongs to the event loop that makes it.
@@ -48,10 +50,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._ssl = httpx.create_ssl_context()  # the certificates httpx would trust
         return self._ssl
 
+    def _timeout_for(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+        timeout = request.extensions.get("timeout", {})
+        key = (timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
+        made = self._timeouts.get(key)
+        if made is None:
+            pool, connect, read = key
+            made = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, connect=pool, sock_connect=connect, sock_read=read
+            )
+        return made
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session_now()
-        timeout = request.extensions.get("timeout", {})
-        body = await request.aread()
+        try:
+            body = request.content  # a request built from bytes (every one batchrun sends)
+        except httpx.RequestNotRead:
+            body = await request.aread()
         try:
             response = await session.request(
                 request.method,
@@ -60,12 +75,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 ssl=self._ssl_for(request.url),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=self._timeout_for(request),
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise _translate(exc, request) from exc
