@@ -81,10 +81,10 @@ def run_processes(
     each on its share of the rows at ``spec.concurrency``; wall time from the first one's start
     to the last one's end.
 
-    For batchrun this is what ``batchrun JOB --shards N --local`` does, written before it
-    existed: once it does, this is the one function to change (for ``kind == "batchrun"``, run
-    the command on the job of ``_batchrun``, take its wall time, and the first-content times of
-    every shard's ``attempts.parquet``).
+    For batchrun each process is ``batchrun JOB --shard K/N`` on the whole input (the rows
+    batchrun's own assignment gives shard K), as ``--shards N --local`` starts them; the window
+    measured leaves out what the supervisor adds around the runs (interpreter start-up, the
+    merge), as the one-process figure leaves out start-up.
     """
     shares = [replace(spec, shard=k, shards=processes) for k in range(processes)]
     children = [_start(kind, share) for share in shares]
@@ -257,16 +257,17 @@ def _batchrun(spec: Spec) -> Outcome:
     from batchrun.clock import Clock
     from batchrun.job.schema import load_job
     from batchrun.run import run_job
+    from batchrun.shard.assign import Shard
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     os.environ.setdefault("BENCH_API_KEY", "bench-key")
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as folder:
         root = Path(folder)
+        # One of several processes: the whole input, and the rows of shard K of N by batchrun's
+        # own assignment (`batchrun JOB --shard K/N`, what each process of --shards N --local is).
+        every = range(spec.streams) if spec.shards > 1 else spec.rows()
         pl.DataFrame(
-            {
-                "id": [f"r{i}" for i in spec.rows()],
-                "prompt": [prompt(spec, i) for i in spec.rows()],
-            }
+            {"id": [f"r{i}" for i in every], "prompt": [prompt(spec, i) for i in every]}
         ).write_parquet(root / "input.parquet")
         job_file = {
             "name": "bench",
@@ -281,6 +282,8 @@ def _batchrun(spec: Spec) -> Outcome:
         }
         (root / "job.yaml").write_text(yaml.safe_dump(job_file), encoding="utf-8")
         job = load_job(root / "job.yaml")
+        if spec.shards > 1:
+            job = job.with_shard(Shard(spec.shard, spec.shards))
         # Loaded on the run's first request otherwise; the baselines import theirs before too.
         import batchrun.call.transport  # noqa: F401
 

@@ -113,6 +113,11 @@ async def dispatch(
     # out of the collector's full passes, which otherwise stop the event loop for 50-100 ms
     # and make every stream being read then look slow.
     gc.freeze()
+    # Streams make many short-lived objects that reference counting frees; a young pass every
+    # 700 allocations cost the loop about a quarter of its time at 64 in flight (bench). Cycles
+    # are still collected, less often.
+    threshold = gc.get_threshold()
+    gc.set_threshold(50_000, *threshold[1:])
     try:
         await pool
         # Rows held while the last attempts failed to reach the endpoint: the verdict comes
@@ -125,6 +130,7 @@ async def dispatch(
         if stop.unreachable is None:
             log.warning("batchrun.run.grace_expired", note="requests in flight will be resent")
     finally:
+        gc.set_threshold(*threshold)
         gc.unfreeze()
         grace.cancel()
         watcher.cancel()
