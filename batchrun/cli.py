@@ -105,17 +105,21 @@ def _command(args: list[str]) -> str:
     return "run"
 
 
-def _job_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", metavar="JOB.yaml", help="the job file")
+def _job_file(
+    parser: argparse.ArgumentParser,
+    job: str = "the job file",
+    overrides: str = "override a job key by its dotted path (value parsed as YAML); "
+    "repeatable, e.g. --set limits.concurrency=64",
+) -> None:
+    """The job file and its --set overrides: every command that reads a job takes them."""
+    parser.add_argument("job", metavar="JOB.yaml", help=job)
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job key by its dotted path (value parsed as YAML); "
-        "repeatable, e.g. --set limits.concurrency=64",
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=overrides
     )
+
+
+def _job_args(parser: argparse.ArgumentParser) -> None:
+    _job_file(parser)
     parser.add_argument(
         "--limit", type=_positive_int, metavar="N", help="only the first N input rows (a smoke run)"
     )
@@ -250,14 +254,10 @@ def _merge_parser() -> argparse.ArgumentParser:
         "request hashes), of two different N, or missing or unfinished shards. Exit 0 when "
         "every row is ok, 1 when some ended in error.",
     )
-    parser.add_argument("job", metavar="JOB.yaml", help="the job file the shards ran")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the --set options the shards ran with (output.dir, request keys, ...)",
+    _job_file(
+        parser,
+        "the job file the shards ran",
+        "the --set options the shards ran with (output.dir, request keys, ...)",
     )
     parser.add_argument(
         "--partial",
@@ -327,15 +327,7 @@ def _score_parser() -> argparse.ArgumentParser:
         "scores.parquet. Sends no generation request; a model scorer sends its judge requests. "
         "Exit 0; 2 when the job is invalid or its folder holds no results.",
     )
-    parser.add_argument("job", metavar="JOB.yaml", help="the job file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job key by its dotted path (value parsed as YAML); repeatable",
-    )
+    _job_file(parser)
     parser.add_argument(
         "--rescore", metavar="NAME", help="score every row again with the scorer NAME"
     )
