@@ -4,13 +4,19 @@ the simulator."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import yaml
 
-from tests.conftest import JobWriter
+from batchrun.job.schema import load_job
+from batchrun.report import report_command
+from batchrun.run import run_job
+from batchrun.shard import Shard
+from tests.conftest import JobWriter, no_sleep
 from tests.test_shards import UNIQUE, batchrun
 
 KEY = ["variant", "id", "sample"]
@@ -57,3 +63,22 @@ def test_local_shards_pass_rerun_changed_on(write_job: JobWriter, tmp_path: Path
     scores = pl.read_parquet(out / "scores.parquet").join(rows, on=KEY, suffix="_result")
     assert scores.height == 48
     assert scores.filter(pl.col("run_id") != pl.col("run_id_result")).is_empty()  # none stale
+
+
+async def test_report_on_an_unmerged_folder_shows_the_shards_scores(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """Shards score their own rows at their end; the report on the folder not merged yet reads
+    every shard's scores.parquet, as it reads their results."""
+    job = load_job(write_job(rows=10, extra=EVAL))
+    for k in range(2):
+        outcome = await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)
+        assert outcome.exit_code == 0
+    out = io.StringIO()
+    assert report_command([tmp_path / "out"], as_json=True, html=False, out=out) == 0
+    summary = json.loads(out.getvalue())
+    assert summary["state"] == "unmerged"
+    scorers = {s["scorer"]: s for s in summary["scores"]["scorers"]}
+    assert sorted(scorers) == ["gold", "judge"]
+    rows = {v["variant"]: v["rows"] for v in scorers["judge"]["variants"]}
+    assert rows == {"sonnet": 10, "haiku": 10}

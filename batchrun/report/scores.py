@@ -33,8 +33,9 @@ __all__ = ["render_scores_html", "render_scores_text", "score_section"]
 
 
 def score_section(run: RunData, by: str | None = None) -> dict[str, Any] | None:
-    """The scores of ``run`` for the summary (``None`` when the folder has no scores)."""
-    scores = read_scores(run.run_dir)
+    """The scores of ``run`` for the summary (``None`` when the folder has no scores); of an
+    unmerged sharded folder, every shard folder's."""
+    scores = pl.concat([read_scores(path) for path in run.shards or (run.run_dir,)])
     if scores.is_empty():
         return None
     section: dict[str, Any] = {"scorers": []}
