@@ -16,6 +16,7 @@ from batchrun.job.schema import load_job
 from batchrun.report import report_command
 from batchrun.run import run_job
 from batchrun.shard import Shard
+from batchrun.shard.merge import merge_job
 from tests.conftest import JobWriter, no_sleep
 from tests.test_shards import UNIQUE, batchrun
 
@@ -82,3 +83,32 @@ async def test_report_on_an_unmerged_folder_shows_the_shards_scores(
     assert sorted(scorers) == ["gold", "judge"]
     rows = {v["variant"]: v["rows"] for v in scorers["judge"]["variants"]}
     assert rows == {"sonnet": 10, "haiku": 10}
+
+
+async def test_scoring_a_merged_folder_keeps_every_judge(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """The merge carries the shards' judge folders: --rescore of one judge in the merged folder
+    sends nothing already judged, and judgements.parquet keeps the other judge's rows."""
+    second = {
+        **JUDGE,
+        "name": "judge2",
+        "prompt": "Right? {completion}\nReply GRADE: C or GRADE: I",
+    }
+    path = write_job(rows=10, extra={**EVAL, "scorers": [*SCORERS, second]})
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    merge_job(job)
+    out = tmp_path / "out"
+    judged = pl.read_parquet(out / "judgements.parquet")
+    assert judged.group_by("scorer").len().sort("scorer").rows() == [("judge", 20), ("judge2", 20)]
+    rescored = batchrun("score", path, "--rescore", "judge")
+    assert rescored.returncode == 0, rescored.stderr
+    again = pl.read_parquet(out / "judgements.parquet")
+    assert again.group_by("scorer").len().sort("scorer").rows() == [("judge", 20), ("judge2", 20)]
+    assert again.sort("scorer", *KEY).equals(judged.sort("scorer", *KEY))
+    attempts = pl.read_parquet(out / "judge" / "judge" / "attempts.parquet")
+    assert attempts.height == 20  # the shards' attempts, none sent again
+    scores = pl.read_parquet(out / "scores.parquet")
+    assert scores.group_by("scorer").len().sort("scorer")["len"].to_list() == [20, 20, 20]

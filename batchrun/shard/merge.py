@@ -24,7 +24,7 @@ from batchrun.job.schema import Job
 from batchrun.load.inputs import count_rows
 from batchrun.load.resume import resume_plan
 from batchrun.record.cost import cost_text, estimate_cost
-from batchrun.record.folder import translated
+from batchrun.record.folder import JUDGE_DIR, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.parquet import scan_table, write_final, write_json_atomic
 from batchrun.record.rundir import make_run_dir
@@ -93,6 +93,7 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
         with translated(out_dir, "writing the merged tables"):
             for name in ("results", "attempts"):
                 write_final(out_dir, name, pl.concat([scan_table(p, name) for p in found.values()]))
+            _merge_judges(out_dir, list(found.values()))
             for name in EXTRA_TABLES:
                 having = [p / f"{name}.parquet" for p in found.values()]
                 having = [p for p in having if p.exists()]
@@ -110,6 +111,23 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
         f"{f'; {cost}' if cost else ''}; results in {out_dir / 'results.parquet'}"
     )
     return Merged(out_dir, counts, bool(record["complete"]), code, line)
+
+
+def _merge_judges(out_dir: Path, shards: list[Path]) -> None:
+    """Each judge's run folder (``judge/<scorer>/``: results and attempts) of the shards, as one
+    in ``out_dir``: so that scoring the merged folder finds what was judged (a prompt judged in
+    a shard is not sent again), rebuilds judgements.parquet with every scorer's rows, and counts
+    the judges' spend under ``limits.max_cost_usd``."""
+    judges: dict[str, list[Path]] = {}
+    for shard in shards:
+        root = shard / JUDGE_DIR
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            if (folder / "results.parquet").exists() or (folder / "parts").is_dir():
+                judges.setdefault(folder.name, []).append(folder)
+    for scorer, folders in judges.items():
+        target = make_run_dir(make_run_dir(out_dir / JUDGE_DIR) / scorer)
+        for name in ("results", "attempts"):
+            write_final(target, name, pl.concat([scan_table(f, name) for f in folders]))
 
 
 def _check_owned(shard_job: Job, path: Path) -> None:
