@@ -112,3 +112,27 @@ async def test_scoring_a_merged_folder_keeps_every_judge(
     assert attempts.height == 20  # the shards' attempts, none sent again
     scores = pl.read_parquet(out / "scores.parquet")
     assert scores.group_by("scorer").len().sort("scorer")["len"].to_list() == [20, 20, 20]
+
+
+async def test_local_shards_on_a_folder_of_an_unsharded_run(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """--shards N --local on the folder of an unsharded run is refused before any shard sends
+    (the merge at the end would refuse it: exit 2 after the whole spend); with --fresh the
+    folder is cleared first, scores and judges included, and the shards merge into it."""
+    path = write_job(rows=10, extra=EVAL)
+    assert (await run_job(load_job(path), sleep=no_sleep)).exit_code == 0
+    out = tmp_path / "out"
+    refused = batchrun(path, "--shards", "2", "--local")
+    assert refused.returncode == 2, refused.stderr
+    assert "--fresh" in refused.stderr
+    assert not list(out.glob("shard-*"))  # nothing sent
+    assert pl.read_parquet(out / "results.parquet").height == 20  # nothing lost
+    fresh = batchrun(path, "--shards", "2", "--local", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert len(manifest["shards"]) == 2
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.height == 20
+    assert set(rows["run_id"]) == {s["run_id"] for s in manifest["shards"]}
+    assert pl.read_parquet(out / "scores.parquet").height == 40

@@ -31,7 +31,7 @@ from batchrun.record.rundir import make_run_dir
 from batchrun.shard.assign import Shard
 from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
 
-__all__ = ["EXTRA_TABLES", "Merged", "merge_job"]
+__all__ = ["EXTRA_TABLES", "Merged", "check_target", "merge_job"]
 
 EXTRA_TABLES = ("scores", "judgements")  # written by `batchrun score` in a shard's folder
 
@@ -89,7 +89,7 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
     for shard, path in found.items():
         _check_owned(job.with_shard(shard), path)
     with RunLock(make_run_dir(out_dir)):
-        _check_target(out_dir)
+        check_target(out_dir)
         with translated(out_dir, "writing the merged tables"):
             for name in ("results", "attempts"):
                 write_final(out_dir, name, pl.concat([scan_table(p, name) for p in found.values()]))
@@ -146,7 +146,7 @@ def _check_owned(shard_job: Job, path: Path) -> None:
         )
 
 
-def _check_target(out_dir: Path) -> None:
+def check_target(out_dir: Path) -> None:
     """Refuse to overwrite the results of a run of the whole job (not a merge) in the folder."""
     record = read_manifest(out_dir)
     own = any((out_dir / "parts").glob("results-*.parquet")) or (
@@ -155,7 +155,8 @@ def _check_target(out_dir: Path) -> None:
     if own:
         raise JobError(
             f"{out_dir}: holds the results of an unsharded run of the job, which a merge would "
-            "replace; move them away (or set output.dir elsewhere for the shards), then merge"
+            "replace; move them away (or set output.dir elsewhere for the shards, or start over "
+            "with --fresh), then merge"
         )
 
 
