@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 import yaml
 
+from batchrun.errors import JobError
 from batchrun.job.schema import load_job
 from batchrun.report import report_command
 from batchrun.run import run_job
@@ -136,3 +138,26 @@ async def test_local_shards_on_a_folder_of_an_unsharded_run(
     assert rows.height == 20
     assert set(rows["run_id"]) == {s["run_id"] for s in manifest["shards"]}
     assert pl.read_parquet(out / "scores.parquet").height == 40
+
+
+async def test_merge_refuses_shards_that_never_ran_a_variant_added_since(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """Shards run, then a variant is added to the job: the merge with the new job says which
+    shards have requests not run (it merged them as complete, the variant missing); once the
+    shards ran it, the merge holds every variant."""
+    path = write_job(rows=8, extra=EVAL)
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    _edit(path, {"variants": [*VARIANTS, {"name": "terse", "input": {"system": "One word."}}]})
+    grown = load_job(path)
+    with pytest.raises(JobError, match=r"shard-0-of-2: \d+ request\(s\) of this job not run"):
+        merge_job(grown)
+    assert merge_job(grown, partial=True).complete is False
+    for k in range(2):
+        assert (await run_job(grown.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    merged = merge_job(grown)
+    assert merged.complete
+    rows = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert rows.group_by("variant").len().sort("variant")["len"].to_list() == [8, 8, 8]

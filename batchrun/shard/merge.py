@@ -21,7 +21,7 @@ import polars as pl
 
 from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
-from batchrun.load.inputs import count_rows
+from batchrun.load.inputs import count_rows, iter_batches
 from batchrun.load.resume import resume_plan
 from batchrun.record.cost import cost_text, estimate_cost
 from batchrun.record.folder import JUDGE_DIR, translated
@@ -79,6 +79,13 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
         for shard, path in found.items()
         if (reason := unfinished(path, manifests[shard])) is not None
     }
+    for shard, path in found.items():
+        left = _check_owned(job.with_shard(shard), path, _limit(manifests[shard]))
+        if left and shard not in why:
+            why[shard] = (
+                f"{left} request(s) of this job not run in it (a variant or rows added to the "
+                "job since it ran)"
+            )
     gaps = [f"{s.folder}: missing" for s in missing] + [f"{s.folder}: {r}" for s, r in why.items()]
     if gaps and not partial:
         raise JobError(
@@ -86,8 +93,6 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
             f"{'; '.join(gaps)}. Run each again (batchrun {job.path.name} --shard K/{count}: it "
             "resumes), or merge what there is with --partial"
         )
-    for shard, path in found.items():
-        _check_owned(job.with_shard(shard), path)
     with RunLock(make_run_dir(out_dir)):
         check_target(out_dir)
         with translated(out_dir, "writing the merged tables"):
@@ -130,11 +135,19 @@ def _merge_judges(out_dir: Path, shards: list[Path]) -> None:
             write_final(target, name, pl.concat([scan_table(f, name) for f in folders]))
 
 
-def _check_owned(shard_job: Job, path: Path) -> None:
+def _limit(manifest: dict[str, Any]) -> int | None:
+    """The ``--limit`` a shard ran with (its run.json's options)."""
+    options = manifest.get("options")
+    limit = options.get("limit") if isinstance(options, dict) else None
+    return limit if isinstance(limit, int) else None
+
+
+def _check_owned(shard_job: Job, path: Path, limit: int | None) -> int:
     """Refuse a shard folder that is not this job's shard: a row whose request this job would
     send differently (``resume_plan`` says so, naming rows), or rows the shard does not own (its
-    ids are not this input's, or another split's)."""
-    done = resume_plan(shard_job, path, None, False, quarantine=False)
+    ids are not this input's, or another split's). Returns how many of the shard's requests
+    (under ``limit``) it has no row for: requests the job asks now that the shard never ran."""
+    done = resume_plan(shard_job, path, limit, False, quarantine=False)
     rows = scan_table(path, "results").select(pl.len()).collect().item()
     matched = len(done) + done.again
     if rows > matched:
@@ -144,6 +157,8 @@ def _check_owned(shard_job: Job, path: Path) -> None:
             "rows of another split): it is another job's shard. Move it away, or merge with the "
             "job file and --set options the shards ran with"
         )
+    planned = done.filter(shard_job, iter_batches(shard_job, limit=limit))
+    return sum(map(len, planned)) - done.again
 
 
 def check_target(out_dir: Path) -> None:
