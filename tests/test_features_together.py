@@ -161,3 +161,19 @@ async def test_merge_refuses_shards_that_never_ran_a_variant_added_since(
     assert merged.complete
     rows = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert rows.group_by("variant").len().sort("variant")["len"].to_list() == [8, 8, 8]
+
+
+async def test_score_on_an_unmerged_folder_says_merge_first(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """`batchrun score` on a folder of shards not merged yet says to merge them first, not to
+    run the job (which would send every request again, unsharded)."""
+    path = write_job(rows=6, extra={**EVAL, "scorers": SCORERS[:1]})
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    for name in ("results", "attempts", "scores"):
+        assert not (tmp_path / "out" / f"{name}.parquet").exists()
+    refused = batchrun("score", path)
+    assert refused.returncode == 2
+    assert "batchrun merge" in refused.stderr
