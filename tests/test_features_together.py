@@ -177,3 +177,21 @@ async def test_score_on_an_unmerged_folder_says_merge_first(
     refused = batchrun("score", path)
     assert refused.returncode == 2
     assert "batchrun merge" in refused.stderr
+
+
+def test_validate_counts_the_judges_against_the_cap(write_job: JobWriter) -> None:
+    """With a model judge, validate's worst case against limits.max_cost_usd includes the judge
+    requests (the cap is the folder's, scoring and all): where the run's own requests fit and
+    the judges' do not, it says so, and the run indeed exits 4 in its scoring."""
+    dear = [SCORERS[0], {**SCORERS[1], "model": "claude-fable-5-2"}]
+    path = write_job(rows=10, extra={**EVAL, "scorers": dear, "limits": {"max_cost_usd": 1000}})
+    seen = json.loads(batchrun("validate", path, "--json").stdout)
+    assert seen["judge_requests"] == 20
+    own = seen["worst_usd"] - seen["judge_usd"]
+    cap = f"limits.max_cost_usd={own + 0.001:.6f}"
+    told = batchrun("validate", path, "--set", cap)
+    assert told.returncode == 0, told.stderr
+    assert "the judges' may not" in told.stdout
+    ran = batchrun(path, "--set", cap)
+    assert ran.returncode == 4, ran.stderr
+    assert "the spend cap stopped judging" in ran.stderr
