@@ -195,3 +195,28 @@ def test_validate_counts_the_judges_against_the_cap(write_job: JobWriter) -> Non
     ran = batchrun(path, "--set", cap)
     assert ran.returncode == 4, ran.stderr
     assert "the spend cap stopped judging" in ran.stderr
+
+
+def test_validate_counts_response_cache_hits(write_job: JobWriter, tmp_path: Path) -> None:
+    """A third variant in a new folder over the response cache of a 2-variant run: validate
+    says what the run then does, only the new variant's requests sent (and scored)."""
+    cache = {"cache": {"mode": "read_write", "dir": str(tmp_path / "cache")}}
+    path = write_job(rows=6, extra={**EVAL, **cache})
+    assert batchrun(path).returncode == 0
+    terse = {"name": "terse", "input": {"system": "One word."}}
+    _edit(path, {"variants": [*VARIANTS, terse], "output": {"dir": "out2"}})
+    before = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    seen = json.loads(batchrun("validate", path, "--json").stdout)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before  # wrote nothing
+    assert (seen["to_send"], seen["cache_hits"]) == (6, 12)
+    assert {v["name"]: v["to_send"] for v in seen["variants"]} == {
+        "sonnet": 0,
+        "haiku": 0,
+        "terse": 6,
+    }
+    ran = batchrun(path)
+    assert ran.returncode == 0, ran.stderr
+    rows = pl.read_parquet(tmp_path / "out2" / "results.parquet")
+    sent = rows.filter(~pl.col("cache_hit"))
+    assert sent.height == seen["to_send"]
+    assert set(sent["variant"]) == {"terse"}
