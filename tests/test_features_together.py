@@ -85,6 +85,10 @@ async def test_report_on_an_unmerged_folder_shows_the_shards_scores(
     assert sorted(scorers) == ["gold", "judge"]
     rows = {v["variant"]: v["rows"] for v in scorers["judge"]["variants"]}
     assert rows == {"sonnet": 10, "haiku": 10}
+    # The scores list the variants as the variants table does: the job's order (not by name).
+    order = [v["variant"] for v in summary["variants"]]
+    assert order == ["sonnet", "haiku"]
+    assert [v["variant"] for v in scorers["judge"]["variants"]] == order
 
 
 async def test_scoring_a_merged_folder_keeps_every_judge(

@@ -39,8 +39,10 @@ def score_section(run: RunData, by: str | None = None) -> dict[str, Any] | None:
     if scores.is_empty():
         return None
     section: dict[str, Any] = {"scorers": []}
+    order = run.variants  # as the variants table has them: the job's order
     for (scorer,), rows in scores.group_by("scorer", maintain_order=True):
-        variants = rows["variant"].unique(maintain_order=True).to_list()
+        present = set(rows["variant"].to_list())
+        variants = [v for v in order if v in present] + sorted(present.difference(order))
         stats = [_variant(rows.filter(pl.col("variant") == v), v) for v in variants]
         pairs = [
             _pair(rows, a, b) for a, b in combinations(variants, 2)
