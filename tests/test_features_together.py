@@ -20,7 +20,7 @@ from batchrun.run import run_job
 from batchrun.shard import Shard
 from batchrun.shard.merge import merge_job
 from tests.conftest import JobWriter, no_sleep
-from tests.test_shards import UNIQUE, batchrun
+from tests.test_shards import SLOW, UNIQUE, batchrun
 
 KEY = ["variant", "id", "sample"]
 VARIANTS = [{"name": "sonnet"}, {"name": "haiku", "request": {"model": "claude-haiku-5-5"}}]
@@ -224,3 +224,20 @@ def test_validate_counts_response_cache_hits(write_job: JobWriter, tmp_path: Pat
     sent = rows.filter(~pl.col("cache_hit"))
     assert sent.height == seen["to_send"]
     assert set(sent["variant"]) == {"terse"}
+
+
+def test_report_of_merged_shards_states_the_concurrency_of_every_shard(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """N local shards each open up to limits.concurrency streams: the merged report's ceiling
+    is N times it, not a limit the run seems to have broken."""
+    path = write_job(rows=12, extra={**EVAL, "scorers": SCORERS[:1], **SLOW})
+    assert batchrun(path, "--shards", "2", "--local").returncode == 0
+    out = io.StringIO()
+    assert report_command([tmp_path / "out"], as_json=True, html=False, out=out) == 0
+    concurrency = json.loads(out.getvalue())["concurrency"]
+    assert (concurrency["configured"], concurrency["shards"]) == (4, 2)
+    assert concurrency["peak"] <= concurrency["configured"]
+    text = io.StringIO()
+    assert report_command([tmp_path / "out"], html=False, out=text) == 0
+    assert "(limits.concurrency 2 in each of 2 shards)" in text.getvalue()
