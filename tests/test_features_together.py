@@ -241,3 +241,14 @@ def test_report_of_merged_shards_states_the_concurrency_of_every_shard(
     text = io.StringIO()
     assert report_command([tmp_path / "out"], html=False, out=text) == 0
     assert "(limits.concurrency 2 in each of 2 shards)" in text.getvalue()
+
+
+def test_a_judge_refused_for_good_names_the_scorer_exit_3(write_job: JobWriter) -> None:
+    """Generation complete, the judge's model refused (404): exit 3, and the message sends the
+    user to the scorer's keys, not only to request.model (which is the generation's)."""
+    faults = {"faults": [{"kind": "not_found", "match": "Reply GRADE"}]}
+    path = write_job(rows=4, extra={**EVAL, "sim": {"seed": 7, **faults}})
+    ran = batchrun(path)
+    assert ran.returncode == 3, ran.stderr
+    assert "complete: 8 ok, 0 error" in ran.stderr
+    assert "scorer judge's keys (model claude-haiku-5-5)" in ran.stderr
