@@ -509,9 +509,12 @@ def _passed_on(ns: argparse.Namespace) -> list[str]:
     args = [arg for kv in ns.overrides for arg in ("--set", kv)]
     args += ["--limit", str(ns.limit)] if ns.limit is not None else []
     args += ["--grace-s", str(ns.grace_s)]
-    args += [
-        flag for flag, on in (("--fresh", ns.fresh), ("--retry-errors", ns.retry_errors)) if on
-    ]
+    flags = (
+        ("--fresh", ns.fresh),
+        ("--retry-errors", ns.retry_errors),
+        ("--rerun-changed", ns.rerun_changed),
+    )
+    args += [flag for flag, on in flags if on]
     if ns.cancel:
         raise JobError("--cancel applies to one run folder: give --shard K/N, not --local")
     return args

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -23,16 +24,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from batchrun.apis import build_request
 from batchrun.call.endpoint import api_key
 from batchrun.errors import JobError
+from batchrun.job.prices import CacheRates
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input, iter_batches
 from batchrun.load.resume import Done, resume_plan
-from batchrun.models import InputSummary
+from batchrun.models import InputSummary, RequestItem
 from batchrun.record.cost import BATCH_DISCOUNT, rates_for
 from batchrun.record.files import check_private
 from batchrun.record.folder import check_entries, open_run_dir, translated
 from batchrun.record.lock import RunLock, check_free
+from batchrun.record.response_cache import cache_key, peek_cache
 from batchrun.record.rundir import clear, make_run_dir
 from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.schedule.spend import SpendLedger, folder_spent
@@ -246,6 +250,14 @@ class Forecast:
     # Requests whose rows the job would now send differently, by variant: refused, or sent
     # again with --rerun-changed (then counted in ``again``).
     changed: dict[str, int] = field(default_factory=dict)
+    # Requests the response cache (cache.mode read or read_write) answers now: not in
+    # ``to_send``, nor in the tokens, cost and worst case.
+    cache_hits: int = 0
+    # The judges of ``kind: model`` scorers: one request per request to send and judge, at
+    # most (only rows that end ok are judged), and their worst case at stream prices (the
+    # completion judged at its max_tokens); included in ``worst_usd``: the cap is the folder's.
+    judge_requests: int = 0
+    judge_usd: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -276,16 +288,32 @@ def forecast(
     fit = 0
     if cap is not None and plan.folder_exists and not fresh:
         spent = worst = folder_spent(job, plan.run_dir)
+    judges = _judges(job)
+    judge_usd = 0.0
+    cache = peek_cache(job.cache, job.base_dir)
+    hits = 0
     for batch in plan.done.filter(job, iter_batches(job, limit=limit)):
         for item in batch:
-            body = api.body(item, params[item.variant])
+            body, request_hash = build_request(api, item, params[item.variant], job.endpoint.betas)
+            if cache is not None and _cached(cache, job, request_hash, item.sample):
+                hits += 1  # answered from the response cache: nothing sent, nothing spent
+                continue
             count = counts[item.variant]
+            tokens_in, tokens_out = api.estimate_input_tokens(body), api.output_reservation(body)
             count[0] += 1
-            count[1] += api.estimate_input_tokens(body)
-            count[2] += api.output_reservation(body)
+            count[1] += tokens_in
+            count[2] += tokens_out
             if cap is not None:
                 worst += ledger.worst_case(api, body, item.variant)
                 fit += worst <= cap
+            for judge_in, judge_out, rates in judges:  # the prompt holds the row and its reply
+                if rates is not None:
+                    judged = tokens_in + tokens_out + judge_in
+                    judge_usd += (judged * rates.input + judge_out * rates.output) / 1e6
+    if cache is not None:
+        cache.close()
+    if cap is not None:
+        worst += judge_usd  # the judges ask after the run's requests: not in ``fit``
     per = tuple(
         replace(sides[name], to_send=c[0], input_tokens=c[1], output_tokens=c[2]).priced(job)
         for name, c in counts.items()
@@ -308,7 +336,7 @@ def forecast(
         done=len(plan.done),
         in_batches=plan.in_flight,
         to_send=to_send,
-        new=to_send - plan.done.again,
+        new=max(0, to_send - plan.done.again),
         again=plan.done.again,
         input_tokens=tokens_in,
         output_tokens=tokens_out,
@@ -322,7 +350,39 @@ def forecast(
         fit_requests=None if cap is None else fit,
         variants=per,
         changed=dict(plan.done.changed),
+        cache_hits=hits,
+        judge_requests=to_send * len(judges),
+        judge_usd=round(judge_usd, 6) if all(r is not None for *_, r in judges) else None,
     )
+
+
+def _cached(cache: sqlite3.Connection, job: Job, request_hash: str, sample: int) -> bool:
+    """Whether the response cache holds the answer to this request (the run's lookup)."""
+    endpoint = job.endpoint
+    key = cache_key(request_hash, sample, endpoint.anthropic_version, endpoint.base_url)
+    try:
+        return cache.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def _judges(job: Job) -> list[tuple[int, int, CacheRates | None]]:
+    """Each ``kind: model`` scorer's request, as the forecast prices it: the input tokens of
+    its prompt template (the judged request and its completion come on top), its
+    ``max_tokens``, and its model's rates (``None``: no price)."""
+    from batchrun.job.scorers import ModelScorer
+
+    api = job.request.api_spec
+    out = []
+    for scorer in job.scorers:
+        if not isinstance(scorer, ModelScorer):
+            continue
+        request = job.request.derive({**scorer.request_changes(), "mode": "stream"})
+        item = RequestItem(id="", sample=0, messages=({"role": "user", "content": scorer.prompt},))
+        body = api.body(item, request.params)
+        rates = rates_for(request.model, job.prices)
+        out.append((api.estimate_input_tokens(body), api.output_reservation(body), rates))
+    return out
 
 
 async def predict(
@@ -365,6 +425,11 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
         f"to send:    {seen.to_send:,} requests: {seen.new:,} new, {seen.again:,} again "
         f"(their rows {why})"
     )
+    if seen.cache_hits:
+        lines.append(
+            f"cached:     {seen.cache_hits:,} requests answered from the response cache "
+            "(cache.mode): nothing sent, no cost"
+        )
     held = f"; {seen.in_batches:,} still in a batch, to collect" if seen.in_batches else ""
     lines.append(f"done:       {seen.done:,} requests, not sent again{held}")
     if seen.to_send:
@@ -385,6 +450,12 @@ def describe(seen: Forecast, *, shown: str, retry_errors: bool = False) -> str:
             )
     elif seen.variants:
         lines.append(f"cost:       {_cost(seen.variants[0])}")
+    if seen.judge_requests:
+        cost = "no list price" if seen.judge_usd is None else f"at most {_usd(seen.judge_usd)}"
+        lines.append(
+            f"judges:     up to {seen.judge_requests:,} requests of the model scorers, one per "
+            f"row that ends ok; {cost} in stream mode (the completion judged at its max_tokens)"
+        )
     if seen.cap_usd is not None and seen.worst_usd is not None:
         lines.append(f"spend cap:  {_cap_line(seen, seen.cap_usd, seen.worst_usd)}")
     return "\n".join(lines)
@@ -394,8 +465,15 @@ def _cap_line(seen: Forecast, cap: float, worst: float) -> str:
     """The whole job's worst case against ``limits.max_cost_usd``."""
     spent = f" ({_usd(seen.spent_usd)} spent already)" if seen.spent_usd else ""
     text = f"worst case {_usd(worst)}{spent} against the cap {_usd(cap)} ({seen.mode} prices)"
+    judges = " (the judges' included)" if seen.judge_requests else ""
+    text = text.replace(" against", f"{judges} against", 1)
     if worst <= cap:
         return text + ": every request fits"
+    if seen.fit_requests == seen.to_send:
+        return text + (
+            ": every request of the run fits, but the judges' may not: scoring would stop "
+            "(exit 4, raise limits.max_cost_usd and score again to go on)"
+        )
     return (
         text + f": the run would stop after about {seen.fit_requests:,} rows (of "
         f"{seen.to_send:,} requests to send; exit 4, raise limits.max_cost_usd to go on)"

@@ -43,6 +43,7 @@ __all__ = [
     "default_cache_dir",
     "hit_row",
     "open_cache",
+    "peek_cache",
 ]
 
 log = structlog.get_logger()
@@ -104,6 +105,25 @@ def open_cache(config: CacheConfig, base_dir: Path) -> ResponseCache | None:
         return None
     folder = base_dir / Path(config.dir).expanduser() if config.dir else None
     return ResponseCache(cache_file(folder), write=config.mode == "read_write")
+
+
+def peek_cache(config: CacheConfig, base_dir: Path) -> sqlite3.Connection | None:
+    """The job's cache file opened to read only, creating and changing nothing (``batchrun
+    validate`` counts the hits a run would have): as it stands on disk (``immutable``: no WAL
+    or lock files made; what a run still writing has not checkpointed yet is not seen).
+    ``None`` with ``mode: off``, no file yet, or a file that cannot be read (no hit counted)."""
+    if config.mode == "off":
+        return None
+    folder = base_dir / Path(config.dir).expanduser() if config.dir else None
+    path = cache_file(folder)
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        conn.execute("SELECT 1 FROM responses LIMIT 1").fetchall()
+    except sqlite3.Error:
+        return None
+    return conn
 
 
 def hit_row(

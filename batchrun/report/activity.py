@@ -20,6 +20,7 @@ __all__ = [
     "input_rows",
     "outcome",
     "over_time",
+    "shard_count",
     "state_line",
 ]
 
@@ -87,10 +88,18 @@ def state_line(state: str, rows: dict[str, Any]) -> str:
 
 
 def configured_concurrency(run: RunData) -> int | None:
-    """``limits.concurrency`` of the job as run.json holds it."""
+    """``limits.concurrency`` of the job as run.json holds it: of each shard, for a sharded
+    run (see :func:`shard_count`)."""
     limits = run.job.get("limits")
     value = limits.get("concurrency") if isinstance(limits, dict) else None
     return value if isinstance(value, int) else None
+
+
+def shard_count(run: RunData) -> int:
+    """How many processes ran the rows: the shards of a merged or unmerged sharded run
+    (``shards`` in its run.json), else 1. Each had ``limits.concurrency`` streams."""
+    shards = run.manifest.get("shards")
+    return len(shards) if isinstance(shards, list) and shards else 1
 
 
 def concurrency(run: RunData, duration_s: float) -> dict[str, Any]:
@@ -102,8 +111,10 @@ def concurrency(run: RunData, duration_s: float) -> dict[str, Any]:
     line = series.timeline(run.results)
     peak = series.peak_level(series.attempt_events(attempts, line)) if line else 0
     pauses = series.rate_limit_pauses(run.attempts)
+    per, shards = configured_concurrency(run), shard_count(run)
     return {
-        "configured": configured_concurrency(run),
+        "configured": None if per is None else per * shards,  # the run's ceiling
+        "shards": shards,
         "mean": busy / duration_s if duration_s > 0 else None,
         "peak": peak,
         "rate_limited": pauses.height,

@@ -226,8 +226,14 @@ def _timelines(run: RunData, summary: Mapping[str, Any]) -> Sequence[str]:
         if any(rate)
         else svg.empty_chart(f"no output token counts ({_no_tokens(summary)})")
     )
-    limit = summary["concurrency"]["configured"]
-    reference = (f"limits.concurrency {limit}", float(limit)) if limit is not None else None
+    c = summary["concurrency"]
+    limit, shards = c["configured"], c.get("shards") or 1
+    each = (
+        f"{limit // shards} in each of {shards} shards"
+        if limit is not None and shards > 1
+        else limit
+    )
+    reference = (f"limits.concurrency {each}", float(limit)) if limit is not None else None
     flows = [
         svg.Line(
             "attempts in flight", series.attempts_in_flight(run.attempts, line), svg.PALETTE[3]

@@ -33,13 +33,16 @@ __all__ = ["render_scores_html", "render_scores_text", "score_section"]
 
 
 def score_section(run: RunData, by: str | None = None) -> dict[str, Any] | None:
-    """The scores of ``run`` for the summary (``None`` when the folder has no scores)."""
-    scores = read_scores(run.run_dir)
+    """The scores of ``run`` for the summary (``None`` when the folder has no scores); of an
+    unmerged sharded folder, every shard folder's."""
+    scores = pl.concat([read_scores(path) for path in run.shards or (run.run_dir,)])
     if scores.is_empty():
         return None
     section: dict[str, Any] = {"scorers": []}
+    order = run.variants  # as the variants table has them: the job's order
     for (scorer,), rows in scores.group_by("scorer", maintain_order=True):
-        variants = rows["variant"].unique(maintain_order=True).to_list()
+        present = set(rows["variant"].to_list())
+        variants = [v for v in order if v in present] + sorted(present.difference(order))
         stats = [_variant(rows.filter(pl.col("variant") == v), v) for v in variants]
         pairs = [
             _pair(rows, a, b) for a, b in combinations(variants, 2)

@@ -136,8 +136,16 @@ def _tokens(s: Mapping[str, Any]) -> str:
     return f"input {_int(tokens['input'])} · output {_int(tokens['output'])}"
 
 
+def _limit(c: Mapping[str, Any]) -> str:
+    """``limits.concurrency`` as it bounded the run: of each shard, times the shards."""
+    shards = c.get("shards") or 1
+    if shards == 1:
+        return f"{c['configured']:,}"
+    return f"{c['configured'] // shards:,} in each of {shards} shards"
+
+
 def _concurrency(c: Mapping[str, Any]) -> str:
-    configured = "" if c["configured"] is None else f" (limits.concurrency {c['configured']:,})"
+    configured = "" if c["configured"] is None else f" (limits.concurrency {_limit(c)})"
     line = f"in flight: mean {_one(c['mean'])} · peak {c['peak']:,}{configured}"
     if c["rate_limited"]:
         line += f"; 429 pauses {c['rate_limited']:,} ({_sec(c['pause_s'])} s asked in all)"

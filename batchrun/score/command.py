@@ -83,6 +83,13 @@ def _write_scores(run_dir: Path, scores: pl.DataFrame) -> None:
 def _results(run_dir: Path) -> pl.DataFrame:
     results = read_table(run_dir, "results")
     if results.is_empty():
+        from batchrun.shard.folders import shard_folders  # a sharded run not merged yet
+
+        if shard_folders(run_dir):
+            raise JobError(
+                f"{run_dir}: no results of its own to score, only shard folders not merged "
+                "yet; merge them first (batchrun merge JOB.yaml), then score the merged folder"
+            )
         raise JobError(f"{run_dir}: no results to score; run the job first")
     if "variant" not in results.columns:
         results = results.with_columns(pl.lit("default").alias("variant"))

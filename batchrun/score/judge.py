@@ -49,6 +49,7 @@ from pydantic import ValidationError
 from batchrun.apis import build_request
 from batchrun.errors import (
     EXIT_CAPPED,
+    EXIT_FATAL,
     EXIT_OK,
     EXIT_ROW_ERRORS,
     JobError,
@@ -281,6 +282,12 @@ def _judged(folder: Path, keyed: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _judge_model(job: Job, scorer: str) -> str:
+    """The model scorer ``scorer``'s judge asks (its own ``model``, else the job's)."""
+    own = next((getattr(s, "model", None) for s in job.scorers if s.name == scorer), None)
+    return str(own or job.request.model)
+
+
 def _stopped(
     job: Job, scorer: str, run_dir: Path, folder: Path, outcome: RunOutcome, keyed: pl.DataFrame
 ) -> str:
@@ -289,6 +296,12 @@ def _stopped(
         left = f"{_judged(folder, keyed)['status'].null_count():,}"
     except Exception:  # a folder that cannot be read: the reason for stopping comes first
         left = "some"
+    if outcome.exit_code == EXIT_FATAL:  # its hint names request.*: the judge's are the scorer's
+        return (
+            f"judging with scorer {scorer} stopped: {outcome.message}; {left} prompt(s) not "
+            f"judged. The judge's request is the job's request: with scorer {scorer}'s keys "
+            f"(model {_judge_model(job, scorer)}): fix them under scorers:, then score again"
+        )
     if outcome.exit_code != EXIT_CAPPED:
         return (
             f"judging with scorer {scorer} stopped: {outcome.message}; {left} prompt(s) not judged"

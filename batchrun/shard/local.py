@@ -41,6 +41,7 @@ from batchrun.errors import (
     JobError,
 )
 from batchrun.job.schema import Job
+from batchrun.record.folder import translated
 from batchrun.shard.assign import Shard
 from batchrun.telemetry.setup import VERBOSE, log_display
 
@@ -104,6 +105,7 @@ def run_local(
         raise JobError("--local runs every shard of the job: give --shards N, not --shard K/N")
     count = shards or default_shards()
     out_dir = job.run_dir(datetime.now(UTC)).resolve()
+    _clear_or_check(out_dir, fresh="--fresh" in args)
     verbose = ["-v"] if log_display().verbosity >= VERBOSE else []
     children = [_start(Shard(k, count), job_file, [*args, *verbose], out_dir) for k in range(count)]
     with _forwarded(children):
@@ -128,6 +130,20 @@ def run_local(
     merged = merge_job(job)  # its errors end the command as `batchrun merge` would end
     print(merged.line, file=sys.stderr)
     return worst([code, merged.exit_code])
+
+
+def _clear_or_check(out_dir: Path, *, fresh: bool) -> None:
+    """Before any shard sends: with --fresh, clear what an earlier run wrote in ``out_dir``
+    itself (each shard clears its own folder); without, refuse a folder whose unsharded results
+    the merge at the end would refuse to replace (exit 2 after every shard ran, otherwise)."""
+    from batchrun.record.lock import RunLock
+    from batchrun.record.rundir import clear
+    from batchrun.shard.merge import check_target
+
+    if fresh and out_dir.is_dir():
+        with RunLock(out_dir), translated(out_dir, "clearing it for --fresh"):
+            clear(out_dir)
+    check_target(out_dir)
 
 
 def _start(shard: Shard, job_file: str, args: list[str], out_dir: Path) -> _Child:

@@ -21,17 +21,17 @@ import polars as pl
 
 from batchrun.errors import EXIT_OK, EXIT_ROW_ERRORS, JobError
 from batchrun.job.schema import Job
-from batchrun.load.inputs import count_rows
+from batchrun.load.inputs import count_rows, iter_batches
 from batchrun.load.resume import resume_plan
 from batchrun.record.cost import cost_text, estimate_cost
-from batchrun.record.folder import translated
+from batchrun.record.folder import JUDGE_DIR, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.parquet import scan_table, write_final, write_json_atomic
 from batchrun.record.rundir import make_run_dir
 from batchrun.shard.assign import Shard
 from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
 
-__all__ = ["EXTRA_TABLES", "Merged", "merge_job"]
+__all__ = ["EXTRA_TABLES", "Merged", "check_target", "merge_job"]
 
 EXTRA_TABLES = ("scores", "judgements")  # written by `batchrun score` in a shard's folder
 
@@ -79,6 +79,13 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
         for shard, path in found.items()
         if (reason := unfinished(path, manifests[shard])) is not None
     }
+    for shard, path in found.items():
+        left = _check_owned(job.with_shard(shard), path, _limit(manifests[shard]))
+        if left and shard not in why:
+            why[shard] = (
+                f"{left} request(s) of this job not run in it (a variant or rows added to the "
+                "job since it ran)"
+            )
     gaps = [f"{s.folder}: missing" for s in missing] + [f"{s.folder}: {r}" for s, r in why.items()]
     if gaps and not partial:
         raise JobError(
@@ -86,13 +93,12 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
             f"{'; '.join(gaps)}. Run each again (batchrun {job.path.name} --shard K/{count}: it "
             "resumes), or merge what there is with --partial"
         )
-    for shard, path in found.items():
-        _check_owned(job.with_shard(shard), path)
     with RunLock(make_run_dir(out_dir)):
-        _check_target(out_dir)
+        check_target(out_dir)
         with translated(out_dir, "writing the merged tables"):
             for name in ("results", "attempts"):
                 write_final(out_dir, name, pl.concat([scan_table(p, name) for p in found.values()]))
+            _merge_judges(out_dir, list(found.values()))
             for name in EXTRA_TABLES:
                 having = [p / f"{name}.parquet" for p in found.values()]
                 having = [p for p in having if p.exists()]
@@ -112,11 +118,36 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
     return Merged(out_dir, counts, bool(record["complete"]), code, line)
 
 
-def _check_owned(shard_job: Job, path: Path) -> None:
+def _merge_judges(out_dir: Path, shards: list[Path]) -> None:
+    """Each judge's run folder (``judge/<scorer>/``: results and attempts) of the shards, as one
+    in ``out_dir``: so that scoring the merged folder finds what was judged (a prompt judged in
+    a shard is not sent again), rebuilds judgements.parquet with every scorer's rows, and counts
+    the judges' spend under ``limits.max_cost_usd``."""
+    judges: dict[str, list[Path]] = {}
+    for shard in shards:
+        root = shard / JUDGE_DIR
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            if (folder / "results.parquet").exists() or (folder / "parts").is_dir():
+                judges.setdefault(folder.name, []).append(folder)
+    for scorer, folders in judges.items():
+        target = make_run_dir(make_run_dir(out_dir / JUDGE_DIR) / scorer)
+        for name in ("results", "attempts"):
+            write_final(target, name, pl.concat([scan_table(f, name) for f in folders]))
+
+
+def _limit(manifest: dict[str, Any]) -> int | None:
+    """The ``--limit`` a shard ran with (its run.json's options)."""
+    options = manifest.get("options")
+    limit = options.get("limit") if isinstance(options, dict) else None
+    return limit if isinstance(limit, int) else None
+
+
+def _check_owned(shard_job: Job, path: Path, limit: int | None) -> int:
     """Refuse a shard folder that is not this job's shard: a row whose request this job would
     send differently (``resume_plan`` says so, naming rows), or rows the shard does not own (its
-    ids are not this input's, or another split's)."""
-    done = resume_plan(shard_job, path, None, False, quarantine=False)
+    ids are not this input's, or another split's). Returns how many of the shard's requests
+    (under ``limit``) it has no row for: requests the job asks now that the shard never ran."""
+    done = resume_plan(shard_job, path, limit, False, quarantine=False)
     rows = scan_table(path, "results").select(pl.len()).collect().item()
     matched = len(done) + done.again
     if rows > matched:
@@ -126,9 +157,11 @@ def _check_owned(shard_job: Job, path: Path) -> None:
             "rows of another split): it is another job's shard. Move it away, or merge with the "
             "job file and --set options the shards ran with"
         )
+    planned = done.filter(shard_job, iter_batches(shard_job, limit=limit))
+    return sum(map(len, planned)) - done.again
 
 
-def _check_target(out_dir: Path) -> None:
+def check_target(out_dir: Path) -> None:
     """Refuse to overwrite the results of a run of the whole job (not a merge) in the folder."""
     record = read_manifest(out_dir)
     own = any((out_dir / "parts").glob("results-*.parquet")) or (
@@ -137,7 +170,8 @@ def _check_target(out_dir: Path) -> None:
     if own:
         raise JobError(
             f"{out_dir}: holds the results of an unsharded run of the job, which a merge would "
-            "replace; move them away (or set output.dir elsewhere for the shards), then merge"
+            "replace; move them away (or set output.dir elsewhere for the shards, or start over "
+            "with --fresh), then merge"
         )
 
 

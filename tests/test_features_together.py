@@ -1,0 +1,254 @@
+"""Variants, scorers, the spend cap and shards used together: what each piece's own tests do not
+meet, found running them as one job (two variants, an ``includes`` scorer and a model judge) on
+the simulator."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from batchrun.errors import JobError
+from batchrun.job.schema import load_job
+from batchrun.report import report_command
+from batchrun.run import run_job
+from batchrun.shard import Shard
+from batchrun.shard.merge import merge_job
+from tests.conftest import JobWriter, no_sleep
+from tests.test_shards import SLOW, UNIQUE, batchrun
+
+KEY = ["variant", "id", "sample"]
+VARIANTS = [{"name": "sonnet"}, {"name": "haiku", "request": {"model": "claude-haiku-5-5"}}]
+JUDGE = {
+    "kind": "model",
+    "model": "claude-haiku-5-5",
+    "max_tokens": 64,
+    "prompt": "Q: {question}\nA: {completion}\nReply GRADE: C or GRADE: I",
+    "grade_pattern": "GRADE: ([CI])",
+    "values": {"C": 1, "I": 0},
+}
+SCORERS = [
+    {"name": "gold", "kind": "includes", "target": "{id}"},
+    {"name": "judge", **JUDGE},
+]
+EVAL: dict[str, Any] = {**UNIQUE, "variants": VARIANTS, "scorers": SCORERS}
+
+
+def _edit(path: Path, change: dict[str, Any]) -> None:
+    """Change top-level keys of the job file ``path``."""
+    job = yaml.safe_load(path.read_text(encoding="utf-8"))
+    job.update(change)
+    path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+
+
+def test_local_shards_pass_rerun_changed_on(write_job: JobWriter, tmp_path: Path) -> None:
+    """--shards N --local --rerun-changed reaches every shard: a variant's changed prompt is
+    sent again in each shard folder and merged, instead of each shard refusing (exit 2)."""
+    path = write_job(rows=12, extra=EVAL)
+    first = batchrun(path, "--shards", "2", "--local")
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out"
+    sent_before = set(pl.read_parquet(out / "results.parquet")["run_id"])
+    changed = [VARIANTS[0], {**VARIANTS[1], "input": {"prompt": "Briefly, {id}: {question}"}}]
+    _edit(path, {"variants": changed})
+    again = batchrun(path, "--shards", "2", "--local", "--rerun-changed")
+    assert again.returncode == 0, again.stderr
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.height == 24
+    resent = rows.filter(~pl.col("run_id").is_in(list(sent_before)))
+    assert sorted(set(resent["variant"])) == ["haiku"]
+    assert resent.height == 12
+    scores = pl.read_parquet(out / "scores.parquet").join(rows, on=KEY, suffix="_result")
+    assert scores.height == 48
+    assert scores.filter(pl.col("run_id") != pl.col("run_id_result")).is_empty()  # none stale
+
+
+async def test_report_on_an_unmerged_folder_shows_the_shards_scores(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """Shards score their own rows at their end; the report on the folder not merged yet reads
+    every shard's scores.parquet, as it reads their results."""
+    job = load_job(write_job(rows=10, extra=EVAL))
+    for k in range(2):
+        outcome = await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)
+        assert outcome.exit_code == 0
+    out = io.StringIO()
+    assert report_command([tmp_path / "out"], as_json=True, html=False, out=out) == 0
+    summary = json.loads(out.getvalue())
+    assert summary["state"] == "unmerged"
+    scorers = {s["scorer"]: s for s in summary["scores"]["scorers"]}
+    assert sorted(scorers) == ["gold", "judge"]
+    rows = {v["variant"]: v["rows"] for v in scorers["judge"]["variants"]}
+    assert rows == {"sonnet": 10, "haiku": 10}
+    # The scores list the variants as the variants table does: the job's order (not by name).
+    order = [v["variant"] for v in summary["variants"]]
+    assert order == ["sonnet", "haiku"]
+    assert [v["variant"] for v in scorers["judge"]["variants"]] == order
+
+
+async def test_scoring_a_merged_folder_keeps_every_judge(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """The merge carries the shards' judge folders: --rescore of one judge in the merged folder
+    sends nothing already judged, and judgements.parquet keeps the other judge's rows."""
+    second = {
+        **JUDGE,
+        "name": "judge2",
+        "prompt": "Right? {completion}\nReply GRADE: C or GRADE: I",
+    }
+    path = write_job(rows=10, extra={**EVAL, "scorers": [*SCORERS, second]})
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    merge_job(job)
+    out = tmp_path / "out"
+    judged = pl.read_parquet(out / "judgements.parquet")
+    assert judged.group_by("scorer").len().sort("scorer").rows() == [("judge", 20), ("judge2", 20)]
+    rescored = batchrun("score", path, "--rescore", "judge")
+    assert rescored.returncode == 0, rescored.stderr
+    again = pl.read_parquet(out / "judgements.parquet")
+    assert again.group_by("scorer").len().sort("scorer").rows() == [("judge", 20), ("judge2", 20)]
+    assert again.sort("scorer", *KEY).equals(judged.sort("scorer", *KEY))
+    attempts = pl.read_parquet(out / "judge" / "judge" / "attempts.parquet")
+    assert attempts.height == 20  # the shards' attempts, none sent again
+    scores = pl.read_parquet(out / "scores.parquet")
+    assert scores.group_by("scorer").len().sort("scorer")["len"].to_list() == [20, 20, 20]
+
+
+async def test_local_shards_on_a_folder_of_an_unsharded_run(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """--shards N --local on the folder of an unsharded run is refused before any shard sends
+    (the merge at the end would refuse it: exit 2 after the whole spend); with --fresh the
+    folder is cleared first, scores and judges included, and the shards merge into it."""
+    path = write_job(rows=10, extra=EVAL)
+    assert (await run_job(load_job(path), sleep=no_sleep)).exit_code == 0
+    out = tmp_path / "out"
+    refused = batchrun(path, "--shards", "2", "--local")
+    assert refused.returncode == 2, refused.stderr
+    assert "--fresh" in refused.stderr
+    assert not list(out.glob("shard-*"))  # nothing sent
+    assert pl.read_parquet(out / "results.parquet").height == 20  # nothing lost
+    fresh = batchrun(path, "--shards", "2", "--local", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert len(manifest["shards"]) == 2
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.height == 20
+    assert set(rows["run_id"]) == {s["run_id"] for s in manifest["shards"]}
+    assert pl.read_parquet(out / "scores.parquet").height == 40
+
+
+async def test_merge_refuses_shards_that_never_ran_a_variant_added_since(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """Shards run, then a variant is added to the job: the merge with the new job says which
+    shards have requests not run (it merged them as complete, the variant missing); once the
+    shards ran it, the merge holds every variant."""
+    path = write_job(rows=8, extra=EVAL)
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    _edit(path, {"variants": [*VARIANTS, {"name": "terse", "input": {"system": "One word."}}]})
+    grown = load_job(path)
+    with pytest.raises(JobError, match=r"shard-0-of-2: \d+ request\(s\) of this job not run"):
+        merge_job(grown)
+    assert merge_job(grown, partial=True).complete is False
+    for k in range(2):
+        assert (await run_job(grown.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    merged = merge_job(grown)
+    assert merged.complete
+    rows = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert rows.group_by("variant").len().sort("variant")["len"].to_list() == [8, 8, 8]
+
+
+async def test_score_on_an_unmerged_folder_says_merge_first(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """`batchrun score` on a folder of shards not merged yet says to merge them first, not to
+    run the job (which would send every request again, unsharded)."""
+    path = write_job(rows=6, extra={**EVAL, "scorers": SCORERS[:1]})
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    for name in ("results", "attempts", "scores"):
+        assert not (tmp_path / "out" / f"{name}.parquet").exists()
+    refused = batchrun("score", path)
+    assert refused.returncode == 2
+    assert "batchrun merge" in refused.stderr
+
+
+def test_validate_counts_the_judges_against_the_cap(write_job: JobWriter) -> None:
+    """With a model judge, validate's worst case against limits.max_cost_usd includes the judge
+    requests (the cap is the folder's, scoring and all): where the run's own requests fit and
+    the judges' do not, it says so, and the run indeed exits 4 in its scoring."""
+    dear = [SCORERS[0], {**SCORERS[1], "model": "claude-fable-5-2"}]
+    path = write_job(rows=10, extra={**EVAL, "scorers": dear, "limits": {"max_cost_usd": 1000}})
+    seen = json.loads(batchrun("validate", path, "--json").stdout)
+    assert seen["judge_requests"] == 20
+    own = seen["worst_usd"] - seen["judge_usd"]
+    cap = f"limits.max_cost_usd={own + 0.001:.6f}"
+    told = batchrun("validate", path, "--set", cap)
+    assert told.returncode == 0, told.stderr
+    assert "the judges' may not" in told.stdout
+    ran = batchrun(path, "--set", cap)
+    assert ran.returncode == 4, ran.stderr
+    assert "the spend cap stopped judging" in ran.stderr
+
+
+def test_validate_counts_response_cache_hits(write_job: JobWriter, tmp_path: Path) -> None:
+    """A third variant in a new folder over the response cache of a 2-variant run: validate
+    says what the run then does, only the new variant's requests sent (and scored)."""
+    cache = {"cache": {"mode": "read_write", "dir": str(tmp_path / "cache")}}
+    path = write_job(rows=6, extra={**EVAL, **cache})
+    assert batchrun(path).returncode == 0
+    terse = {"name": "terse", "input": {"system": "One word."}}
+    _edit(path, {"variants": [*VARIANTS, terse], "output": {"dir": "out2"}})
+    before = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    seen = json.loads(batchrun("validate", path, "--json").stdout)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before  # wrote nothing
+    assert (seen["to_send"], seen["cache_hits"]) == (6, 12)
+    assert {v["name"]: v["to_send"] for v in seen["variants"]} == {
+        "sonnet": 0,
+        "haiku": 0,
+        "terse": 6,
+    }
+    ran = batchrun(path)
+    assert ran.returncode == 0, ran.stderr
+    rows = pl.read_parquet(tmp_path / "out2" / "results.parquet")
+    sent = rows.filter(~pl.col("cache_hit"))
+    assert sent.height == seen["to_send"]
+    assert set(sent["variant"]) == {"terse"}
+
+
+def test_report_of_merged_shards_states_the_concurrency_of_every_shard(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """N local shards each open up to limits.concurrency streams: the merged report's ceiling
+    is N times it, not a limit the run seems to have broken."""
+    path = write_job(rows=12, extra={**EVAL, "scorers": SCORERS[:1], **SLOW})
+    assert batchrun(path, "--shards", "2", "--local").returncode == 0
+    out = io.StringIO()
+    assert report_command([tmp_path / "out"], as_json=True, html=False, out=out) == 0
+    concurrency = json.loads(out.getvalue())["concurrency"]
+    assert (concurrency["configured"], concurrency["shards"]) == (4, 2)
+    assert concurrency["peak"] <= concurrency["configured"]
+    text = io.StringIO()
+    assert report_command([tmp_path / "out"], html=False, out=text) == 0
+    assert "(limits.concurrency 2 in each of 2 shards)" in text.getvalue()
+
+
+def test_a_judge_refused_for_good_names_the_scorer_exit_3(write_job: JobWriter) -> None:
+    """Generation complete, the judge's model refused (404): exit 3, and the message sends the
+    user to the scorer's keys, not only to request.model (which is the generation's)."""
+    faults = {"faults": [{"kind": "not_found", "match": "Reply GRADE"}]}
+    path = write_job(rows=4, extra={**EVAL, "sim": {"seed": 7, **faults}})
+    ran = batchrun(path)
+    assert ran.returncode == 3, ran.stderr
+    assert "complete: 8 ok, 0 error" in ran.stderr
+    assert "scorer judge's keys (model claude-haiku-5-5)" in ran.stderr
