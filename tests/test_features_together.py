@@ -252,3 +252,24 @@ def test_a_judge_refused_for_good_names_the_scorer_exit_3(write_job: JobWriter) 
     assert ran.returncode == 3, ran.stderr
     assert "complete: 8 ok, 0 error" in ran.stderr
     assert "scorer judge's keys (model claude-haiku-5-5)" in ran.stderr
+
+
+def test_a_judge_failing_on_every_row_is_said_at_the_end_of_the_run(
+    write_job: JobWriter,
+) -> None:
+    """Generation complete, every judge request refused (400, a row error): the run still exits
+    as its generation did, but a warning names the scorer, how many rows it left without a score
+    and why, on the terminal too; the scores hold the nulls with the reason."""
+    faults = {"faults": [{"kind": "invalid_request", "match": "Reply GRADE"}]}
+    path = write_job(rows=3, extra={**EVAL, "sim": {"seed": 7, **faults}})
+    ran = batchrun(path)
+    assert ran.returncode == 0, ran.stderr
+    warned = [
+        json.loads(line)
+        for line in ran.stderr.splitlines()
+        if '"batchrun.score.scored"' in line and '"warning"' in line
+    ]
+    assert [(w["scorer"], w["rows"], w["unscored"]) for w in warned] == [("judge", 6, 6)]
+    assert warned[0]["error"].startswith("the judge's request failed")
+    scores = pl.read_parquet(path.parent / "out" / "scores.parquet")
+    assert scores.filter(pl.col("scorer") == "judge")["score"].null_count() == 6

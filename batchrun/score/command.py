@@ -195,5 +195,15 @@ async def score_run(
         _write_scores(run_dir, scores)
         unscored = new["score"].null_count()
         outcome.scored[scorer.name], outcome.unscored[scorer.name] = new.height, unscored
-        log.info("batchrun.score.scored", scorer=scorer.name, rows=new.height, unscored=unscored)
+        if unscored:  # said on the terminal too: a judge that failed on every row is no success
+            why = new.filter(pl.col("score").is_null())["error"].drop_nulls().mode().sort()
+            log.warning(
+                "batchrun.score.scored",
+                scorer=scorer.name,
+                rows=new.height,
+                unscored=unscored,
+                **({"error": why[0]} if len(why) else {}),
+            )
+        else:
+            log.info("batchrun.score.scored", scorer=scorer.name, rows=new.height, unscored=0)
     return outcome
