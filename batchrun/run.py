@@ -50,7 +50,7 @@ from batchrun.record.folder import compact, translated
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.record.rundir import new_run_id
-from batchrun.schedule.spend import SpendLedger, folder_spent
+from batchrun.schedule.spend import SpendLedger, folder_spent, judges_spent
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:
@@ -319,6 +319,9 @@ async def run_job(
         except JudgingStopped as exc:  # the results stand; the scores wait for `batchrun score`
             log.error("batchrun.score.stopped", error=str(exc), exit_code=exc.exit_code)
             code, message = exc.exit_code, f"scoring stopped: {exc}"
+        judged = await asyncio.to_thread(judges_spent, job, run_dir)
+        if judged and cost is not None:  # the cap counts the judges: so does the closing line
+            cost += f"; judges ${judged:,.6f}"
     return RunOutcome(
         run_dir,
         run_id,

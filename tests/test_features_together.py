@@ -273,3 +273,16 @@ def test_a_judge_failing_on_every_row_is_said_at_the_end_of_the_run(
     assert warned[0]["error"].startswith("the judge's request failed")
     scores = pl.read_parquet(path.parent / "out" / "scores.parquet")
     assert scores.filter(pl.col("scorer") == "judge")["score"].null_count() == 6
+
+
+def test_the_closing_line_counts_the_judges_cost(write_job: JobWriter, tmp_path: Path) -> None:
+    """The cap counts the judges' requests, and so does the run's closing line: the judges'
+    part beside the generation's, as the judge folders' rows priced it."""
+    from batchrun.schedule.spend import judges_spent
+
+    path = write_job(rows=3, extra={**EVAL, "sim": {"seed": 7}})
+    ran = batchrun(path)
+    assert ran.returncode == 0, ran.stderr
+    judged = judges_spent(load_job(path), tmp_path / "out")
+    assert judged > 0
+    assert f"; judges ${judged:,.6f}" in ran.stderr

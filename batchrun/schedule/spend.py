@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from batchrun.job.prices import CacheRates
     from batchrun.job.schema import Job
 
-__all__ = ["Hold", "SpendLedger", "folder_spent", "worst_case_usd"]
+__all__ = ["Hold", "SpendLedger", "folder_spent", "judges_spent", "worst_case_usd"]
 
 
 def worst_case_usd(
@@ -49,13 +49,18 @@ def folder_spent(job: Job, run_dir: Path) -> float:
     """What the rows already in ``run_dir`` cost: the sum of their ``cost_usd`` (rows from
     before that column are priced from their tokens), the judges' requests of its scorers
     included (``judge/<scorer>/``, streamed): the cap is the run folder's, scoring and all."""
-    from batchrun.record.folder import JUDGE_DIR  # the folder's layout: only when capped
+    return _spent(run_dir, job.prices, job.request.mode) + judges_spent(job, run_dir)
+
+
+def judges_spent(job: Job, run_dir: Path) -> float:
+    """What the judges' requests of ``run_dir``'s scorers cost (``judge/<scorer>/``, streamed);
+    0 without any."""
+    from batchrun.record.folder import JUDGE_DIR  # the folder's layout: only when asked
 
     judges = run_dir / JUDGE_DIR
-    spent = _spent(run_dir, job.prices, job.request.mode)
-    if judges.is_dir():
-        spent += sum(_spent(d, job.prices, "stream") for d in judges.iterdir() if d.is_dir())
-    return spent
+    if not judges.is_dir():
+        return 0.0
+    return sum(_spent(d, job.prices, "stream") for d in judges.iterdir() if d.is_dir())
 
 
 def _spent(run_dir: Path, prices: Mapping[str, Any], mode: str) -> float:
