@@ -48,6 +48,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def checked_template(cls: type[BaseModel], value: str | None) -> str | None:
+    """A ``prompt`` or ``system`` template, parsed when the job is read so that a bad one is an
+    error naming its key (the input's, or a variant's)."""
+    if value is not None:
+        parse_template(value)
+    return value
+
+
 class InputConfig(Section):
     """Where the rows come from and how a row becomes a conversation."""
 
@@ -61,12 +69,7 @@ class InputConfig(Section):
     system: str | None = None
     messages_column: str | None = Field(default=None, min_length=1)
 
-    @field_validator("prompt", "system")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_template(value)
-        return value
+    _template = field_validator("prompt", "system")(checked_template)
 
     @model_validator(mode="after")
     def _one_source(self) -> InputConfig:

@@ -21,8 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from batchrun.job.messages import Describer
 from batchrun.job.request import RequestConfig
-from batchrun.job.sections import InputConfig, Section
-from batchrun.job.templates import parse_template
+from batchrun.job.sections import InputConfig, Section, checked_template
 
 __all__ = ["DEFAULT", "RUN_LEVEL", "Variant", "VariantConfig", "VariantInput", "resolve"]
 
@@ -55,12 +54,7 @@ class VariantInput(Section):
     system: str | None = None
     messages_column: str | None = Field(default=None, min_length=1)
 
-    @field_validator("prompt", "system")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_template(value)
-        return value
+    _template = field_validator("prompt", "system")(checked_template)
 
 
 class VariantConfig(Section):

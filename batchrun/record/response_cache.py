@@ -32,7 +32,7 @@ import structlog
 from batchrun.job.sections import CacheConfig
 from batchrun.models import RequestItem
 from batchrun.record.files import open_sqlite
-from batchrun.record.schema import RESULT_SCHEMA
+from batchrun.record.schema import RESULT_SCHEMA, key_columns
 
 __all__ = [
     "CACHED_COLUMNS",
@@ -142,12 +142,8 @@ def hit_row(
     columns (text, usage, timing as measured, ``request_id``) as they were stored."""
     row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
     row.update({column: cached.get(column) for column in CACHED_COLUMNS})
+    row.update(key_columns(run_id, item))
     row.update(
-        run_id=run_id,
-        id=item.id,
-        sample=item.sample,
-        input_row=item.row,
-        variant=item.variant,
         model=model,
         api=api,
         status="ok",

@@ -20,7 +20,7 @@ from batchrun.job.prices import CacheRates
 from batchrun.models import Attempt, RequestItem
 from batchrun.record.cost import row_cost
 
-__all__ = ["ATTEMPT_SCHEMA", "RESULT_SCHEMA", "attempt_row", "result_row"]
+__all__ = ["ATTEMPT_SCHEMA", "RESULT_SCHEMA", "attempt_row", "key_columns", "result_row"]
 
 _TS = pl.Datetime("us", "UTC")
 
@@ -102,17 +102,25 @@ def _utf8(text: str | None) -> str | None:
     return _SURROGATE.sub("\ufffd", text) if text is not None else None
 
 
-def attempt_row(
-    run_id: str, item: RequestItem, number: int, backoff_s: float, a: Attempt, clock: Clock
-) -> dict[str, Any]:
-    """The attempts.parquet row of one attempt."""
-    err = a.error
+def key_columns(run_id: str, item: RequestItem) -> dict[str, Any]:
+    """The columns every row of a request starts with, in results and attempts alike: the run,
+    the row's key (``variant``, ``id``, ``sample``) and its place in the input."""
     return {
         "run_id": run_id,
         "id": item.id,
         "sample": item.sample,
         "input_row": item.row,
         "variant": item.variant,
+    }
+
+
+def attempt_row(
+    run_id: str, item: RequestItem, number: int, backoff_s: float, a: Attempt, clock: Clock
+) -> dict[str, Any]:
+    """The attempts.parquet row of one attempt."""
+    err = a.error
+    return {
+        **key_columns(run_id, item),
         "attempt": number,
         "outcome": "ok" if err is None else err.error_type,
         "http_status": a.http_status,
@@ -148,12 +156,8 @@ def result_row(
     successful attempt only, so a failed attempt's text or timing never leaks in.
     ``rates`` prices the row (``cost_usd``) at the mode's rate; ``None``: no price."""
     row: dict[str, Any] = dict.fromkeys(RESULT_SCHEMA)
+    row.update(key_columns(run_id, item))
     row.update(
-        run_id=run_id,
-        id=item.id,
-        sample=item.sample,
-        input_row=item.row,
-        variant=item.variant,
         model=model,
         api=api,
         status="ok" if error is None else "error",
