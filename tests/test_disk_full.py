@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -13,15 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 import pytest
 from structlog.testing import capture_logs
 
-from batchrun.errors import EXIT_IOERR
+from batchrun.errors import EXIT_IOERR, RunFolderError
 from batchrun.job.schema import Job, load_job
 from batchrun.models import RunStatus
+from batchrun.record.files import write_temp
 from batchrun.record.parquet import ResultsWriter, read_table
 from batchrun.run import run_job
 from batchrun.sim import SimServer
@@ -194,3 +196,49 @@ async def test_a_signal_while_checkpoints_fail_ends_the_run_without_waiting_out_
     took = time.monotonic() - began
     assert (outcome.exit_code, outcome.status) == (EXIT_IOERR, RunStatus.WRITE_FAILED)
     assert took < 30, f"the run took {took:.0f} s to end after SIGTERM"
+
+
+def _write_until_refused_then_lose_the_errno(fh: BinaryIO) -> None:
+    """What polars' Parquet writer does on a full disk when the failing write is in its footer:
+    the OS refuses a write (ENOSPC) and the error raised carries no OS error at all."""
+    try:
+        while True:
+            fh.write(b"\1" * 65536)
+            fh.flush()
+    except OSError:
+        pass
+    raise pl.exceptions.ComputeError(
+        "parquet: File out of specification: Invalid thrift: transport error"
+    )
+
+
+def test_a_full_disk_whose_os_error_polars_lost_is_still_reported_as_enospc(
+    tmpfs: Mount,
+) -> None:
+    """The lost errno is recovered from the file system left without a free block; the
+    temporary file is gone; the run's one-paragraph error names ENOSPC and the full disk."""
+    folder = tmpfs("1m")
+    with pytest.raises(OSError, match="No space left") as raised:
+        write_temp(folder, "results.parquet", _write_until_refused_then_lose_the_errno)
+    assert raised.value.errno == errno.ENOSPC
+    assert isinstance(raised.value.__cause__, pl.exceptions.ComputeError)
+    assert list(folder.iterdir()) == []
+    message = str(RunFolderError.writing(folder, "writing a checkpoint", raised.value))
+    assert "ENOSPC" in message
+    assert "The disk is full" in message
+
+
+def test_an_io_error_on_a_disk_with_room_is_not_called_a_full_disk(tmpfs: Mount) -> None:
+    """The same lost-errno error where the file system still has room is passed on as it is
+    (an I/O error, not a full disk)."""
+    folder = tmpfs("1m")
+
+    def lose(fh: BinaryIO) -> None:
+        fh.write(b"\1" * 4096)
+        raise pl.exceptions.ComputeError(
+            "parquet: File out of specification: Invalid thrift: transport error"
+        )
+
+    with pytest.raises(pl.exceptions.ComputeError):
+        write_temp(folder, "results.parquet", lose)
+    assert list(folder.iterdir()) == []

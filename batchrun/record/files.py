@@ -12,6 +12,7 @@ the run folder's files (``record.parquet`` and ``record.rundir`` do).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from batchrun.errors import JobError
+from batchrun.errors import JobError, os_error
 
 __all__ = ["TEMP_SUFFIX", "check_private", "commit", "file_crc32", "remove_temps", "write_temp"]
 
@@ -60,7 +61,9 @@ def check_private(folder: Path, *, what: str = "run folder") -> None:
 
 def write_temp(folder: Path, name: str, write: Callable[[BinaryIO], object]) -> Path:
     """A new temporary file in ``folder`` for ``name``, filled by ``write`` and fsynced; on any
-    error it is removed and the error raised."""
+    error it is removed and the error raised. A write that failed with its OS error lost (polars'
+    Parquet writer reports a full disk part-way through a footer as ``Invalid thrift: transport
+    error``) on a file system left with no free block is raised as the ``ENOSPC`` it was."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
     path = Path(tmp)
     try:
@@ -68,11 +71,25 @@ def write_temp(folder: Path, name: str, write: Callable[[BinaryIO], object]) -> 
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-    except BaseException:
+    except BaseException as exc:
+        # Looked at before the file is removed: its blocks are what filled the disk.
+        full = not isinstance(exc, OSError) and os_error(exc) is not None and no_space_left(folder)
         with contextlib.suppress(OSError):
             path.unlink()
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
     return path
+
+
+def no_space_left(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has no block left that this user may write
+    (root may write the blocks reserved for it)."""
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return False
+    return (info.f_bfree if os.geteuid() == 0 else info.f_bavail) == 0
 
 
 def commit(tmp: Path, path: Path) -> None:
