@@ -16,10 +16,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun.errors import JobError
+from batchrun.errors import JobError, RunLockedError
 from batchrun.job.schema import Job, load_job
 from batchrun.load.inputs import iter_batches
 from batchrun.models import RequestItem
+from batchrun.record.lock import RunLock
 from batchrun.report import report_command
 from batchrun.run import run_job
 from batchrun.shard import Shard, shard_of
@@ -338,3 +339,40 @@ async def test_report_reads_an_unmerged_folder(write_job: JobWriter, tmp_path: P
     summary = json.loads(out.getvalue())
     assert summary["state"] == "unmerged"
     assert summary["outcome"]["text"] == "all 16 rows ok"
+
+
+async def test_fresh_unsharded_clears_the_shard_folders(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """An unsharded --fresh starts over: the shard folders of an earlier sharded run go too (a
+    later merge or report would read them), but not while a shard still holds its folder."""
+    job = load_job(write_job(rows=12, extra=UNIQUE))
+    for k in range(2):
+        await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)
+    merge_job(job)
+    out = tmp_path / "out"
+    (out / "shard-0-of-2" / "notes.txt").write_text("mine")
+    (out / "shard-x-of-2").mkdir()  # not a shard folder's name: not batchrun's, left alone
+    with RunLock(out / "shard-1-of-2"), pytest.raises(RunLockedError, match="shard-1-of-2"):
+        await run_job(job, fresh=True, sleep=no_sleep)  # a shard still running
+    assert (out / "shard-0-of-2" / "results.parquet").exists()  # nothing removed before that
+    assert "shards" in json.loads((out / "run.json").read_text())
+    outcome = await run_job(job, fresh=True, sleep=no_sleep)
+    assert outcome.exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["parts", "shard-x-of-2"]
+    assert "shards" not in json.loads((out / "run.json").read_text())
+    refused = batchrun("merge", job.path)
+    assert refused.returncode == 2
+    assert "no shard folders" in refused.stderr
+
+
+def test_local_fresh_clears_another_split(write_job: JobWriter, tmp_path: Path) -> None:
+    """--shards 2 --local --fresh after a 3-shard run clears the 3 shard folders (one way of
+    clearing, the unsharded --fresh's), so the merge at its end finds one split."""
+    path = write_job(rows=10, extra=UNIQUE)
+    assert batchrun(path, "--shard", "0/3").returncode == 0
+    done = batchrun(path, "--shards", "2", "--local", "--fresh")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
+    assert pl.read_parquet(out / "results.parquet")["id"].n_unique() == 10

@@ -134,8 +134,9 @@ def run_local(
 
 def _clear_or_check(out_dir: Path, *, fresh: bool) -> None:
     """Before any shard sends: with --fresh, clear what an earlier run wrote in ``out_dir``
-    itself (each shard clears its own folder); without, refuse a folder whose unsharded results
-    the merge at the end would refuse to replace (exit 2 after every shard ran, otherwise)."""
+    (its own files and the shard folders, as an unsharded --fresh does); without, refuse a
+    folder whose unsharded results the merge at the end would refuse to replace (exit 2 after
+    every shard ran, otherwise)."""
     from batchrun.record.lock import RunLock
     from batchrun.record.rundir import clear
     from batchrun.shard.merge import check_target
