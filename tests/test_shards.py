@@ -376,3 +376,33 @@ def test_local_fresh_clears_another_split(write_job: JobWriter, tmp_path: Path) 
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
     assert pl.read_parquet(out / "results.parquet")["id"].n_unique() == 10
+
+
+async def test_an_unsharded_run_on_a_merged_folder_keeps_its_origin(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """A run of the whole job resuming a merged folder (rows added to it) keeps how the folder
+    was made, under merged_from, in its run.json and every later run's; a merge then refuses
+    to replace the rows added since, saying so."""
+    job = load_job(write_job(rows=12, extra=UNIQUE))
+    for k in range(2):
+        await run_job(job.with_shard(Shard(k, 2)), limit=6, sleep=no_sleep)
+    merged = merge_job(job)
+    out = tmp_path / "out"
+    before = json.loads((out / "run.json").read_text())
+    assert merged.counts == {"ok": 6, "error": 0}
+    outcome = await run_job(job, sleep=no_sleep)  # the other 6 rows, in this process
+    assert outcome.counts == {"ok": 12}
+    record = json.loads((out / "run.json").read_text())
+    assert "shards" not in record
+    assert record["merged_from"] == {
+        "run_id": before["run_id"],
+        "finished_at": before["finished_at"],
+        "shards": before["shards"],
+    }
+    await run_job(job, retry_errors=True, sleep=no_sleep)  # and on: still there
+    assert json.loads((out / "run.json").read_text())["merged_from"] == record["merged_from"]
+    refused = batchrun("merge", job.path)
+    assert refused.returncode == 2
+    assert "run after a merge" in refused.stderr
+    assert pl.read_parquet(out / "results.parquet").height == 12

@@ -168,10 +168,11 @@ def check_target(out_dir: Path) -> None:
         (out_dir / "results.parquet").exists() and "shards" not in record
     )
     if own:
+        after = " (run after a merge: rows added since)" if "merged_from" in record else ""
         raise JobError(
-            f"{out_dir}: holds the results of an unsharded run of the job, which a merge would "
-            "replace; move them away (or set output.dir elsewhere for the shards, or start over "
-            "with --fresh), then merge"
+            f"{out_dir}: holds the results of an unsharded run of the job{after}, which a merge "
+            "would replace; move them away (or set output.dir elsewhere for the shards, or start "
+            "over with --fresh), then merge"
         )
 
 
