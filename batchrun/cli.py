@@ -468,7 +468,9 @@ def _run(ns: argparse.Namespace) -> int:
     if ns.local:
         from batchrun.shard.local import run_local
 
-        return run_local(job, ns.job, _passed_on(ns), shards=ns.shards, shard=ns.shard)
+        return run_local(
+            job, ns.job, _passed_on(ns), shards=ns.shards, shard=ns.shard, limit=ns.limit
+        )
     job = _sharded(job, ns)
     if ns.cancel:
         from batchrun.run import cancel_job

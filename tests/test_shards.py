@@ -406,3 +406,20 @@ async def test_an_unsharded_run_on_a_merged_folder_keeps_its_origin(
     assert refused.returncode == 2
     assert "run after a merge" in refused.stderr
     assert pl.read_parquet(out / "results.parquet").height == 12
+
+
+def test_local_checks_the_input_once(write_job: JobWriter, tmp_path: Path) -> None:
+    """--shards 3 --local with an invalid input (a duplicate id, a missing column) says so
+    once, exits 2, and starts no shard."""
+    path = write_job(rows=8, extra=UNIQUE)
+    data = tmp_path / "data.csv"
+    data.write_text(data.read_text() + "r3,again\n")
+    duplicate = batchrun(path, "--shards", "3", "--local")
+    assert duplicate.returncode == 2, duplicate.stderr
+    assert duplicate.stderr.count("r3") == 1, duplicate.stderr
+    assert "[shard" not in duplicate.stderr
+    assert not (tmp_path / "out").exists()
+    missing = batchrun(path, "--shards", "3", "--local", "--set", "input.prompt={nope}")
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.count("nope") == 1, missing.stderr
+    assert not (tmp_path / "out").exists()
