@@ -423,3 +423,24 @@ def test_local_checks_the_input_once(write_job: JobWriter, tmp_path: Path) -> No
     assert missing.returncode == 2, missing.stderr
     assert missing.stderr.count("nope") == 1, missing.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_finds_the_shards_of_another_day(write_job: JobWriter, tmp_path: Path) -> None:
+    """With {date} in output.dir, a merge on another day than the shards' names the folder it
+    looked in and the day that holds shard folders; --date merges that day's folder."""
+    path = write_job(rows=10, extra={**UNIQUE, "output": {"dir": "out/{name}-{date}"}})
+    for k in range(2):
+        assert batchrun(path, "--shard", f"{k}/2").returncode == 0
+    (today,) = (tmp_path / "out").iterdir()
+    day = tmp_path / "out" / "job-2020-02-29"  # as if the shards had started on that day
+    today.rename(day)
+    refused = batchrun("merge", path)
+    assert refused.returncode == 2
+    assert f"{today}: no shard folders" in refused.stderr  # the folder it looked in
+    assert "the folder of 2020-02-29: merge with --date 2020-02-29" in refused.stderr
+    merged = batchrun("merge", path, "--date", "2020-02-29")
+    assert merged.returncode == 0, merged.stderr
+    assert pl.read_parquet(day / "results.parquet")["id"].n_unique() == 10
+    bad = batchrun("merge", path, "--date", "29.02.2020")
+    assert bad.returncode == 2
+    assert "YYYY-MM-DD" in bad.stderr

@@ -111,7 +111,8 @@ def run_local(
         raise JobError("--local runs every shard of the job: give --shards N, not --shard K/N")
     count = shards or default_shards()
     _check_job(job, limit)
-    out_dir = job.run_dir(datetime.now(UTC)).resolve()
+    started = datetime.now(UTC)  # the merge's too: {date} in output.dir is the start's day
+    out_dir = job.run_dir(started).resolve()
     _clear_or_check(out_dir, fresh="--fresh" in args)
     verbose = ["-v"] if log_display().verbosity >= VERBOSE else []
     children = [_start(Shard(k, count), job_file, [*args, *verbose], out_dir) for k in range(count)]
@@ -134,7 +135,7 @@ def run_local(
         return code
     from batchrun.shard.merge import merge_job
 
-    merged = merge_job(job)  # its errors end the command as `batchrun merge` would end
+    merged = merge_job(job, now=started)  # its errors end the command as `merge` would end
     print(merged.line, file=sys.stderr)
     return worst([code, merged.exit_code])
 
