@@ -265,6 +265,11 @@ def _merge_parser() -> argparse.ArgumentParser:
         help="merge the shards there are even when some are missing or unfinished (run.json "
         "then says which, and the merged run is not complete)",
     )
+    parser.add_argument(
+        "--date",
+        metavar="YYYY-MM-DD",
+        help="with {date} in output.dir: the UTC day the shards started (default: today)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
@@ -468,7 +473,9 @@ def _run(ns: argparse.Namespace) -> int:
     if ns.local:
         from batchrun.shard.local import run_local
 
-        return run_local(job, ns.job, _passed_on(ns), shards=ns.shards, shard=ns.shard)
+        return run_local(
+            job, ns.job, _passed_on(ns), shards=ns.shards, shard=ns.shard, limit=ns.limit
+        )
     job = _sharded(job, ns)
     if ns.cancel:
         from batchrun.run import cancel_job
@@ -523,7 +530,7 @@ def _passed_on(ns: argparse.Namespace) -> list[str]:
 def _merge(ns: argparse.Namespace) -> int:
     from batchrun.shard.merge import merge_job
 
-    merged = merge_job(_load(ns), partial=ns.partial)
+    merged = merge_job(_load(ns), partial=ns.partial, day=ns.date)
     print(merged.line, file=sys.stderr)
     return merged.exit_code
 

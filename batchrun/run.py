@@ -51,6 +51,7 @@ from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, write_json_atomic
 from batchrun.record.rundir import new_run_id
 from batchrun.schedule.spend import SpendLedger, folder_spent, judges_spent
+from batchrun.shard.folders import merged_from
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
 if TYPE_CHECKING:
@@ -295,6 +296,7 @@ async def run_job(
                 with translated(run_dir, "writing run.json"):
                     if spend.cap_usd is not None:
                         record["spend"] = spend.summary(_rows_left(counts, summary.requests))
+                    record.update(merged_from(run_dir))  # a merged folder run on: its origin
                     write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
             except RunFolderError as exc:
                 stop.write_failed = exc

@@ -16,10 +16,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun.errors import JobError
+from batchrun.errors import JobError, RunLockedError
 from batchrun.job.schema import Job, load_job
 from batchrun.load.inputs import iter_batches
 from batchrun.models import RequestItem
+from batchrun.record.lock import RunLock
 from batchrun.report import report_command
 from batchrun.run import run_job
 from batchrun.shard import Shard, shard_of
@@ -338,3 +339,108 @@ async def test_report_reads_an_unmerged_folder(write_job: JobWriter, tmp_path: P
     summary = json.loads(out.getvalue())
     assert summary["state"] == "unmerged"
     assert summary["outcome"]["text"] == "all 16 rows ok"
+
+
+async def test_fresh_unsharded_clears_the_shard_folders(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """An unsharded --fresh starts over: the shard folders of an earlier sharded run go too (a
+    later merge or report would read them), but not while a shard still holds its folder."""
+    job = load_job(write_job(rows=12, extra=UNIQUE))
+    for k in range(2):
+        await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)
+    merge_job(job)
+    out = tmp_path / "out"
+    (out / "shard-0-of-2" / "notes.txt").write_text("mine")
+    (out / "shard-x-of-2").mkdir()  # not a shard folder's name: not batchrun's, left alone
+    with RunLock(out / "shard-1-of-2"), pytest.raises(RunLockedError, match="shard-1-of-2"):
+        await run_job(job, fresh=True, sleep=no_sleep)  # a shard still running
+    assert (out / "shard-0-of-2" / "results.parquet").exists()  # nothing removed before that
+    assert "shards" in json.loads((out / "run.json").read_text())
+    outcome = await run_job(job, fresh=True, sleep=no_sleep)
+    assert outcome.exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["parts", "shard-x-of-2"]
+    assert "shards" not in json.loads((out / "run.json").read_text())
+    refused = batchrun("merge", job.path)
+    assert refused.returncode == 2
+    assert "no shard folders" in refused.stderr
+
+
+def test_local_fresh_clears_another_split(write_job: JobWriter, tmp_path: Path) -> None:
+    """--shards 2 --local --fresh after a 3-shard run clears the 3 shard folders (one way of
+    clearing, the unsharded --fresh's), so the merge at its end finds one split."""
+    path = write_job(rows=10, extra=UNIQUE)
+    assert batchrun(path, "--shard", "0/3").returncode == 0
+    done = batchrun(path, "--shards", "2", "--local", "--fresh")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
+    assert pl.read_parquet(out / "results.parquet")["id"].n_unique() == 10
+
+
+async def test_an_unsharded_run_on_a_merged_folder_keeps_its_origin(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """A run of the whole job resuming a merged folder (rows added to it) keeps how the folder
+    was made, under merged_from, in its run.json and every later run's; a merge then refuses
+    to replace the rows added since, saying so."""
+    job = load_job(write_job(rows=12, extra=UNIQUE))
+    for k in range(2):
+        await run_job(job.with_shard(Shard(k, 2)), limit=6, sleep=no_sleep)
+    merged = merge_job(job)
+    out = tmp_path / "out"
+    before = json.loads((out / "run.json").read_text())
+    assert merged.counts == {"ok": 6, "error": 0}
+    outcome = await run_job(job, sleep=no_sleep)  # the other 6 rows, in this process
+    assert outcome.counts == {"ok": 12}
+    record = json.loads((out / "run.json").read_text())
+    assert "shards" not in record
+    assert record["merged_from"] == {
+        "run_id": before["run_id"],
+        "finished_at": before["finished_at"],
+        "shards": before["shards"],
+    }
+    await run_job(job, retry_errors=True, sleep=no_sleep)  # and on: still there
+    assert json.loads((out / "run.json").read_text())["merged_from"] == record["merged_from"]
+    refused = batchrun("merge", job.path)
+    assert refused.returncode == 2
+    assert "run after a merge" in refused.stderr
+    assert pl.read_parquet(out / "results.parquet").height == 12
+
+
+def test_local_checks_the_input_once(write_job: JobWriter, tmp_path: Path) -> None:
+    """--shards 3 --local with an invalid input (a duplicate id, a missing column) says so
+    once, exits 2, and starts no shard."""
+    path = write_job(rows=8, extra=UNIQUE)
+    data = tmp_path / "data.csv"
+    data.write_text(data.read_text() + "r3,again\n")
+    duplicate = batchrun(path, "--shards", "3", "--local")
+    assert duplicate.returncode == 2, duplicate.stderr
+    assert duplicate.stderr.count("r3") == 1, duplicate.stderr
+    assert "[shard" not in duplicate.stderr
+    assert not (tmp_path / "out").exists()
+    missing = batchrun(path, "--shards", "3", "--local", "--set", "input.prompt={nope}")
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.count("nope") == 1, missing.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_finds_the_shards_of_another_day(write_job: JobWriter, tmp_path: Path) -> None:
+    """With {date} in output.dir, a merge on another day than the shards' names the folder it
+    looked in and the day that holds shard folders; --date merges that day's folder."""
+    path = write_job(rows=10, extra={**UNIQUE, "output": {"dir": "out/{name}-{date}"}})
+    for k in range(2):
+        assert batchrun(path, "--shard", f"{k}/2").returncode == 0
+    (today,) = (tmp_path / "out").iterdir()
+    day = tmp_path / "out" / "job-2020-02-29"  # as if the shards had started on that day
+    today.rename(day)
+    refused = batchrun("merge", path)
+    assert refused.returncode == 2
+    assert f"{today}: no shard folders" in refused.stderr  # the folder it looked in
+    assert "the folder of 2020-02-29: merge with --date 2020-02-29" in refused.stderr
+    merged = batchrun("merge", path, "--date", "2020-02-29")
+    assert merged.returncode == 0, merged.stderr
+    assert pl.read_parquet(day / "results.parquet")["id"].n_unique() == 10
+    bad = batchrun("merge", path, "--date", "29.02.2020")
+    assert bad.returncode == 2
+    assert "YYYY-MM-DD" in bad.stderr

@@ -1,9 +1,11 @@
 """Stage 4, record: the run folder itself: its run id, creating it private to its owner, and
-clearing it for ``--fresh``. It reads no input and writes no rows (``record.parquet`` does).
+clearing it for ``--fresh`` (the shard folders of an earlier sharded run in it too). It reads no
+input and writes no rows (``record.parquet`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 from datetime import datetime
@@ -11,6 +13,8 @@ from pathlib import Path
 
 from batchrun.errors import JobError
 from batchrun.record.files import check_private, write_temp
+from batchrun.record.lock import RunLock
+from batchrun.shard.folders import shard_folders
 
 __all__ = ["clear", "make_run_dir", "new_run_id"]
 
@@ -50,7 +54,20 @@ def make_run_dir(run_dir: Path) -> Path:
 
 def clear(run_dir: Path) -> None:
     """--fresh: remove what an earlier run wrote (only batchrun's own files), telemetry
-    included, so that nothing in the folder describes an earlier run."""
+    included, and the ``shard-K-of-N`` folders of an earlier sharded run, so that nothing in
+    the folder describes an earlier run (a later ``merge`` or ``report`` would read stale
+    shards). The caller holds ``run_dir``'s lock; each shard folder's is taken too, all before
+    anything is removed: a shard still running refuses the clearing (RunLockedError, exit 75)."""
+    shards = list(shard_folders(run_dir).values())
+    with contextlib.ExitStack() as held:
+        for folder in shards:
+            if not folder.is_symlink():
+                held.enter_context(RunLock(folder))
+        for folder in shards:
+            if folder.is_symlink():
+                folder.unlink()  # a link someone made, not batchrun's folder: only the link goes
+            else:
+                shutil.rmtree(folder)
     for name in _EARLIER:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "parts", ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from batchrun.shard.assign import Shard
 
-__all__ = ["combined_manifest", "read_manifest", "shard_folders", "unfinished"]
+__all__ = ["combined_manifest", "merged_from", "read_manifest", "shard_folders", "unfinished"]
 
 # Worst first: the status a combination of shards takes is the worst of theirs.
 _STATUS_ORDER = (
@@ -48,6 +48,21 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
+
+
+def merged_from(run_dir: Path) -> dict[str, Any]:
+    """What a run of the whole job keeps, in the run.json it writes over a merge's, of how the
+    folder's rows were made: ``{"merged_from": ...}`` with the merge's run id, end and shards'
+    lines (carried on by every later run, until ``--fresh`` clears it); {} for a folder no
+    merge wrote. Not under ``shards``: that key says a merge wrote run.json, and a merge may
+    replace its own results (``merge.check_target``), which would lose the rows added since."""
+    record = read_manifest(run_dir)
+    if isinstance(record.get("merged_from"), dict):
+        return {"merged_from": record["merged_from"]}
+    if not record.get("shards"):
+        return {}
+    kept = {key: record.get(key) for key in ("run_id", "finished_at", "shards")}
+    return {"merged_from": kept}
 
 
 def unfinished(run_dir: Path, manifest: Mapping[str, Any]) -> str | None:

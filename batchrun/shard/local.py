@@ -97,14 +97,22 @@ class _Child:
 
 
 def run_local(
-    job: Job, job_file: str, args: list[str], *, shards: int | None, shard: str | None
+    job: Job,
+    job_file: str,
+    args: list[str],
+    *,
+    shards: int | None,
+    shard: str | None,
+    limit: int | None = None,
 ) -> int:
-    """Run every shard of ``job`` as a child process with ``args`` (the command line's options);
-    the worst exit code, after the merge when every shard completed."""
+    """Run every shard of ``job`` as a child process with ``args`` (the command line's options,
+    ``limit`` among them); the worst exit code, after the merge when every shard completed."""
     if shard is not None:
         raise JobError("--local runs every shard of the job: give --shards N, not --shard K/N")
     count = shards or default_shards()
-    out_dir = job.run_dir(datetime.now(UTC)).resolve()
+    _check_job(job, limit)
+    started = datetime.now(UTC)  # the merge's too: {date} in output.dir is the start's day
+    out_dir = job.run_dir(started).resolve()
     _clear_or_check(out_dir, fresh="--fresh" in args)
     verbose = ["-v"] if log_display().verbosity >= VERBOSE else []
     children = [_start(Shard(k, count), job_file, [*args, *verbose], out_dir) for k in range(count)]
@@ -127,15 +135,32 @@ def run_local(
         return code
     from batchrun.shard.merge import merge_job
 
-    merged = merge_job(job)  # its errors end the command as `batchrun merge` would end
+    merged = merge_job(job, now=started)  # its errors end the command as `merge` would end
     print(merged.line, file=sys.stderr)
     return worst([code, merged.exit_code])
 
 
+def _check_job(job: Job, limit: int | None) -> None:
+    """The checks of the job each shard's pre-flight starts with (its input, its scorers'
+    columns, its API key), made once here before any child starts: an invalid input is one
+    error (exit 2), not one from each of N shards."""
+    from batchrun.call.endpoint import api_key
+    from batchrun.load.inputs import check_input
+
+    check_input(job, limit=limit)
+    if job.scorers:
+        from batchrun.record.schema import RESULT_SCHEMA
+        from batchrun.score.command import check_columns
+
+        check_columns(job, [*RESULT_SCHEMA, "variant"])
+    api_key(job)
+
+
 def _clear_or_check(out_dir: Path, *, fresh: bool) -> None:
     """Before any shard sends: with --fresh, clear what an earlier run wrote in ``out_dir``
-    itself (each shard clears its own folder); without, refuse a folder whose unsharded results
-    the merge at the end would refuse to replace (exit 2 after every shard ran, otherwise)."""
+    (its own files and the shard folders, as an unsharded --fresh does); without, refuse a
+    folder whose unsharded results the merge at the end would refuse to replace (exit 2 after
+    every shard ran, otherwise)."""
     from batchrun.record.lock import RunLock
     from batchrun.record.rundir import clear
     from batchrun.shard.merge import check_target

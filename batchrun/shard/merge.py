@@ -11,7 +11,10 @@ The same shards merged twice give the same files. It sends nothing.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +37,7 @@ from batchrun.shard.folders import combined_manifest, read_manifest, shard_folde
 __all__ = ["EXTRA_TABLES", "Merged", "check_target", "merge_job"]
 
 EXTRA_TABLES = ("scores", "judgements")  # written by `batchrun score` in a shard's folder
+_DAY_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"  # {date} in output.dir, as a glob
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +51,21 @@ class Merged:
     line: str
 
 
-def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -> Merged:
-    """Merge ``job``'s shard folders into its run folder. Raises JobError (exit 2) when there
-    are none, when they are of two different N, when one is another job's, or (unless
-    ``partial``) when one is missing or unfinished; RunLockedError (75) when a shard still runs
-    or another process holds the run folder."""
+def merge_job(
+    job: Job, *, partial: bool = False, now: datetime | None = None, day: str | None = None
+) -> Merged:
+    """Merge ``job``'s shard folders into its run folder: ``output.dir`` with ``{date}`` the
+    day of ``now`` (by default today), or ``day`` (``merge --date YYYY-MM-DD``, the day the
+    shards started). Raises JobError (exit 2) when there are none, when they are of two
+    different N, when one is another job's, or (unless ``partial``) when one is missing or
+    unfinished; RunLockedError (75) when a shard still runs or another process holds the run
+    folder."""
     job = job.with_shard(None)
-    out_dir = job.run_dir(now or datetime.now(UTC)).resolve()
+    when = _day(day) if day is not None else now or datetime.now(UTC)
+    out_dir = job.run_dir(when).resolve()
     found = shard_folders(out_dir)
     if not found:
-        raise JobError(
-            f"{out_dir}: no shard folders (shard-K-of-N) to merge; run the shards first "
-            f"(batchrun {job.path.name} --shard K/N, or --shards N --local), with the same "
-            "--set options as this merge"
-        )
+        raise JobError(f"{out_dir}: no shard folders (shard-K-of-N) to merge; {_hint(job, when)}")
     sizes = sorted({shard.count for shard in found})
     if len(sizes) > 1:
         listed = ", ".join(path.name for path in found.values())
@@ -118,6 +123,43 @@ def merge_job(job: Job, *, partial: bool = False, now: datetime | None = None) -
     return Merged(out_dir, counts, bool(record["complete"]), code, line)
 
 
+def _day(text: str) -> datetime:
+    """``--date YYYY-MM-DD`` as the UTC day ``{date}`` in ``output.dir`` is filled with."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise JobError(
+            f"--date {text!r}: give the UTC day the shards started, as YYYY-MM-DD"
+        ) from None
+
+
+def _hint(job: Job, when: datetime) -> str:
+    """Where the shard folders may be instead. With ``{date}`` in ``output.dir``, the merge
+    looked in the folder of ``when``'s day: the days whose folders hold shard folders (the
+    shards started on another day), to give with ``--date``."""
+    first = (
+        f"run the shards first (batchrun {job.path.name} --shard K/N, or --shards N --local), "
+        "with the same --set options as this merge"
+    )
+    if "{date}" not in job.output.dir:
+        return first
+    pattern = job.output.dir.format(name=glob.escape(job.name), date=_DAY_GLOB)
+    path = Path(pattern).expanduser()
+    if not path.is_absolute():
+        path = Path(glob.escape(str(job.base_dir))) / path
+    days: set[str] = set()
+    for found in glob.glob(str(path)):
+        for day in re.findall(r"\d{4}-\d{2}-\d{2}", found):
+            with contextlib.suppress(JobError):  # digits that are no day
+                if job.run_dir(_day(day)) == Path(found) and shard_folders(Path(found)):
+                    days.add(day)
+    looked = f"output.dir has {{date}} and this merge looked in {when:%Y-%m-%d}'s folder (UTC)"
+    if not days:
+        return f"{looked}; {first}, or give the day the shards started with --date YYYY-MM-DD"
+    listed = ", ".join(sorted(days))
+    return f"{looked}; shard folders are in the folder of {listed}: merge with --date {max(days)}"
+
+
 def _merge_judges(out_dir: Path, shards: list[Path]) -> None:
     """Each judge's run folder (``judge/<scorer>/``: results and attempts) of the shards, as one
     in ``out_dir``: so that scoring the merged folder finds what was judged (a prompt judged in
@@ -168,10 +210,11 @@ def check_target(out_dir: Path) -> None:
         (out_dir / "results.parquet").exists() and "shards" not in record
     )
     if own:
+        after = " (run after a merge: rows added since)" if "merged_from" in record else ""
         raise JobError(
-            f"{out_dir}: holds the results of an unsharded run of the job, which a merge would "
-            "replace; move them away (or set output.dir elsewhere for the shards, or start over "
-            "with --fresh), then merge"
+            f"{out_dir}: holds the results of an unsharded run of the job{after}, which a merge "
+            "would replace; move them away (or set output.dir elsewhere for the shards, or start "
+            "over with --fresh), then merge"
         )
 
 
