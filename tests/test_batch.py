@@ -447,7 +447,9 @@ def test_the_cancel_command_after_a_kill(
     write_job: JobWriter, sim_server: StartSim, tmp_path: Path
 ) -> None:
     """`batchrun JOB --cancel` after a kill: every row `canceled`, exit 1."""
-    server = sim_server(batch_processing_s=30.0)
+    # The batch's six requests finish evenly over its processing time: long enough that none
+    # finishes before the cancel on a loaded host (with 30 s the first one did, 5 s in).
+    server = sim_server(batch_processing_s=3600.0)
     path = _job_file(write_job, server, name="abandoned")
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchrun.cli", str(path)],
