@@ -56,6 +56,9 @@ def metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, tuple
     ]
     for key, label in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e")):
         found += [(f"{label} {p} s", (key, p)) for p in ("p50", "p90", "p99")]
+    found.append(("est. cost $", ("cost", "cost_usd")))
+    if a["cost"].get("judges") or b["cost"].get("judges"):
+        found.append(("judges' est. cost $", ("cost", "judges", "cost_usd")))
     found += [
         ("attempts", ("attempts", "total")),
         ("retries", ("attempts", "retries")),
@@ -79,6 +82,8 @@ def _get(summary: Mapping[str, Any], path: tuple[str, ...]) -> Any:
         value = value.get(key) if isinstance(value, Mapping) else None
     if value is None and path[0] in ("stop_reasons", "errors"):
         return 0  # a kind that one run never saw happened zero times there
+    if path[:2] == ("cost", "judges") and not summary["cost"].get("judges"):
+        return 0.0  # a run without judges spent nothing on them
     return value
 
 

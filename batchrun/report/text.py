@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "cost_line",
+    "judges_line",
     "key_words",
     "render_breakdown",
     "render_comparison",
@@ -52,6 +53,7 @@ def render_summary(summary: Mapping[str, Any], sections: Sequence[str] = ()) -> 
         f"stopped   {_pairs(s['stop_reasons'])}",
         f"tokens    {_tokens(s)}",
         f"cost      {cost_line(s['cost'])}",
+        *([f"judges    {judges}"] if (judges := judges_line(s["cost"])) else []),
         f"duration  {s['duration_s']:.1f} s · {_num(throughput['ok_per_s'])} ok rows/s "
         f"(errors {_num(throughput['error_per_s'])}/s) · "
         f"{_num(s['output_tokens_per_s'])} output tokens/s",
@@ -243,6 +245,24 @@ def cost_line(cost: Mapping[str, Any]) -> str:
         saved = cost.get("cache_saved_usd")
         if saved is not None:  # negative when the writes cost more than the reads saved
             line += f", saved {usd(saved)}" if saved >= 0 else f", cost {usd(-saved)} more"
+    return line
+
+
+def judges_line(cost: Mapping[str, Any]) -> str | None:
+    """The judges' cost in words, beside the generation's: theirs, per scorer, and both
+    together (what the spend cap counts); None without judges."""
+    judges = cost.get("judges")
+    if not judges:
+        return None
+    scorers = ", ".join(
+        f"{s['scorer']} {usd(s['cost_usd'])} for {s['requests']:,}" for s in judges["scorers"]
+    )
+    line = (
+        f"est. {usd(judges['cost_usd'])} for {judges['requests']:,} requests of the model "
+        f"scorers ({scorers}); with the generation {usd(cost['total_usd'])}"
+    )
+    if judges["unpriced_models"]:
+        line += f"; no price for {', '.join(judges['unpriced_models'])}"
     return line
 
 
