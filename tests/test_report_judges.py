@@ -96,3 +96,32 @@ async def test_a_run_without_judges_keeps_its_cost_as_run_json_has_it(
     assert not any(
         line.startswith("judges ") for line in _report([outcome.run_dir], html=False).splitlines()
     )
+
+
+async def test_report_a_b_compares_the_judges_cost(write_job: JobWriter) -> None:
+    """A run without judges against the same job scored by a judge: the comparison has the
+    generation's cost of each and the judges' (none in A: $0), in dollars with four decimals
+    below a cent."""
+    plain = write_job(rows=4, extra={"prices": PRICES, "output": {"dir": "out-a"}}, name="a")
+    run_a = (await run_job(load_job(plain), sleep=no_sleep)).run_dir
+    judged = write_job(
+        rows=4,
+        extra={"prices": PRICES, "scorers": [JUDGE], "output": {"dir": "out-b"}},
+        name="b",
+    )
+    run_b = (await run_job(load_job(judged), sleep=no_sleep)).run_dir
+    judges_usd = float(pl.read_parquet(run_b / "judgements.parquet")["cost_usd"].sum())
+    metrics = {
+        m["metric"]: m
+        for m in json.loads(_report([run_a, run_b], as_json=True, html=False))["metrics"]
+    }
+    judges = metrics["judges' est. cost $"]
+    assert judges["a"] == 0.0
+    assert judges["b"] == pytest.approx(judges_usd) == judges["delta"]
+    cost = metrics["est. cost $"]
+    assert cost["a"] == pytest.approx(pl.read_parquet(run_a / "results.parquet")["cost_usd"].sum())
+    text = _report([run_a, run_b], html=True)
+    (line,) = [line for line in text.splitlines() if line.startswith("judges' est. cost $")]
+    assert line.split()[4:6] == ["$0.00", usd(judges_usd)]
+    page = (run_a / "compare.html").read_text(encoding="utf-8")
+    assert f'<td class="n">{usd(judges_usd)}</td>' in page
