@@ -16,6 +16,8 @@ from batchrun.report import report_command
 from batchrun.report.text import usd
 from batchrun.run import run_job
 from batchrun.schedule.spend import judges_spent
+from batchrun.shard import Shard
+from batchrun.shard.merge import merge_job
 from tests.conftest import JobWriter, no_sleep
 
 PRICES = {
@@ -125,3 +127,28 @@ async def test_report_a_b_compares_the_judges_cost(write_job: JobWriter) -> None
     assert line.split()[4:6] == ["$0.00", usd(judges_usd)]
     page = (run_a / "compare.html").read_text(encoding="utf-8")
     assert f'<td class="n">{usd(judges_usd)}</td>' in page
+
+
+async def test_the_judges_of_shards_count_unmerged_and_merged(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """Two shards, each scored by the judge at its end: the report of the folder not merged
+    yet counts both shards' judges, and the merged folder's report the same."""
+    job = load_job(write_job(rows=8, extra={"prices": PRICES, "scorers": [JUDGE]}))
+    folders = []
+    for k in range(2):
+        outcome = await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)
+        assert outcome.exit_code == 0
+        folders.append(outcome.run_dir)
+    judged = pl.concat(pl.read_parquet(f / "judge" / "judge" / "results.parquet") for f in folders)
+    assert judged.height == 8
+    out = tmp_path / "out"
+    unmerged = json.loads(_report([out], as_json=True, html=False))
+    assert unmerged["state"] == "unmerged"
+    judges = unmerged["cost"]["judges"]
+    assert judges["requests"] == 8
+    assert judges["cost_usd"] == pytest.approx(float(judged["cost_usd"].sum()))
+    assert merge_job(job).exit_code == 0
+    merged = json.loads(_report([out], as_json=True, html=False))["cost"]["judges"]
+    assert merged["requests"] == 8
+    assert merged["cost_usd"] == pytest.approx(judges["cost_usd"])
