@@ -83,7 +83,7 @@ async def test_the_judges_cost_is_shown_beside_the_generations(write_job: JobWri
     assert f"with the generation {usd(cost['total_usd'])}" in line
     page = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "judges&#x27; est. cost" in page
-    assert "6 judge requests" in page
+    assert f"6 judge requests · total {usd(cost['total_usd'])}" in page
 
 
 async def test_a_run_without_judges_keeps_its_cost_as_run_json_has_it(

@@ -337,7 +337,7 @@ def _judges_card(cost: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     judges = cost.get("judges")
     if not judges:
         return []
-    sub = f"{judges['requests']:,} judge requests · {usd(cost['total_usd'])} with the run's"
+    sub = f"{judges['requests']:,} judge requests · total {usd(cost['total_usd'])}"
     return [("judges' est. cost", usd(judges["cost_usd"]), sub, "")]
 
 
