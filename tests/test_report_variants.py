@@ -422,3 +422,91 @@ async def test_a_simulated_run_under_two_variants(
     text = _cli(run_dir, "--no-html").stdout
     assert "\nttft ms p50 " in text
     assert "ttft text" not in text
+
+
+# --- two runs of variants compared ----------------------------------------------------------------
+
+
+async def test_two_simulated_runs_of_variants_compared_per_variant(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two real runs of a job of variants, B failing one input row and adding a variant: report
+    A B compares each variant, its figures A and B equal to a polars group_by of each run's
+    Parquet, its rows matched on (variant, id, sample); terminal, --json and the page agree."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    variants = [
+        {"name": "sonnet"},
+        {"name": "haiku", "request": {"model": "claude-haiku-4-5"}},
+    ]
+    path_a = write_job(rows=6, extra={"variants": variants, "output": {"dir": "out-a"}}, name="a")
+    run_a = (await run_job(load_job(path_a), sleep=no_sleep)).run_dir
+    fault = {"kind": "invalid_request", "match": "photosynthesis"}  # input row r1
+    path_b = write_job(
+        rows=6,
+        extra={
+            "variants": [*variants, {"name": "opus", "request": {"model": "claude-opus-4-5"}}],
+            "output": {"dir": "out-b"},
+            "sim": {"faults": [fault]},
+        },
+        name="b",
+    )
+    run_b = (await run_job(load_job(path_b), sleep=no_sleep)).run_dir
+
+    def by_hand(run_dir: Path) -> dict[str, dict[str, Any]]:
+        results = pl.read_parquet(run_dir / "results.parquet")
+        sent = ~pl.col("cache_hit")
+        table = results.group_by("variant").agg(
+            rows=pl.len(),
+            ok_share=(pl.col("status") == "ok").mean(),
+            cost_usd=pl.col("cost_usd").sum(),
+            e2e_p50=pl.col("e2e_s").filter(sent).quantile(0.5, "linear"),
+            ttft_p90=pl.col("ttft_s").filter(sent).quantile(0.9, "linear"),
+        )
+        return {row["variant"]: row for row in table.iter_rows(named=True)}
+
+    hand_a, hand_b = by_hand(run_a), by_hand(run_b)
+    done = _cli(run_a, run_b, "--json", "--no-html")
+    assert done.returncode == 0, done.stderr
+    entries = json.loads(done.stdout)["variants"]
+    assert [v["variant"] for v in entries] == ["sonnet", "haiku", "opus"]  # A's order, then B's
+    for entry in entries:
+        name = entry["variant"]
+        metric = {m["metric"]: m for m in entry["metrics"]}
+        for side, hand in (("a", hand_a), ("b", hand_b)):
+            if name not in hand:
+                assert entry[side] is None
+                assert metric["rows"][side] is None
+                continue
+            want = hand[name]
+            assert metric["rows"][side] == want["rows"] == 6
+            assert metric["ok share"][side] == pytest.approx(want["ok_share"])
+            assert metric["est. cost $"][side] == pytest.approx(want["cost_usd"])
+            assert metric["e2e p50 s"][side] == pytest.approx(want["e2e_p50"])
+            assert metric["ttft p90 s"][side] == pytest.approx(want["ttft_p90"])
+    sonnet = {m["metric"]: m for m in entries[0]["metrics"]}
+    assert (sonnet["ok"]["a"], sonnet["ok"]["b"], sonnet["ok"]["delta"]) == (6, 5, -1)
+    assert sonnet["ok share"]["delta"] == pytest.approx(-1 / 6)
+    matched = [e["completions"] for e in entries]
+    assert [(m["compared"], m["only_in_a"], m["only_in_b"]) for m in matched] == [
+        (6, 0, 0),
+        (6, 0, 0),
+        (0, 0, 6),
+    ]
+    assert matched[0]["changed"] >= 1  # r1 failed in B: no completion where A had one
+
+    text = _cli(run_a, run_b).stdout
+    assert "\nvariant sonnet: 6 (variant, id, sample) keys in both runs, " in text
+    assert "\nvariant opus (not in A): 0 (variant, id, sample) keys in both runs" in text
+    page = (run_a / "compare.html").read_text(encoding="utf-8")
+    assert "<h2>Variants, B against A</h2>" in page
+    assert "<h3>opus (not in A)</h3>" in page
+
+
+def test_runs_of_one_variant_have_no_per_variant_comparison(tmp_path: Path) -> None:
+    """Two folders written before variants: one variant, default, between them; nothing to
+    compare per variant, and the key is left out."""
+    rows = [r for r in variant_rows() if r["variant"] == "sonnet"]
+    run_a = write_folder(tmp_path / "a" / "run", rows, variant="none")
+    run_b = write_folder(tmp_path / "b" / "run", rows, variant="none")
+    comparison = compare_runs(load_run(run_a), load_run(run_b))
+    assert "variants" not in comparison

@@ -42,7 +42,9 @@ def manifest(
     """run.json: how the run went, the job as resolved (no secrets), the command-line options
     that shaped it, versions, and the cost of the rows in the folder (the sum of their
     ``cost_usd``, at both rates, with the prompt cache's part: see
-    :func:`~batchrun.record.cost.estimate_cost`). Called after compaction.
+    :func:`~batchrun.record.cost.estimate_cost`). Called after compaction, before any scoring:
+    the cost is the generation's; each judge's run folder (``judge/<scorer>/``) has its own
+    run.json with its cost, and ``batchrun report`` shows both.
 
     ``options`` holds ``limit``, ``fresh`` and ``retry_errors`` as given. ``input_rows`` is
     what the run covered, ``input_rows_total`` the whole input (null if it could not be

@@ -7,6 +7,7 @@
     activity.py     outcome, rows covered (--limit), effective concurrency, rows/s over time
     completions.py  the completions shown (slowest, failed, random) and output lengths
     variants.py     the variants of a run side by side
+    inputs.py       the run's input files, scanned for a column (``--by``)
     by.py           ``--by COLUMN``: the summary per value of an input column
     sections.py     the sections beyond the summary (variants, --by), listed once for the
                     terminal, --json and the page

@@ -1,69 +1,48 @@
 """``batchrun report RUN --by COLUMN``: the summary broken down by an input column.
 
-Results do not copy input columns, so the input files the job names (run.json's resolved job:
-``input.path`` relative to ``job_file``'s folder) are scanned for two columns, the key and
-``COLUMN``, and joined to the results: on ``id`` through ``input.id_column``; without an id
-column on ``input_row`` (the row's position across the files) when the results have it, else on
-the id, which is then that position. Rows of no group (an input changed since the run) fall in
-``(not in input)``. With several variants each value is broken down per variant as well.
-Latencies are of the rows sent (response cache hits left out). Plain data; a missing input or
-column is a ``JobError`` naming both.
+Results do not copy input columns, so the input files the job names are scanned for two columns,
+the key and ``COLUMN`` (``inputs.py``), and joined to the results: on ``id`` through
+``input.id_column``; without an id column on ``input_row`` (the row's position across the files)
+when the results have it, else on the id, which is then that position. Rows of no group (an
+input changed since the run) fall in ``(not in input)``. With several variants each value is
+broken down per variant as well. Latencies are of the rows sent (response cache hits left out).
+Plain data; a missing input or column is a ``JobError`` naming both.
 """
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from batchrun.errors import JobError
+from batchrun.report.inputs import NOT_IN_INPUT, input_column
 from batchrun.report.load import SENT, RunData
 from batchrun.report.summary import PERCENTILES
 
 __all__ = ["MAX_GROUPS", "breakdown"]
 
 MAX_GROUPS = 200  # groups listed; the rest are counted in ``groups_left_off``
-_KEY, _GROUP = "__key", "__group"
-_NULL, _MISSING = "(null)", "(not in input)"
+_GROUP = "__group"
 
 
 def breakdown(run: RunData, column: str) -> dict[str, Any]:
     """Per value of ``column``: rows, ok share, tokens, latency percentiles and cost; and with
     several variants, the same per variant under ``variants`` in each group."""
-    files, shown, id_column = _inputs(run, column)
-    scans = [_scan(path) for path in files]
-    for path, scan in zip(files, scans, strict=True):
-        names = scan.collect_schema().names()
-        if column not in names:
-            raise JobError(
-                f"report --by {column}: the input {_relative(path, shown)} has no column "
-                f"{column!r} (its columns: {', '.join(names)}); the run is {run.run_dir}"
-            )
+    inputs, has_id = input_column(run, column)
     results = run.results
-    if id_column is not None:
-        key = pl.col(id_column).cast(pl.String)
-        on = "id"
-    elif "input_row" in results.columns and results["input_row"].null_count() < results.height:
-        key, on = pl.col(_KEY), "input_row"
-    else:
-        key, on = pl.col(_KEY).cast(pl.String), "id"
-    frames = []
-    for scan in scans:
-        columns = [column] + ([id_column] if id_column is not None else [])
-        frames.append(scan.select(columns).with_columns(pl.col(column).cast(pl.String)))
-    inputs = (
-        pl.concat(frames, how="vertical")
-        .with_row_index(_KEY)
-        .select(
-            key.cast(results.schema[on]).alias(on), pl.col(column).fill_null(_NULL).alias(_GROUP)
-        )
-    )
+    on = "id"
+    if not has_id and "input_row" in results.columns:
+        on = "input_row" if results["input_row"].null_count() < results.height else "id"
     joined = (
         results.lazy()
-        .join(inputs.unique(on, keep="first"), on=on, how="left")
-        .with_columns(pl.col(_GROUP).fill_null(_MISSING))
+        .join(
+            inputs.select(
+                pl.col(on).cast(results.schema[on]), pl.col("value").alias(_GROUP)
+            ).unique(on, keep="first"),
+            on=on,
+            how="left",
+        )
+        .with_columns(pl.col(_GROUP).fill_null(NOT_IN_INPUT))
     )
     priced = "cost_usd" in results.columns
     groups = _aggregate(joined, [_GROUP], priced).collect(engine="streaming")
@@ -118,44 +97,3 @@ def _aggregate(joined: pl.LazyFrame, keys: list[str], priced: bool) -> pl.LazyFr
         *latency,
         *cost,
     )
-
-
-def _inputs(run: RunData, column: str) -> tuple[list[Path], Path, str | None]:
-    """The input files, the folder paths are shown relative to, and the id column."""
-    job = run.job
-    source = job.get("input")
-    source = source if isinstance(source, dict) else {}
-    pattern = source.get("path")
-    if not isinstance(pattern, str):
-        raise JobError(
-            f"report --by {column}: {run.run_dir / 'run.json'} names no input files "
-            "(no run.json, or one without the job's input.path), so there is nothing to join"
-        )
-    job_file = job.get("job_file")
-    base = Path(job_file).parent if isinstance(job_file, str) else run.run_dir
-    literal = base / Path(pattern).expanduser()
-    if literal.is_file():
-        files = [literal]
-    else:
-        found = glob.glob(str(Path(pattern).expanduser()), root_dir=base, recursive=True)
-        files = sorted(p for p in (base / f for f in found) if p.is_file())
-    if not files:
-        raise JobError(
-            f"report --by {column}: the run's input {pattern} is not there any more "
-            f"(looked in {base}, the job file's folder); the run is {run.run_dir}"
-        )
-    id_column = source.get("id_column")
-    return files, base, id_column if isinstance(id_column, str) else None
-
-
-def _scan(path: Path) -> pl.LazyFrame:
-    if path.suffix.lower() == ".csv":
-        return pl.scan_csv(path, infer_schema=False, glob=False)
-    return pl.scan_parquet(path, glob=False)
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)

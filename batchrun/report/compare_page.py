@@ -1,9 +1,10 @@
 """The comparison page: two runs side by side, as one self-contained ``compare.html``.
 
-Each run's header and headline figures in its own column, the metrics with their deltas, the
-same charts for A and B next to each other, and the rows whose completion changed with A's and
-B's text side by side. Written into the first run's folder. The numbers come from
-``compare_runs``; this module renders and writes, and computes nothing of its own.
+Each run's header and headline figures in its own column, the metrics with their deltas (and
+per variant, with variants), the same charts for A and B next to each other, and the rows whose
+completion changed with A's and B's text side by side. Written into the first run's folder. The
+numbers come from ``compare_runs``; this module renders and writes, and computes nothing of its
+own.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from batchrun.report.html import (
 )
 from batchrun.report.load import RunData
 from batchrun.report.page import NONE, cards, grid, panel
-from batchrun.report.text import key_words
+from batchrun.report.text import key_words, metric_cells
 
 __all__ = ["render_comparison_html", "write_comparison_html"]
 
@@ -41,6 +42,11 @@ def render_comparison_html(a: RunData, b: RunData, comparison: Mapping[str, Any]
             f"A · {a.name}", header(a, sa) + cards(sa), f"B · {b.name}", header(b, sb) + cards(sb)
         ),
         panel("Metrics, B against A", _metrics(comparison["metrics"]), wide=True),
+        *(
+            [panel("Variants, B against A", _variants(comparison["variants"]), wide=True)]
+            if comparison.get("variants")
+            else []
+        ),
         grid(
             panel("A: end-to-end latency", latency_chart(a, "e2e_s", sa["e2e_s"])),
             panel("B: end-to-end latency", latency_chart(b, "e2e_s", sb["e2e_s"])),
@@ -76,14 +82,32 @@ def _metrics(metrics: list[Mapping[str, Any]]) -> str:
     )
     body = []
     for m in metrics:
-        rel = "" if m["relative"] is None else f"{100 * m['relative']:+.1f}%"
-        cells = [_cell(m["a"]), _cell(m["b"]), _cell(m["delta"], signed=True), rel]
+        cells = metric_cells(m)
         body.append(
             f"<tr><td>{escape(m['metric'])}</td>"
             + "".join(f'<td class="n">{escape(c)}</td>' for c in cells)
             + "</tr>"
         )
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _variants(variants: list[Mapping[str, Any]]) -> str:
+    """Each variant's figures, B against A, with its rows matched on (variant, id, sample)."""
+    parts = []
+    for v in variants:
+        m = v["completions"]
+        absent = ("" if v["a"] else " (not in A)") + ("" if v["b"] else " (not in B)")
+        parts.append(
+            f"<h3>{escape(v['variant'])}{absent}</h3>"
+            f'<p class="note">{m["compared"]:,} (variant, id, sample) keys in both runs, '
+            f"{m['changed']:,} changed; only in A: {m['only_in_a']:,}; only in B: "
+            f"{m['only_in_b']:,}.</p>{_metrics(v['metrics'])}"
+        )
+    note = (
+        '<p class="note">Latencies in seconds, of the rows sent (response cache hits left out); '
+        "cost is the rows' own <code>cost_usd</code>.</p>"
+    )
+    return "".join(parts) + note
 
 
 def _changed(c: Mapping[str, Any]) -> str:
@@ -121,11 +145,3 @@ def _side_cell(row: Mapping[str, Any]) -> str:
         f"<td class='text'><b>{escape(str(row['status']))}/{escape(str(what or NONE))}</b>\n"
         f"{escape(text if text is not None else '(no completion)')}</td>"
     )
-
-
-def _cell(value: float | int | None, *, signed: bool = False) -> str:
-    if value is None:
-        return NONE
-    if isinstance(value, int):
-        return f"{value:+,}" if signed else f"{value:,}"
-    return f"{value:+,.3f}" if signed else f"{value:,.3f}"

@@ -1,4 +1,5 @@
-"""Reading a run folder for the report: results, attempts and the manifest, as they stand.
+"""Reading a run folder for the report: results, attempts and the manifest, as they stand; the
+judges' own run folders (``judge/<scorer>/``) when asked.
 
 A run may be finished, aborted, or still going (or killed): ``scan_table`` gives the final files
 plus every checkpoint part, so a partial run reads the same way. Only the narrow columns are held
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from batchrun.errors import JobError
+from batchrun.record.folder import JUDGE_DIR
 from batchrun.record.parquet import scan_table
 
 __all__ = [
@@ -72,6 +74,18 @@ class RunData:
     def scan_results(self) -> pl.LazyFrame:
         """Every column of the results, lazily (scan with a filter, a head or a select)."""
         return with_variant(_scan(self.run_dir, self.shards, "results"))
+
+    def scan_judges(self) -> dict[str, pl.LazyFrame]:
+        """The results of each judge's own run folder (``judge/<scorer>/``: every request a
+        ``kind: model`` scorer sent, the spend cap's count of them), lazily, by scorer name;
+        of an unmerged sharded folder, every shard's. Empty without judges."""
+        found: dict[str, list[pl.LazyFrame]] = {}
+        for folder in self.shards or (self.run_dir,):
+            root = folder / JUDGE_DIR
+            for judge in sorted(root.iterdir()) if root.is_dir() else ():
+                if (judge / "results.parquet").exists() or (judge / "parts").is_dir():
+                    found.setdefault(judge.name, []).append(scan_table(judge, "results"))
+        return {scorer: pl.concat(frames) for scorer, frames in sorted(found.items())}
 
     @property
     def variants(self) -> list[str]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from batchrun.report.text import cost_line, usd, variant_rows
+from batchrun.report.text import cost_line, judges_line, usd, variant_rows
 
 __all__ = [
     "CSS",
@@ -155,6 +155,7 @@ def cards(summary: Mapping[str, Any]) -> str:
         _latency_card("e2e p50", summary["e2e_s"]),
         ("retries", f"{retries:,}", f"on {summary['attempts']['rows_retried']:,} rows", ""),
         _cost_card(summary["cost"]),
+        *_judges_card(summary["cost"]),
     ]
     return (
         '<div class="cards">'
@@ -189,6 +190,7 @@ def facts(summary: Mapping[str, Any]) -> str:
         ("attempts (first included)", _count(attempts["total"])),
         ("most attempts on one row", _count(attempts["max_per_row"])),
         ("est. cost", cost_line(summary["cost"])),
+        *[("judges' est. cost", line) for line in [judges_line(summary["cost"])] if line],
         (
             "retry wait, total / longest (s)",
             f"{seconds(summary['retry_wait_s']['total'])} / "
@@ -328,6 +330,15 @@ def _cost_card(cost: Mapping[str, Any]) -> tuple[str, str, str, str]:
     other = "stream_usd" if own == "batch_usd" else "batch_usd"
     rate = "streaming" if other == "stream_usd" else "batch"
     return (f"est. cost ({cost['mode']})", usd(cost[own]), f"{usd(cost[other])} at {rate} rate", "")
+
+
+def _judges_card(cost: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The judges' cost beside the generation's, and both together; none without judges."""
+    judges = cost.get("judges")
+    if not judges:
+        return []
+    sub = f"{judges['requests']:,} judge requests · total {usd(cost['total_usd'])}"
+    return [("judges' est. cost", usd(judges["cost_usd"]), sub, "")]
 
 
 def _count(value: int | None) -> str:

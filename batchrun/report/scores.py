@@ -3,8 +3,8 @@ share not scored; for every pair of variants, the paired difference and whether 
 distinguishable from noise; with ``--by COLUMN``, the means per value of an input column.
 
 Reads ``scores.parquet`` (the folder's only file this module reads beside the input, for
-``--by``); the statistics are :mod:`batchrun.score.stats`'. Renders its own text lines and HTML
-panel, so the summary's modules only call it.
+``--by``, through ``inputs.py``); the statistics are :mod:`batchrun.score.stats`'. Renders its
+own text lines and HTML panel, so the summary's modules only call it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrun.errors import JobError
-from batchrun.report.by import _inputs, _scan
+from batchrun.report.inputs import NOT_IN_INPUT, input_column
 from batchrun.report.load import RunData
 from batchrun.score.command import ROW_ERROR, read_scores
 from batchrun.score.stats import (
@@ -153,20 +152,10 @@ def _pair(rows: pl.DataFrame, a: str, b: str) -> dict[str, Any]:
 
 def _breakdown(run: RunData, scores: pl.DataFrame, column: str) -> dict[str, Any]:
     """Mean scores per value of the input ``column``, per scorer and variant."""
-    files, _, id_column = _inputs(run, column)
-    frames = []
-    for path in files:
-        scan = _scan(path)
-        if column not in scan.collect_schema().names():
-            raise JobError(f"report --by {column}: the input {path} has no column {column!r}")
-        frames.append(scan.select([column] + ([id_column] if id_column else [])))
-    inputs = pl.concat(frames, how="vertical_relaxed").with_row_index("__row")
-    key = pl.col(id_column) if id_column is not None else pl.col("__row")
-    groups = inputs.select(
-        key.cast(pl.String).alias("id"), pl.col(column).cast(pl.String).fill_null("(null)")
-    ).collect()
-    joined = scores.join(groups.unique("id", keep="first"), on="id", how="left").with_columns(
-        pl.col(column).fill_null("(not in input)")
+    inputs, _ = input_column(run, column)
+    groups = inputs.select("id", pl.col("value").alias(column)).unique("id", keep="first")
+    joined = scores.join(groups.collect(), on="id", how="left").with_columns(
+        pl.col(column).fill_null(NOT_IN_INPUT)
     )
     rows = []
     for (scorer, variant, value), part in joined.group_by(

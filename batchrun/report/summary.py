@@ -23,7 +23,16 @@ from batchrun.report import activity
 from batchrun.report.completions import output_lengths, picked_completions
 from batchrun.report.load import RunData
 
-__all__ = ["PERCENTILES", "TIMINGS", "cost", "counts", "distribution", "summarize", "to_json"]
+__all__ = [
+    "PERCENTILES",
+    "TIMINGS",
+    "cost",
+    "counts",
+    "distribution",
+    "judges_cost",
+    "summarize",
+    "to_json",
+]
 
 PERCENTILES = (0.5, 0.9, 0.99)
 # Per-request timings summarised by percentiles: summary key → results column. The run's overall
@@ -100,7 +109,10 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
 
 def cost(run: RunData) -> dict[str, Any]:
     """The cost estimate of the rows, priced with the job's table and mode as run.json holds
-    them (the default table and ``stream`` when it holds none)."""
+    them (the default table and ``stream`` when it holds none): run.json's ``cost``. A folder
+    with judges' requests (``judge/<scorer>/``) adds ``judges`` (:func:`judges_cost`) and
+    ``total_usd``, the generation's ``cost_usd`` and the judges' together: what the spend cap
+    counts."""
     job = run.job
     table = job.get("prices")
     prices: Mapping[str, Any] = DEFAULT_PRICES
@@ -113,7 +125,50 @@ def cost(run: RunData) -> dict[str, Any]:
         }
     request = job.get("request")
     mode = request.get("mode") if isinstance(request, dict) else None
-    return estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
+    generation = estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
+    judges = judges_cost(run, prices)
+    if judges is None:
+        return generation
+    parts = [generation["cost_usd"], judges["cost_usd"]]
+    total = None if all(p is None for p in parts) else sum(p or 0.0 for p in parts)
+    return {**generation, "judges": judges, "total_usd": total}
+
+
+def judges_cost(run: RunData, prices: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the judges of ``kind: model`` scorers cost: ``cost_usd`` (the sum of their rows'
+    ``cost_usd``, at the streaming rate: a judge streams), ``requests``, ``input_tokens``,
+    ``output_tokens``, ``unpriced_models``, and the same per scorer under ``scorers``. Every
+    request a judge sent counts, a judgement replaced since too, as in the spend cap. None
+    when the folder has no judges' requests."""
+    scorers = []
+    for scorer, rows in run.scan_judges().items():
+        requests = rows.select(pl.len()).collect().item()
+        if not requests:
+            continue
+        spent = estimate_cost(rows, prices, "stream")
+        scorers.append(
+            {
+                "scorer": scorer,
+                "requests": requests,
+                **{k: spent[k] for k in ("input_tokens", "output_tokens", "cost_usd")},
+                "unpriced_models": spent["unpriced_models"],
+            }
+        )
+    if not scorers:
+        return None
+
+    def total(key: str) -> Any:
+        values = [s[key] for s in scorers if s[key] is not None]
+        return sum(values) if values else None
+
+    return {
+        "cost_usd": total("cost_usd"),
+        "requests": total("requests"),
+        "input_tokens": total("input_tokens"),
+        "output_tokens": total("output_tokens"),
+        "unpriced_models": sorted({m for s in scorers for m in s["unpriced_models"]}),
+        "scorers": scorers,
+    }
 
 
 def active_duration_s(results: pl.DataFrame) -> float:

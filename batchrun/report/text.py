@@ -11,7 +11,9 @@ from typing import Any
 
 __all__ = [
     "cost_line",
+    "judges_line",
     "key_words",
+    "metric_cells",
     "render_breakdown",
     "render_comparison",
     "render_summary",
@@ -52,6 +54,7 @@ def render_summary(summary: Mapping[str, Any], sections: Sequence[str] = ()) -> 
         f"stopped   {_pairs(s['stop_reasons'])}",
         f"tokens    {_tokens(s)}",
         f"cost      {cost_line(s['cost'])}",
+        *([f"judges    {judges}"] if (judges := judges_line(s["cost"])) else []),
         f"duration  {s['duration_s']:.1f} s · {_num(throughput['ok_per_s'])} ok rows/s "
         f"(errors {_num(throughput['error_per_s'])}/s) · "
         f"{_num(s['output_tokens_per_s'])} output tokens/s",
@@ -184,21 +187,31 @@ def _completions(
 
 
 def render_comparison(comparison: Mapping[str, Any]) -> str:
-    """Two runs side by side with deltas, then the rows whose completion changed."""
+    """Two runs side by side with deltas, the same per variant (with variants), then the rows
+    whose completion changed."""
     a, b = comparison["a"], comparison["b"]
-    width = max(len(m["metric"]) for m in comparison["metrics"]) + 2
+    variants = comparison.get("variants") or []
+    labels = [m["metric"] for m in comparison["metrics"]]
+    labels += [m["metric"] for v in variants for m in v["metrics"]]
+    width = max(len(label) for label in labels) + 2
     lines = [
         f"A  {a['run_dir']} ({_state(a['state'])}; {' · '.join(a['models'])})",
         f"B  {b['run_dir']} ({_state(b['state'])}; {' · '.join(b['models'])})",
         "",
-        f"{'':<{width}}{'A':>14}{'B':>14}{'B - A':>14}{'change':>10}",
+        *_metric_lines(comparison["metrics"], width),
     ]
-    for m in comparison["metrics"]:
-        rel = "" if m["relative"] is None else f"{100 * m['relative']:+.1f}%"
-        lines.append(
-            f"{m['metric']:<{width}}{_cell(m['a']):>14}{_cell(m['b']):>14}"
-            f"{_cell(m['delta'], signed=True):>14}{rel:>10}"
-        )
+    for v in variants:
+        m = v["completions"]
+        lines += [
+            "",
+            f"variant {v['variant']}"
+            + ("" if v["a"] else " (not in A)")
+            + ("" if v["b"] else " (not in B)")
+            + f": {m['compared']:,} (variant, id, sample) keys in both runs, "
+            f"{m['changed']:,} changed; only in A: {m['only_in_a']:,}; "
+            f"only in B: {m['only_in_b']:,}",
+            *_metric_lines(v["metrics"], width),
+        ]
     c = comparison["completions"]
     variant = "variant" in c["key"]
     lines += [
@@ -215,6 +228,26 @@ def render_comparison(comparison: Mapping[str, Any]) -> str:
     if c["changed"] > len(c["rows"]):
         lines.append(f"  … and {c['changed'] - len(c['rows']):,} more (--rows N shows more)")
     return "\n".join(lines)
+
+
+def _metric_lines(metrics: Sequence[Mapping[str, Any]], width: int) -> list[str]:
+    """A table of compared figures: A, B, their difference and the relative change."""
+    lines = [f"{'':<{width}}{'A':>14}{'B':>14}{'B - A':>14}{'change':>10}"]
+    for m in metrics:
+        a, b, delta, rel = metric_cells(m)
+        lines.append(f"{m['metric']:<{width}}{a:>14}{b:>14}{delta:>14}{rel:>10}")
+    return lines
+
+
+def metric_cells(m: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """A compared figure's A, B, difference and relative change as text; a metric named in
+    dollars (``... $``) in :func:`usd`, so that a cost below a cent keeps its digits."""
+    rel = "" if m["relative"] is None else f"{100 * m['relative']:+.1f}%"
+    if m["metric"].endswith(" $"):
+        delta = m["delta"]
+        signed = NONE if delta is None else ("-" if delta < 0 else "+") + usd(abs(delta))
+        return usd(m["a"]), usd(m["b"]), signed, rel
+    return _cell(m["a"]), _cell(m["b"]), _cell(m["delta"], signed=True), rel
 
 
 def key_words(key: Sequence[str]) -> str:
@@ -243,6 +276,24 @@ def cost_line(cost: Mapping[str, Any]) -> str:
         saved = cost.get("cache_saved_usd")
         if saved is not None:  # negative when the writes cost more than the reads saved
             line += f", saved {usd(saved)}" if saved >= 0 else f", cost {usd(-saved)} more"
+    return line
+
+
+def judges_line(cost: Mapping[str, Any]) -> str | None:
+    """The judges' cost in words, beside the generation's: theirs, per scorer, and both
+    together (what the spend cap counts); None without judges."""
+    judges = cost.get("judges")
+    if not judges:
+        return None
+    scorers = ", ".join(
+        f"{s['scorer']} {usd(s['cost_usd'])} for {s['requests']:,}" for s in judges["scorers"]
+    )
+    line = (
+        f"est. {usd(judges['cost_usd'])} for {judges['requests']:,} requests of the model "
+        f"scorers ({scorers}); with the generation {usd(cost['total_usd'])}"
+    )
+    if judges["unpriced_models"]:
+        line += f"; no price for {', '.join(judges['unpriced_models'])}"
     return line
 
 

@@ -3,9 +3,10 @@ response cache hits, as plain data.
 
 A job with ``variants`` runs every input row under each of them, so a run folder holds a
 comparison; this is what ``batchrun report`` shows of it, one entry per variant in the job's
-order. Latency statistics are of the rows sent, as in the summary (a cache hit's timings are
-another run's). Computed in one ``group_by`` over the narrow columns, so no frame is copied per
-variant. Plain data; nothing printed or written.
+order, and what ``batchrun report A B`` compares variant by variant. Latency statistics are of
+the rows sent, as in the summary (a cache hit's timings are another run's). Computed in one
+``group_by`` over the narrow columns, so no frame is copied per variant. Plain data; nothing
+printed or written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import polars as pl
 from batchrun.report.load import SENT, RunData
 from batchrun.report.summary import PERCENTILES
 
-__all__ = ["TIMINGS", "TOKENS", "per_variant"]
+__all__ = ["TIMINGS", "TOKENS", "per_variant", "variant_stats"]
 
 # Latencies compared, summary key → results column (as the summary's ``TIMINGS``).
 TIMINGS = {
@@ -37,13 +38,17 @@ _STATS = ("count", "mean", *(f"p{round(q * 100)}" for q in PERCENTILES), "max")
 
 
 def per_variant(run: RunData) -> list[dict[str, Any]] | None:
-    """One entry per variant: ``variant``, ``models``, ``rows``, ``ok``, ``error``,
-    ``ok_share``, ``cache_hits``, ``tokens``, ``cost_usd`` (the rows' own, summed; null when no
-    row has one) and a ``{count, mean, p50, p90, p99, max}`` for each of :data:`TIMINGS`. None
-    for a run of one variant: there is nothing to compare."""
+    """:func:`variant_stats` of a run of several variants; None for a run of one: there is
+    nothing to compare."""
+    return variant_stats(run) if len(run.variants) > 1 else None
+
+
+def variant_stats(run: RunData) -> list[dict[str, Any]]:
+    """One entry per variant, in the job's order: ``variant``, ``models``, ``rows``, ``ok``,
+    ``error``, ``ok_share``, ``cache_hits``, ``tokens``, ``cost_usd`` (the rows' own, summed;
+    null when no row has one) and a ``{count, mean, p50, p90, p99, max}`` for each of
+    :data:`TIMINGS`. The comparison of two runs takes it of a run of one variant too."""
     names = run.variants
-    if len(names) < 2:
-        return None
     results = run.results
     have = set(results.columns)
     # a frame built by hand may lack a column of a later release: read it as nulls
