@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from batchrun.apis import build_request
-from batchrun.call.endpoint import api_key
 from batchrun.errors import JobError
 from batchrun.job.prices import CacheRates
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input, iter_batches
 from batchrun.load.resume import Done, resume_plan
+from batchrun.load.sources import sources
 from batchrun.models import InputSummary, RequestItem
 from batchrun.record.cost import BATCH_DISCOUNT, rates_for
 from batchrun.record.files import check_private
@@ -46,6 +46,8 @@ __all__ = [
     "Forecast",
     "Preflight",
     "VariantForecast",
+    "api_key",
+    "check_columns",
     "describe",
     "dry_mode",
     "forecast",
@@ -99,8 +101,6 @@ async def preflight(
     raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
     summary = shard_summary(job, check_input(job, limit=limit), limit)  # the shard's part
     if job.scorers:  # a scorer naming a column no row has would fail only after the run
-        from batchrun.score.command import check_columns  # the judge's imports: only here
-
         check_columns(job, [*RESULT_SCHEMA, "variant"])
     key = api_key(job)
     run_dir = open_run_dir(_look if dry else make_run_dir, job.run_dir(now))
@@ -153,18 +153,64 @@ def _look(path: Path) -> Path:
     return run_dir
 
 
-def dry_mode(job: Job) -> FolderMode:
-    """The job's mode, made only to be checked (its ``check`` and ``in_flight``)."""
-    from batchrun.clock import Clock
-    from batchrun.models import Stop
+def api_key(job: Job) -> str:
+    """The key the job names, or a stand-in for the built-in simulator: the only place the key
+    is read (:mod:`batchrun.call.endpoint` puts it into the header)."""
+    name = job.endpoint.api_key_env
+    key = os.environ.get(name, "")
+    if key.strip():
+        return key.strip()
+    if job.endpoint.base_url == "sim":
+        return "sim-key"
+    state = "empty" if name in os.environ else "not set"
+    raise JobError(
+        f"{job.path}: endpoint.api_key_env: the environment variable {name} is {state}; "
+        f"export {name}=... with your API key (or use base_url: sim to run on the built-in "
+        "simulator)"
+    )
 
+
+def check_columns(job: Job, result_columns: list[str]) -> None:
+    """Every column the scorers' templates use is an input or a result column; else a
+    JobError naming ``scorers[i]``, before any row is scored or any judge asked."""
+    inputs: set[str] = set()
+    for src in sources(job):
+        inputs |= set(src.schema.names())
+    for i, scorer in enumerate(job.scorers):
+        missing = [c for c in scorer.columns() if c not in inputs and c not in result_columns]
+        if missing:
+            raise JobError(
+                f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
+                f"neither the input ({', '.join(sorted(inputs))}) nor results.parquet "
+                "(completion, stop_reason, output_tokens, ...) has; fix the template"
+            )
+
+
+class Stateless:
+    """The folder side of a mode that keeps nothing of its own in the run folder (stream mode:
+    a request in flight when a run ended was never recorded, so it is sent again)."""
+
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder to refuse."""
+
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder."""
+
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
+        return set()
+
+
+def dry_mode(job: Job) -> FolderMode:
+    """The job's mode, made only to be checked (its ``check`` and ``in_flight``): batch mode's
+    batches in the folder; stream mode has none, and its driver (the whole call stage) is not
+    loaded for ``validate``."""
     if job.request.mode == "batch":
         from batchrun.batch import BatchMode
+        from batchrun.clock import Clock
+        from batchrun.models import Stop
 
         return BatchMode(job, Clock(), asyncio.sleep, Stop())
-    from batchrun.call.stream import StreamMode
-
-    return StreamMode(job, Clock(), asyncio.sleep, Stop(), on_fatal=lambda exc: None)
+    return Stateless()
 
 
 @dataclass(frozen=True, slots=True)
