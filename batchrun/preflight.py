@@ -1,12 +1,13 @@
 """Before the first request: every check a run makes, shared by the run and ``batchrun validate``.
 
-:func:`preflight` is the start of :func:`batchrun.run.run_job`: the input, the API key, the run
-folder (its path, its entries, its lock), the mode's own state in it, ``--fresh`` and the
-resume plan (which refuses a folder holding another job's results, or with
-``rerun_changed`` sends the changed requests again). ``dry`` is the same
-sequence without writing: the folder is looked at, never created, locked, cleared or
-quarantined, so ``validate`` refuses what the run would refuse, with the same message and exit
-code. :func:`forecast` then says what the run would send and what it may cost. Nothing here
+:func:`preflight` is the start of :func:`batchrun.run.run_job`: the input, the columns the
+scorers use (:func:`check_columns`, which scoring makes too), the API key (:func:`api_key`, the
+only place it is read), the run folder (its path, its entries, its lock), the mode's own state
+in it, ``--fresh`` and the resume plan (which refuses a folder holding another job's results,
+or with ``rerun_changed`` sends the changed requests again). ``dry`` is the same sequence
+without writing: the folder is looked at, never created, locked, cleared or quarantined, so
+``validate`` refuses what the run would refuse, with the same message and exit code.
+:func:`forecast` then says what the run would send and what it may cost. Nothing here
 sends a request; with ``dry`` nothing here writes.
 """
 
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from batchrun.apis import build_request
+from batchrun.clock import Clock
 from batchrun.errors import JobError
 from batchrun.job.prices import CacheRates
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input, iter_batches
 from batchrun.load.resume import Done, resume_plan
 from batchrun.load.sources import sources
-from batchrun.models import InputSummary, RequestItem
+from batchrun.models import InputSummary, RequestItem, Stop
 from batchrun.record.cost import BATCH_DISCOUNT, rates_for
 from batchrun.record.files import check_private
 from batchrun.record.folder import check_entries, open_run_dir, translated
@@ -45,6 +47,7 @@ from batchrun.shard.plan import shard_summary
 __all__ = [
     "Forecast",
     "Preflight",
+    "Stateless",
     "VariantForecast",
     "api_key",
     "check_columns",
@@ -206,8 +209,6 @@ def dry_mode(job: Job) -> FolderMode:
     loaded for ``validate``."""
     if job.request.mode == "batch":
         from batchrun.batch import BatchMode
-        from batchrun.clock import Clock
-        from batchrun.models import Stop
 
         return BatchMode(job, Clock(), asyncio.sleep, Stop())
     return Stateless()
