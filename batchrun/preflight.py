@@ -1,12 +1,13 @@
 """Before the first request: every check a run makes, shared by the run and ``batchrun validate``.
 
-:func:`preflight` is the start of :func:`batchrun.run.run_job`: the input, the API key, the run
-folder (its path, its entries, its lock), the mode's own state in it, ``--fresh`` and the
-resume plan (which refuses a folder holding another job's results, or with
-``rerun_changed`` sends the changed requests again). ``dry`` is the same
-sequence without writing: the folder is looked at, never created, locked, cleared or
-quarantined, so ``validate`` refuses what the run would refuse, with the same message and exit
-code. :func:`forecast` then says what the run would send and what it may cost. Nothing here
+:func:`preflight` is the start of :func:`batchrun.run.run_job`: the input, the columns the
+scorers use (:func:`check_columns`, which scoring makes too), the API key (:func:`api_key`, the
+only place it is read), the run folder (its path, its entries, its lock), the mode's own state
+in it, ``--fresh`` and the resume plan (which refuses a folder holding another job's results,
+or with ``rerun_changed`` sends the changed requests again). ``dry`` is the same sequence
+without writing: the folder is looked at, never created, locked, cleared or quarantined, so
+``validate`` refuses what the run would refuse, with the same message and exit code.
+:func:`forecast` then says what the run would send and what it may cost. Nothing here
 sends a request; with ``dry`` nothing here writes.
 """
 
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from batchrun.apis import build_request
-from batchrun.call.endpoint import api_key
+from batchrun.clock import Clock
 from batchrun.errors import JobError
 from batchrun.job.prices import CacheRates
 from batchrun.job.schema import Job
 from batchrun.load.inputs import check_input, iter_batches
 from batchrun.load.resume import Done, resume_plan
-from batchrun.models import InputSummary, RequestItem
+from batchrun.load.sources import sources
+from batchrun.models import InputSummary, RequestItem, Stop
 from batchrun.record.cost import BATCH_DISCOUNT, rates_for
 from batchrun.record.files import check_private
 from batchrun.record.folder import check_entries, open_run_dir, translated
@@ -45,7 +47,10 @@ from batchrun.shard.plan import shard_summary
 __all__ = [
     "Forecast",
     "Preflight",
+    "Stateless",
     "VariantForecast",
+    "api_key",
+    "check_columns",
     "describe",
     "dry_mode",
     "forecast",
@@ -99,8 +104,6 @@ async def preflight(
     raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
     summary = shard_summary(job, check_input(job, limit=limit), limit)  # the shard's part
     if job.scorers:  # a scorer naming a column no row has would fail only after the run
-        from batchrun.score.command import check_columns  # the judge's imports: only here
-
         check_columns(job, [*RESULT_SCHEMA, "variant"])
     key = api_key(job)
     run_dir = open_run_dir(_look if dry else make_run_dir, job.run_dir(now))
@@ -153,18 +156,62 @@ def _look(path: Path) -> Path:
     return run_dir
 
 
-def dry_mode(job: Job) -> FolderMode:
-    """The job's mode, made only to be checked (its ``check`` and ``in_flight``)."""
-    from batchrun.clock import Clock
-    from batchrun.models import Stop
+def api_key(job: Job) -> str:
+    """The key the job names, or a stand-in for the built-in simulator: the only place the key
+    is read (:mod:`batchrun.call.endpoint` puts it into the header)."""
+    name = job.endpoint.api_key_env
+    key = os.environ.get(name, "")
+    if key.strip():
+        return key.strip()
+    if job.endpoint.base_url == "sim":
+        return "sim-key"
+    state = "empty" if name in os.environ else "not set"
+    raise JobError(
+        f"{job.path}: endpoint.api_key_env: the environment variable {name} is {state}; "
+        f"export {name}=... with your API key (or use base_url: sim to run on the built-in "
+        "simulator)"
+    )
 
+
+def check_columns(job: Job, result_columns: list[str]) -> None:
+    """Every column the scorers' templates use is an input or a result column; else a
+    JobError naming ``scorers[i]``, before any row is scored or any judge asked."""
+    inputs: set[str] = set()
+    for src in sources(job):
+        inputs |= set(src.schema.names())
+    for i, scorer in enumerate(job.scorers):
+        missing = [c for c in scorer.columns() if c not in inputs and c not in result_columns]
+        if missing:
+            raise JobError(
+                f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
+                f"neither the input ({', '.join(sorted(inputs))}) nor results.parquet "
+                "(completion, stop_reason, output_tokens, ...) has; fix the template"
+            )
+
+
+class Stateless:
+    """The folder side of a mode that keeps nothing of its own in the run folder (stream mode:
+    a request in flight when a run ended was never recorded, so it is sent again)."""
+
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder to refuse."""
+
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder."""
+
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
+        return set()
+
+
+def dry_mode(job: Job) -> FolderMode:
+    """The job's mode, made only to be checked (its ``check`` and ``in_flight``): batch mode's
+    batches in the folder; stream mode has none, and its driver (the whole call stage) is not
+    loaded for ``validate``."""
     if job.request.mode == "batch":
         from batchrun.batch import BatchMode
 
         return BatchMode(job, Clock(), asyncio.sleep, Stop())
-    from batchrun.call.stream import StreamMode
-
-    return StreamMode(job, Clock(), asyncio.sleep, Stop(), on_fatal=lambda exc: None)
+    return Stateless()
 
 
 @dataclass(frozen=True, slots=True)

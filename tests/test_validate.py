@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,6 +103,33 @@ def test_validate_of_the_example_job_predicts_a_first_run(
     assert f"to send:    {requests} requests: {requests} new, 0 again" in done.stdout
     assert "in stream mode" in done.stdout
     assert "in batch mode" in done.stdout
+
+
+# What sending needs, never loaded to validate: the HTTP client and its transport, the retry
+# policy, the stream driver and the run (with them the progress line), the OpenTelemetry SDK,
+# and rich (structlog loads it for an exception renderer batchrun does not use).
+_SENDING = ("httpx", "aiohttp", "tenacity", "batchrun.call", "batchrun.run", "batchrun.score.judge")
+_SENDING += ("opentelemetry.sdk", "rich")
+
+
+def test_validate_loads_nothing_of_sending(tmp_path: Path) -> None:
+    """`batchrun validate jobs/eval.yaml` (a model scorer included), in a process of its own,
+    imports none of the modules only a run needs."""
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import json, sys\n"
+        "from batchrun.cli import main\n"
+        f"code = main(['validate', 'jobs/eval.yaml', '--set', 'output.dir={tmp_path}'])\n"
+        "print(json.dumps([code, sorted(sys.modules)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True
+    )
+    code, modules = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0, done.stderr
+    assert "polars" in modules  # the input is read
+    assert [m for m in modules if m.startswith(_SENDING)] == []
 
 
 def test_a_partial_run_then_validate_shows_rows_done_and_to_send(

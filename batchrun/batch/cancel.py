@@ -18,10 +18,11 @@ import structlog
 
 from batchrun.batch.api import BatchesAPI
 from batchrun.batch.state import load_state, request_cancel
-from batchrun.call.endpoint import api_key, http_client
+from batchrun.call.endpoint import http_client
 from batchrun.errors import EXIT_OK, AttemptError
 from batchrun.job.schema import Job
 from batchrun.models import RunOutcome, RunStatus
+from batchrun.preflight import api_key
 
 __all__ = ["ask_holder"]
 

@@ -1,6 +1,7 @@
-"""The API endpoint: the key from the environment and the httpx client that carries it.
+"""The API endpoint: the httpx client that carries the key (read by
+:func:`batchrun.preflight.api_key`).
 
-The only place the key is read and put into a header; the client is wired here with auth,
+The only place the key is put into a header; the client is wired here with auth,
 timeouts and transport (aiohttp-backed unless a test passes its own). Nothing is sent here.
 
 :class:`ApiClient` is httpx's client with one lean path added for the streamed attempts, the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,11 +27,10 @@ import msgspec
 
 from batchrun import __version__
 from batchrun.call.secrets import NO_SECRETS, Scrubber, redis_password
-from batchrun.errors import JobError
 from batchrun.job.schema import Job
 from batchrun.telemetry.setup import scrubbed_logs
 
-__all__ = ["ApiClient", "api_key", "base_url", "http_client"]
+__all__ = ["ApiClient", "base_url", "http_client"]
 
 
 class ApiClient(httpx.AsyncClient):
@@ -80,22 +79,6 @@ class ApiClient(httpx.AsyncClient):
             yield response
         finally:
             await response.aclose()
-
-
-def api_key(job: Job) -> str:
-    """The key the job names, or a stand-in for the built-in simulator."""
-    name = job.endpoint.api_key_env
-    key = os.environ.get(name, "")
-    if key.strip():
-        return key.strip()
-    if job.endpoint.base_url == "sim":
-        return "sim-key"
-    state = "empty" if name in os.environ else "not set"
-    raise JobError(
-        f"{job.path}: endpoint.api_key_env: the environment variable {name} is {state}; "
-        f"export {name}=... with your API key (or use base_url: sim to run on the built-in "
-        "simulator)"
-    )
 
 
 @contextlib.asynccontextmanager

@@ -153,10 +153,10 @@ class Job(Section):
 
     @model_validator(mode="after")
     def _priced_under_cap(self) -> Job:
-        from batchrun.record.cost import rates_for  # record imports job: not at import
-
         if self.limits.max_cost_usd is None:
             return self
+        from batchrun.record.cost import rates_for  # record imports job (and polars): not at import
+
         for variant in self.effective_variants:
             model = variant.request.model
             if rates_for(model, self.prices) is None:

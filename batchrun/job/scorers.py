@@ -4,7 +4,7 @@ A scorer has a ``name`` (``[A-Za-z0-9_.-]+``, unique in the job: it names its ro
 ``scores.parquet``) and a ``kind``, which picks the model that reads the rest (a union
 discriminated by ``kind``). Templates (``target``, ``pattern``, ``prompt``) are parsed here;
 whether the columns they name exist is checked against the input's header before a run sends
-anything and before scoring (:func:`batchrun.score.command.check_columns`), since the job must
+anything and before scoring (:func:`batchrun.preflight.check_columns`), since the job must
 not read the input. Regular expressions and SQL
 expressions are compiled here, so a typo is an exit 2 before anything is sent. Validates at the
 boundary, then freezes; it must not read data or run the user's code.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-import polars as pl
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from batchrun.job.sections import Section
@@ -154,6 +153,8 @@ class SqlScorer(_Scorer):
     @field_validator("expression")
     @classmethod
     def _parses(cls, value: str) -> str:
+        import polars as pl  # ~0.2 s: loaded when a job has an sql scorer, not to read any job
+
         try:
             pl.sql_expr(value)
         except pl.exceptions.PolarsError as exc:

@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import polars as pl
 import structlog
 
@@ -26,16 +25,18 @@ from batchrun.errors import JobError
 from batchrun.job.schema import Job
 from batchrun.job.scorers import ModelScorer, PythonScorer, SqlScorer
 from batchrun.load.sources import sources
+from batchrun.preflight import check_columns
 from batchrun.record.files import commit, write_temp
 from batchrun.record.parquet import read_table
 from batchrun.score.kinds import OUTPUT, score_rows
-from batchrun.score.model import judge_rows
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ROW_ERROR",
     "SCORES_SCHEMA",
     "ScoreOutcome",
-    "check_columns",
     "read_scores",
     "score_run",
 ]
@@ -120,22 +121,6 @@ def _inputs(job: Job, results: pl.DataFrame) -> pl.DataFrame:
     return inputs.select(keep).rename({"__id": "id"}).unique("id", keep="first").collect()
 
 
-def check_columns(job: Job, result_columns: list[str]) -> None:
-    """Every column the scorers' templates use is an input or a result column; else a
-    JobError naming ``scorers[i]``, before any row is scored or any judge asked."""
-    inputs: set[str] = set()
-    for src in sources(job):
-        inputs |= set(src.schema.names())
-    for i, scorer in enumerate(job.scorers):
-        missing = [c for c in scorer.columns() if c not in inputs and c not in result_columns]
-        if missing:
-            raise JobError(
-                f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
-                f"neither the input ({', '.join(sorted(inputs))}) nor results.parquet "
-                "(completion, stop_reason, output_tokens, ...) has; fix the template"
-            )
-
-
 def _pending(results: pl.DataFrame, done: pl.DataFrame) -> pl.DataFrame:
     """Result rows with no usable score in ``done`` (one scorer's rows): a row that failed
     stays as it is until its result is replaced (a new run_id)."""
@@ -185,6 +170,8 @@ async def score_run(
             pl.format(ROW_ERROR + " ({})", pl.col("error_type").fill_null("?")).alias("error"),
         )
         if isinstance(scorer, ModelScorer):
+            from batchrun.score.model import judge_rows  # a judge is a run: not for the report
+
             values = await judge_rows(job, scorer, ok, run_dir, transport)
         else:
             values = score_rows(scorer, ok, job.base_dir)

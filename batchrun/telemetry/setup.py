@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 
 import batchrun
 
 if TYPE_CHECKING:
+    from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -108,7 +109,9 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_lines
-        else structlog.dev.ConsoleRenderer(colors=target.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=target.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     level = {QUIET: logging.ERROR, VERBOSE: logging.DEBUG}.get(verbosity, logging.INFO)
     detail: list[Any] = [] if json_lines or verbosity >= VERBOSE else [_drop_request_detail]
