@@ -51,6 +51,7 @@ __all__ = [
     "VariantForecast",
     "api_key",
     "check_columns",
+    "check_job",
     "describe",
     "dry_mode",
     "forecast",
@@ -102,10 +103,8 @@ async def preflight(
     """Check ``job`` as its run does before the first request, holding the run folder's lock
     while the context lasts (``dry``: only checking that it is free). Raises what the run
     raises: JobError (exit 2), RunFolderError (74), RunLockedError (75)."""
-    summary = shard_summary(job, check_input(job, limit=limit), limit)  # the shard's part
-    if job.scorers:  # a scorer naming a column no row has would fail only after the run
-        check_columns(job, [*RESULT_SCHEMA, "variant"])
-    key = api_key(job)
+    inputs, key = check_job(job, limit=limit)
+    summary = shard_summary(job, inputs, limit)  # the shard's part
     run_dir = open_run_dir(_look if dry else make_run_dir, job.run_dir(now))
     exists = run_dir.is_dir()
     if exists:
@@ -154,6 +153,17 @@ def _look(path: Path) -> Path:
             "choose a folder you can write with --set output.dir=..."
         ) from exc
     return run_dir
+
+
+def check_job(job: Job, *, limit: int | None = None) -> tuple[InputSummary, str]:
+    """The checks of the job itself, before its folder is looked at: the input (with
+    ``--limit``), the columns its scorers use (a scorer naming a column no row has would fail
+    only after the run) and the API key; the input's summary and the key. ``--shards N
+    --local`` makes them once before starting any shard, so a bad input is one error, not N."""
+    inputs = check_input(job, limit=limit)
+    if job.scorers:
+        check_columns(job, [*RESULT_SCHEMA, "variant"])
+    return inputs, api_key(job)
 
 
 def api_key(job: Job) -> str:

@@ -141,19 +141,11 @@ def run_local(
 
 
 def _check_job(job: Job, limit: int | None) -> None:
-    """The checks of the job each shard's pre-flight starts with (its input, its scorers'
-    columns, its API key), made once here before any child starts: an invalid input is one
-    error (exit 2), not one from each of N shards."""
-    from batchrun.call.endpoint import api_key
-    from batchrun.load.inputs import check_input
+    """The checks of the job each shard's pre-flight starts with, made once here before any
+    child starts: an invalid input is one error (exit 2), not one from each of N shards."""
+    from batchrun.preflight import check_job
 
-    check_input(job, limit=limit)
-    if job.scorers:
-        from batchrun.record.schema import RESULT_SCHEMA
-        from batchrun.score.command import check_columns
-
-        check_columns(job, [*RESULT_SCHEMA, "variant"])
-    api_key(job)
+    check_job(job, limit=limit)
 
 
 def _clear_or_check(out_dir: Path, *, fresh: bool) -> None:
