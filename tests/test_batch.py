@@ -401,7 +401,9 @@ async def test_a_crash_after_sending_adopts_the_batch_on_rerun(
 
 async def test_cancel_while_a_run_polls(write_job: JobWriter, sim_server: StartSim) -> None:
     """--cancel beside a run: it collects finished rows ok, the rest `canceled`; exit 1."""
-    server = sim_server(batch_processing_s=3.0)
+    # The six requests finish one every 2 s: the cancel, sent once one has, lands before the
+    # last on a loaded host too (with one every 0.5 s it need not).
+    server = sim_server(batch_processing_s=12.0)
     job = _job(write_job, server)
     running = asyncio.create_task(run_job(job))
     run_dir = job.run_dir(datetime.now(UTC)).resolve()
@@ -426,7 +428,10 @@ async def test_cancel_after_a_crash_then_retry_errors(
     write_job: JobWriter, sim_server: StartSim
 ) -> None:
     """--cancel after a crash collects `canceled` rows; only --retry-errors sends them again."""
-    server = sim_server(batch_processing_s=3.0)
+    # The crash comes at the first poll and the cancel right after it; the six requests finish
+    # one a second, so that the cancel lands before the last on a loaded host too, and how
+    # many it canceled is read from the batch.
+    server = sim_server(batch_processing_s=6.0)
     job = _job(write_job, server)
     poll = LoseAnswer("GET", r"/v1/messages/batches/[^/]+", Crash())
     with pytest.raises(Crash):
@@ -434,7 +439,9 @@ async def test_cancel_after_a_crash_then_retry_errors(
     outcome = await cancel_job(job)
     assert (outcome.status, outcome.exit_code) == ("canceled", 1)
     canceled = _results(outcome).filter(pl.col("status") == "error")
-    assert canceled.height >= 3  # the first request finishes half a second in
+    (batch,) = await _batches(server)
+    assert canceled.height == batch["request_counts"]["canceled"] >= 1
+    assert _results(outcome).filter(pl.col("status") == "ok").height == 6 - canceled.height
     assert set(canceled["error_type"]) == {"canceled"}
     again = await run_job(job)
     assert (again.sent, again.counts.get("error")) == (0, canceled.height)
