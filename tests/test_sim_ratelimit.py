@@ -113,26 +113,34 @@ def _body(n: int, max_tokens: int = 20) -> dict[str, Any]:
 
 def test_the_server_answers_429_with_retry_after_and_headers(sim_server: Any) -> None:
     """Two requests a burst: the third gets the API's 429 body, retry-after and headers."""
-    server = sim_server(requests_per_minute=60, rate_limit_burst_s=2)
+    # One request back every 10 s: the third is refused however slowly the host sends them.
+    server = sim_server(requests_per_minute=6, rate_limit_burst_s=20)
     with httpx.Client(base_url=server.base_url, headers=HEADERS) as client:
         answers = [client.post("/v1/messages", json=_body(n)) for n in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert answers[0].headers["anthropic-ratelimit-requests-remaining"] == "1"
     assert answers[0].headers["content-type"].startswith("text/event-stream")
     refused = answers[2]
-    assert refused.headers["retry-after"] == "1"
-    assert refused.headers["anthropic-ratelimit-requests-limit"] == "60"
+    assert refused.headers["retry-after"] == "10"
+    assert refused.headers["anthropic-ratelimit-requests-limit"] == "6"
     assert refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert refused.headers["request-id"].startswith("req_")
     body = json.loads(refused.text)
     assert body["error"]["type"] == "rate_limit_error"
-    assert "60 requests per minute" in body["error"]["message"]
+    assert "6 requests per minute" in body["error"]["message"]
     assert server.stats.requests_by_status == {200: 2, 429: 1}
 
 
 def test_the_server_gives_back_unwritten_output_when_a_stream_ends(sim_server: Any) -> None:
-    """max_tokens 1000 against 1,500/min: the second fits only because the first wrote ~20."""
-    server = sim_server(output_tokens_per_minute=1500, min_output_tokens=10, max_output_tokens=30)
+    """max_tokens 1000 against a bucket of 1,500: the second fits only because the first wrote
+    ~20. The bucket refills 2.5 tokens a second, so that the third (1,499) is refused however
+    slowly the host sends them (at 1,500/min it fitted after 1.6 s)."""
+    server = sim_server(
+        output_tokens_per_minute=150,
+        rate_limit_burst_s=600,
+        min_output_tokens=10,
+        max_output_tokens=30,
+    )
     with httpx.Client(base_url=server.base_url, headers=HEADERS) as client:
         first = client.post("/v1/messages", json=_body(1, max_tokens=1000))
         second = client.post("/v1/messages", json=_body(2, max_tokens=1000))
