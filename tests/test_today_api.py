@@ -130,7 +130,12 @@ def _check_json_rows(results: pl.DataFrame) -> None:
 async def test_thinking_effort_caching_and_json_output_end_to_end(
     write_job: JobWriter, tmp_path: Path
 ) -> None:
-    outcome = await _run(write_job, _today_job(write_job))
+    # The first text delta comes ten or more thinking deltas after the first content. At 1 ms
+    # a delta, a simulator held up that long by a loaded host writes both at once (it sends
+    # what is due together) and ttft_text_s equals ttft_s; at 10 ms it takes a 0.1 s stall.
+    extra = _today_job(write_job)
+    extra["sim"] = {"token_interval_s": 0.01}
+    outcome = await _run(write_job, extra)
     results = pl.read_parquet(outcome.run_dir / "results.parquet").sort("input_row")
     _check_json_rows(results)
     rows = list(results.iter_rows(named=True))
