@@ -183,13 +183,15 @@ async def test_every_transient_fault_is_retried_to_the_same_answer(
     _, expected, _ = await _run(_job(write_job, clean, rows=3, request={"api": api}))
     # retry-after 0: within the job's tiny max_backoff_s (a longer one ends the row; see below).
     fault = {"kind": kind, "attempts": [1], "retry_after_s": 0}
-    server = sim_server(stall_s=1.0, faults=[fault])
+    # The idle timeout ends a stalled first attempt; the clean second one must not meet it,
+    # however long a loaded host holds up the simulator's thread (0.3 s was too near).
+    server = sim_server(stall_s=4.0, faults=[fault])
     job = _job(
         write_job,
         server,
         rows=3,
         request={"api": api},
-        timeouts={"idle_s": 0.3, "total_s": 5},
+        timeouts={"idle_s": 1.0, "total_s": 8},
         output={"dir": "faulted"},
     )
     outcome, results, attempts = await _run(job)
