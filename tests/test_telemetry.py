@@ -191,9 +191,11 @@ async def test_metrics_follow_the_genai_conventions(
     }
     (ttft,) = metrics["gen_ai.client.operation.time_to_first_chunk"].data.data_points
     assert ttft.count == 3
-    # One gap per read after the first that brought content, recorded as it arrived.
+    # One gap per read after the first that brought content, recorded as it arrived. A
+    # simulator held up by a loaded host sends what is due in one write, so that a short
+    # reply can come in one read: only some reply must have come in several.
     reads = [len(set(offsets)) for offsets in results["chunk_offsets_s"].to_list()]
-    assert min(reads) > 1
+    assert max(reads) > 1
     (gaps,) = metrics["gen_ai.client.operation.time_per_output_chunk"].data.data_points
     assert gaps.count == sum(n - 1 for n in reads)
     assert gaps.min > 0
