@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from batchrun.record.schema import RESULT_SCHEMA
 from batchrun.sim import SimServer
@@ -27,6 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     """Shared rate-limit state goes to a throwaway folder, never the user's state directory;
     set before any test builds a subprocess environment from os.environ."""
     os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="batchrun-state-")
+
+
+# Hypothesis fails an example that takes over 200 ms of wall time, and a test whose data is
+# slow to generate: on a loaded host either happens to correct code. No property here is
+# about speed, so neither is checked.
+settings.register_profile("batchrun", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("batchrun")
 
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchrun.apis import APIS
@@ -36,9 +36,7 @@ KEY = "sk-fuzz"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
 PATHS = ["/v1/messages", "/v1/complete", "/v1/messages/count_tokens"]
 ERROR_STATUSES = {400, 401, 403, 404, 405, 413, 429}
-FUZZ = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
-)
+FUZZ = settings(max_examples=120, database=None)  # no deadline: see conftest's profile
 
 # --- strategies ---------------------------------------------------------------------------
 

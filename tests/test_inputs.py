@@ -229,7 +229,7 @@ def test_system_template_rendering_empty_means_none(tmp_path: Path) -> None:
     assert items(job)[0].system is None
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(
     st.lists(st.text(min_size=1).filter(str.strip), min_size=1, max_size=5),
     st.text(),
