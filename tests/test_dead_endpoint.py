@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,14 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on: bound but not listening, so that a connection is
+    refused, and held for the test, so that no other process takes it meanwhile (bound and
+    closed at once, it could be a server's by the time the run connects)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -65,12 +68,12 @@ def _results(run_dir: Path) -> pl.DataFrame:
 
 @pytest.mark.parametrize("dead", ["closed port", "silent server"])
 async def test_an_unreachable_endpoint_stops_the_run_with_69_and_records_nothing(
-    write_job: JobWriter, sim_server: StartSim, silent_server: str, dead: str
+    write_job: JobWriter, sim_server: StartSim, silent_server: str, closed_port: int, dead: str
 ) -> None:
     """A closed port or a server that never answers: exit 69 soon after the window, a message
     naming the URL and the error, no result rows; the next run against a live server sends
     every row once."""
-    url = f"http://127.0.0.1:{_closed_port()}" if dead == "closed port" else silent_server
+    url = f"http://127.0.0.1:{closed_port}" if dead == "closed port" else silent_server
     job = _job(write_job, url, timeouts={"connect_s": 0.2, "idle_s": 0.2, "total_s": 1})
     began = time.monotonic()
     outcome = await run_job(job, sleep=no_sleep, unreachable_s=1.0)
