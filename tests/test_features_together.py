@@ -286,3 +286,25 @@ def test_the_closing_line_counts_the_judges_cost(write_job: JobWriter, tmp_path:
     judged = judges_spent(load_job(path), tmp_path / "out")
     assert judged > 0
     assert f"; judges ${judged:,.6f}" in ran.stderr
+
+
+def test_an_sql_scorer_naming_no_column_is_refused_before_sending(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """An sql scorer's expression over a column neither the input nor the results have is an
+    exit 2 from validate and from the run before any request, as a template's column is; not
+    an exit 2 at scoring, after the whole spend."""
+    sql = {"name": "brief", "kind": "sql", "expression": "output_tokens <= 60 AND nosuch > 1"}
+    path = write_job(rows=4, extra={**EVAL, "scorers": [SCORERS[0], sql]})
+    seen = batchrun("validate", path)
+    assert seen.returncode == 2, seen.stdout
+    assert "scorers[1] (brief) uses column 'nosuch'" in seen.stderr
+    ran = batchrun(path)
+    assert ran.returncode == 2, ran.stderr
+    assert "scorers[1] (brief) uses column 'nosuch'" in ran.stderr
+    assert not (tmp_path / "out").exists()  # nothing sent
+    fixed = {**sql, "expression": "output_tokens <= 60 AND length(question) > 1"}
+    _edit(path, {"scorers": [SCORERS[0], fixed]})
+    assert batchrun(path).returncode == 0
+    scores = pl.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert scores.filter(pl.col("scorer") == "brief").height == 8
