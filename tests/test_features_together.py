@@ -308,3 +308,24 @@ def test_an_sql_scorer_naming_no_column_is_refused_before_sending(
     assert batchrun(path).returncode == 0
     scores = pl.read_parquet(tmp_path / "out" / "scores.parquet")
     assert scores.filter(pl.col("scorer") == "brief").height == 8
+
+
+def test_a_null_cell_names_the_template_once_under_variants(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """A null cell the shared prompt needs is named once ('input.prompt uses it'), not once per
+    variant that shares the template; a variant's own template is named beside it. Exit 2,
+    nothing sent."""
+    path = write_job(rows=3, extra=EVAL)
+    data = tmp_path / "data.csv"
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join([*lines[:2], "r1,", *lines[3:]]) + "\n", encoding="utf-8")
+    refused = batchrun(path)
+    assert refused.returncode == 2, refused.stderr
+    assert "id 'r1': column 'question' is null (input.prompt uses it)" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    own = {**VARIANTS[1], "input": {"prompt": "Briefly: {question}"}}
+    _edit(path, {"variants": [VARIANTS[0], own]})
+    told = batchrun("validate", path)
+    assert told.returncode == 2
+    assert "(variants[1].input.prompt and input.prompt uses it)" in told.stderr
