@@ -329,3 +329,25 @@ def test_a_null_cell_names_the_template_once_under_variants(
     told = batchrun("validate", path)
     assert told.returncode == 2
     assert "(variants[1].input.prompt and input.prompt uses it)" in told.stderr
+
+
+def test_the_merged_line_counts_the_judges_cost(write_job: JobWriter, tmp_path: Path) -> None:
+    """Each shard's closing line gives its judges' cost beside the generation's; so does the
+    merge's line, with the merged judge folders' cost (the shards' summed), not the generation's
+    alone."""
+    from batchrun.schedule.spend import judges_spent
+
+    path = write_job(rows=6, extra=EVAL)
+    ran = batchrun(path, "--shards", "2", "--local")
+    assert ran.returncode == 0, ran.stderr
+    job = load_job(path)
+    out = tmp_path / "out"
+    judged = judges_spent(job, out)
+    shards = [judges_spent(job, out / f"shard-{k}-of-2") for k in range(2)]
+    assert judged == pytest.approx(sum(shards))
+    merged = [line for line in ran.stderr.splitlines() if line.startswith("batchrun: merged:")]
+    assert len(merged) == 1
+    assert f"; judges ${judged:,.6f}; results in" in merged[0]
+    again = batchrun("merge", path)
+    assert again.returncode == 0, again.stderr
+    assert f"; judges ${judged:,.6f}; results in" in again.stderr

@@ -31,6 +31,7 @@ from batchrun.record.folder import JUDGE_DIR, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.parquet import scan_table, write_final, write_json_atomic
 from batchrun.record.rundir import make_run_dir
+from batchrun.schedule.spend import judges_spent
 from batchrun.shard.assign import Shard
 from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
 
@@ -116,6 +117,9 @@ def merge_job(
     code = EXIT_ROW_ERRORS if counts["error"] else EXIT_OK
     state = "merged" if record["complete"] else f"merged {len(found)} of {count} shards, PARTIAL"
     cost = cost_text(record["cost"])
+    judged = judges_spent(job, out_dir)
+    if judged and cost:  # as a run's closing line: the judges' part beside the generation's
+        cost += f"; judges ${judged:,.6f}"
     line = (
         f"batchrun: {state}: {counts['ok']} ok, {counts['error']} error"
         f"{f'; {cost}' if cost else ''}; results in {out_dir / 'results.parquet'}"
