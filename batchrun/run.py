@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import httpx
+import polars as pl
 import structlog
 from opentelemetry.trace import Span
 
@@ -48,7 +49,7 @@ from batchrun.preflight import preflight
 from batchrun.record.cost import cost_text
 from batchrun.record.folder import compact, translated
 from batchrun.record.manifest import manifest
-from batchrun.record.parquet import ResultsWriter, write_json_atomic
+from batchrun.record.parquet import ResultsWriter, scan_table, write_json_atomic
 from batchrun.record.rundir import new_run_id
 from batchrun.schedule.spend import SpendLedger, folder_spent, judges_spent
 from batchrun.shard.folders import merged_from
@@ -259,11 +260,14 @@ async def run_job(
                     except FatalAPIError as exc:
                         on_fatal(exc)
             counts = await compact(writer, stop)
+            left = _rows_left(counts, summary.requests)
             if spend.cap_usd is not None and stop.write_failed is None:
                 # What the folder holds now: batch rows are priced only when collected.
                 spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
+                recorded = await asyncio.to_thread(_recorded, run_dir, run_id)
+                left = max(left, summary.requests - len(done) - recorded)
             finished = clock.now()
-            status, code, message = _ending(stop, mode, counts, summary.requests, spend)
+            status, code, message = _ending(stop, mode, counts, summary.requests, spend, left)
             run_span.set_attributes(
                 {
                     "batchrun.status": status,
@@ -295,7 +299,7 @@ async def run_job(
             try:
                 with translated(run_dir, "writing run.json"):
                     if spend.cap_usd is not None:
-                        record["spend"] = spend.summary(_rows_left(counts, summary.requests))
+                        record["spend"] = spend.summary(left)
                     record.update(merged_from(run_dir))  # a merged folder run on: its origin
                     write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
             except RunFolderError as exc:
@@ -422,10 +426,19 @@ def _rows_left(counts: dict[str, int], requests: int) -> int:
     return max(0, requests - sum(counts.values()))
 
 
+def _recorded(run_dir: Path, run_id: str) -> int:
+    """The rows this run recorded: with the ones it was to send (``--rerun-changed``, transient
+    errors, ``--retry-errors``: rows the folder had), the requests a capped run left."""
+    if not (run_dir / "results.parquet").exists():
+        return 0
+    rows = scan_table(run_dir, "results").filter(pl.col("run_id") == run_id)
+    return int(rows.select(pl.len()).collect().item())
+
+
 def _ending(
-    stop: Stop, mode: Mode, counts: dict[str, int], requests: int, spend: SpendLedger
+    stop: Stop, mode: Mode, counts: dict[str, int], requests: int, spend: SpendLedger, left: int
 ) -> tuple[RunStatus, int, str | None]:
-    """The run's status, exit code and closing message."""
+    """The run's status, exit code and closing message (``left``: the requests not sent)."""
     if stop.write_failed is not None:
         return RunStatus.WRITE_FAILED, EXIT_IOERR, str(stop.write_failed)
     if stop.unreachable is not None:
@@ -438,5 +451,5 @@ def _ending(
         message = f"interrupted by {stop.signal.name}" + (f"; {note}" if note else "")
         return RunStatus.INTERRUPTED, SIGNAL_EXIT[stop.signal], message
     if spend.capped:
-        return RunStatus.CAPPED, EXIT_CAPPED, spend.message(_rows_left(counts, requests))
+        return RunStatus.CAPPED, EXIT_CAPPED, spend.message(left)
     return mode.ending(counts, requests)

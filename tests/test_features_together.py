@@ -351,3 +351,36 @@ def test_the_merged_line_counts_the_judges_cost(write_job: JobWriter, tmp_path: 
     again = batchrun("merge", path)
     assert again.returncode == 0, again.stderr
     assert f"; judges ${judged:,.6f}; results in" in again.stderr
+
+
+async def test_a_capped_rerun_changed_counts_the_changed_requests_left(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """--rerun-changed under a cap that stops it: the requests left are the changed ones not
+    sent again yet (their old rows are still in the folder), not 0 because every key has a
+    row; run.json's spend says the same, and the next run with a higher cap sends just them."""
+    path = write_job(rows=8, extra={**EVAL, "scorers": SCORERS[:1]})
+    first = await run_job(load_job(path), sleep=no_sleep)
+    assert first.exit_code == 0
+    out = tmp_path / "out"
+    spent = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()
+    changed = [{**VARIANTS[0], "input": {"prompt": "Briefly, {id}: {question}"}}, VARIANTS[1]]
+    _edit(path, {"variants": changed})
+    cap = [f"limits.max_cost_usd={spent + 0.002:.6f}"]
+    capped = await run_job(load_job(path, cap), sleep=no_sleep, rerun_changed=True)
+    assert capped.exit_code == 4
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.height == 16
+    resent = rows.filter(pl.col("run_id") != first.run_id).height
+    assert 0 < resent < 8
+    assert capped.message is not None
+    assert f"; {8 - resent} request(s) left, not sent" in capped.message
+    manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert manifest["spend"]["rows_left"] == 8 - resent
+    done = await run_job(
+        load_job(path, ["limits.max_cost_usd=1"]), sleep=no_sleep, rerun_changed=True
+    )
+    assert done.exit_code == 0
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.filter(pl.col("run_id") == done.run_id).height == 8 - resent
+    assert rows.filter(pl.col("run_id") == first.run_id)["variant"].unique().to_list() == ["haiku"]
