@@ -325,8 +325,9 @@ async def run_job(
         except JudgingStopped as exc:  # the results stand; the scores wait for `batchrun score`
             log.error("batchrun.score.stopped", error=str(exc), exit_code=exc.exit_code)
             code, message = exc.exit_code, f"scoring stopped: {exc}"
+    if job.scorers and cost is not None:  # a capped run's too: its folder's earlier judging
         judged = await asyncio.to_thread(judges_spent, job, run_dir)
-        if judged and cost is not None:  # the cap counts the judges: so does the closing line
+        if judged:  # the cap counts the judges: so does the closing line
             cost += f"; judges ${judged:,.6f}"
     return RunOutcome(
         run_dir,

@@ -384,3 +384,28 @@ async def test_a_capped_rerun_changed_counts_the_changed_requests_left(
     rows = pl.read_parquet(out / "results.parquet")
     assert rows.filter(pl.col("run_id") == done.run_id).height == 8 - resent
     assert rows.filter(pl.col("run_id") == first.run_id)["variant"].unique().to_list() == ["haiku"]
+
+
+async def test_a_capped_run_counts_the_judges_cost_in_its_closing_line(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """A run the cap stops after its folder was judged: the closing line gives the judges' cost
+    beside the generation's, as a finished run's does, since the spent figure it gives beside
+    (the cap's) counts them."""
+    from batchrun.schedule.spend import judges_spent
+
+    path = write_job(rows=4, extra=EVAL)
+    assert (await run_job(load_job(path), sleep=no_sleep)).exit_code == 0
+    judged = judges_spent(load_job(path), tmp_path / "out")
+    assert judged > 0
+    _edit(path, {"input": {"path": "more.csv", "id_column": "id", "prompt": "{id}: {question}"}})
+    rows = (tmp_path / "data.csv").read_text(encoding="utf-8").splitlines()
+    more = [*rows, *(f"r{i},Why {i}?" for i in range(4, 40))]
+    (tmp_path / "more.csv").write_text("\n".join(more) + "\n", encoding="utf-8")
+    spent = pl.read_parquet(tmp_path / "out" / "results.parquet")["cost_usd"].sum()
+    capped = await run_job(
+        load_job(path, [f"limits.max_cost_usd={spent + judged + 0.002:.6f}"]), sleep=no_sleep
+    )
+    assert capped.exit_code == 4
+    assert capped.cost is not None
+    assert capped.cost.endswith(f"; judges ${judged:,.6f}")
