@@ -133,7 +133,7 @@ async def test_local_shards_on_a_folder_of_an_unsharded_run(
     assert refused.returncode == 2, refused.stderr
     assert "--fresh" in refused.stderr
     assert not list(out.glob("shard-*"))  # nothing sent
-    assert pl.read_parquet(out / "results.parquet").height == 20  # nothing lost
+    assert pl.read_parquet(out / "results.parquet").height == 18  # nothing lost
     fresh = batchrun(path, "--shards", "2", "--local", "--fresh")
     assert fresh.returncode == 0, fresh.stderr
     manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
@@ -409,3 +409,35 @@ async def test_a_capped_run_counts_the_judges_cost_in_its_closing_line(
     assert capped.exit_code == 4
     assert capped.cost is not None
     assert capped.cost.endswith(f"; judges ${judged:,.6f}")
+
+
+async def test_a_merge_after_an_unsharded_run_that_sent_nothing(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """The job run unsharded on a merged folder by mistake, with nothing left to send: the
+    folder holds only the shards' rows, so a later merge (and --shards N --local) merges again,
+    instead of refusing for 'rows added since' that there are none of; a run that did add a
+    row is still refused."""
+    path = write_job(rows=8, extra=EVAL)
+    job = load_job(path)
+    for k in range(2):
+        assert (await run_job(job.with_shard(Shard(k, 2)), sleep=no_sleep)).exit_code == 0
+    merge_job(job)
+    out = tmp_path / "out"
+    merged = pl.read_parquet(out / "results.parquet")
+    outcome = await run_job(job, sleep=no_sleep)
+    assert (outcome.exit_code, outcome.sent) == (0, 0)
+    assert "merged_from" in json.loads((out / "run.json").read_text(encoding="utf-8"))
+    again = batchrun("merge", path)
+    assert again.returncode == 0, again.stderr
+    assert pl.read_parquet(out / "results.parquet").sort(KEY).equals(merged.sort(KEY))
+    assert len(json.loads((out / "run.json").read_text(encoding="utf-8"))["shards"]) == 2
+    assert batchrun(path, "--shards", "2", "--local").returncode == 0
+    data = tmp_path / "data.csv"
+    data.write_text(data.read_text(encoding="utf-8") + "r8,One more?\n", encoding="utf-8")
+    added = await run_job(load_job(path), sleep=no_sleep)
+    assert added.sent == 2
+    refused = batchrun("merge", path, "--partial")  # the shards have not run the new row
+    assert refused.returncode == 2
+    assert "run after a merge: rows added since" in refused.stderr
+    assert pl.read_parquet(out / "results.parquet").height == 18  # nothing lost

@@ -211,8 +211,10 @@ def check_target(out_dir: Path) -> None:
     """Refuse to overwrite the results of a run of the whole job (not a merge) in the folder."""
     record = read_manifest(out_dir)
     own = any((out_dir / "parts").glob("results-*.parquet")) or (
-        (out_dir / "results.parquet").exists() and "shards" not in record
-    )
+        (out_dir / "results.parquet").exists()
+        and "shards" not in record
+        and ("merged_from" not in record or not _only_shards_rows(out_dir))
+    )  # run on after a merge but sent nothing: no row the merge would lose
     if own:
         after = " (run after a merge: rows added since)" if "merged_from" in record else ""
         raise JobError(
@@ -220,6 +222,19 @@ def check_target(out_dir: Path) -> None:
             "would replace; move them away (or set output.dir elsewhere for the shards, or start "
             "over with --fresh), then merge"
         )
+
+
+def _only_shards_rows(out_dir: Path) -> bool:
+    """Whether every row of ``out_dir``'s results is a row of one of its shard folders (the
+    same key and run id): a run on the merged folder that sent nothing added no row a merge
+    would lose."""
+    key = ["variant", "id", "sample", "run_id"]
+    shards = [scan_table(p, "results").select(key) for p in shard_folders(out_dir).values()]
+    if not shards:
+        return False
+    own = pl.scan_parquet(out_dir / "results.parquet").select(key)
+    added = own.join(pl.concat(shards), on=key, how="anti", nulls_equal=True)
+    return bool(added.select(pl.len()).collect().item() == 0)
 
 
 def _manifest(
