@@ -441,3 +441,20 @@ async def test_a_merge_after_an_unsharded_run_that_sent_nothing(
     assert refused.returncode == 2
     assert "run after a merge: rows added since" in refused.stderr
     assert pl.read_parquet(out / "results.parquet").height == 18  # nothing lost
+
+
+def test_validate_shards_without_an_index_suggests_what_validate_takes(
+    write_job: JobWriter,
+) -> None:
+    """validate --shards N with no JOB_COMPLETION_INDEX: the message offers what validate
+    takes (--shard K/N, the variable, no --shards for the whole job), not --local, which
+    validate refuses as an unknown argument; the run's message still offers --local."""
+    path = write_job(rows=4, extra=EVAL)
+    told = batchrun("validate", path, "--shards", "2")  # ENV has no JOB_COMPLETION_INDEX
+    assert told.returncode == 2
+    assert "--local" not in told.stderr
+    assert "leave --shards out to validate the whole job" in told.stderr
+    assert batchrun("validate", path).returncode == 0
+    ran = batchrun(path, "--shards", "2")
+    assert ran.returncode == 2
+    assert "run all of them here with --shards 2 --local" in ran.stderr
