@@ -133,7 +133,7 @@ async def test_local_shards_on_a_folder_of_an_unsharded_run(
     assert refused.returncode == 2, refused.stderr
     assert "--fresh" in refused.stderr
     assert not list(out.glob("shard-*"))  # nothing sent
-    assert pl.read_parquet(out / "results.parquet").height == 18  # nothing lost
+    assert pl.read_parquet(out / "results.parquet").height == 20  # nothing lost
     fresh = batchrun(path, "--shards", "2", "--local", "--fresh")
     assert fresh.returncode == 0, fresh.stderr
     manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
