@@ -458,3 +458,27 @@ def test_validate_shards_without_an_index_suggests_what_validate_takes(
     ran = batchrun(path, "--shards", "2")
     assert ran.returncode == 2
     assert "run all of them here with --shards 2 --local" in ran.stderr
+
+
+async def test_the_report_of_unmerged_interrupted_shards_says_so(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """report on a folder of shards not merged, one of them stopped part way: the terminal
+    report lists the shards with their states (as report.html's banner does) and the outcome
+    is the worst shard's (FAILED for an interrupted one, as for an interrupted run), not a
+    WARNING over 'all N rows ok' that hides the rows never run."""
+    job = load_job(write_job(rows=10, extra=EVAL))
+    assert (await run_job(job.with_shard(Shard(0, 2)), sleep=no_sleep)).exit_code == 0
+    assert (await run_job(job.with_shard(Shard(1, 2)), sleep=no_sleep)).exit_code == 0
+    folder = tmp_path / "out" / "shard-1-of-2" / "run.json"
+    manifest = json.loads(folder.read_text(encoding="utf-8"))
+    folder.write_text(json.dumps({**manifest, "status": "interrupted"}), encoding="utf-8")
+    text = io.StringIO()
+    assert report_command([tmp_path / "out"], html=False, out=text) == 0
+    lines = text.getvalue().splitlines()
+    assert "(shard-0-of-2 complete, shard-1-of-2 interrupted)" in "\n".join(lines[:4])
+    assert next(line for line in lines if line.startswith("outcome")).startswith("outcome   FAILED")
+    folder.write_text(json.dumps(manifest), encoding="utf-8")  # both complete: unmerged still
+    text = io.StringIO()
+    assert report_command([tmp_path / "out"], html=False, out=text) == 0
+    assert "outcome   WARNING: all 20 rows ok" in text.getvalue()
