@@ -51,7 +51,14 @@ from batchrun.record.folder import compact, translated
 from batchrun.record.manifest import manifest
 from batchrun.record.parquet import ResultsWriter, scan_table, write_json_atomic
 from batchrun.record.rundir import new_run_id
-from batchrun.schedule.spend import SpendLedger, folder_spent, judges_spent
+from batchrun.schedule.spend import (
+    REPLACED,
+    SpendLedger,
+    folder_spent,
+    judges_spent,
+    replaced_spent,
+    rows_spent,
+)
 from batchrun.shard.folders import merged_from
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
@@ -207,6 +214,8 @@ async def run_job(
         summary, key, run_dir, done = plan.summary, plan.key, plan.run_dir, plan.done
         if spend.cap_usd is not None:
             spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
+        # Rows this run sends again replace rows that were paid for: what those cost is kept.
+        before = await asyncio.to_thread(rows_spent, job, run_dir) if done.again else 0.0
         # A limit the input's end came before left nothing out: no need to count the rest. An
         # input that cannot be counted past the limit (total None) was cut by it all the same.
         total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
@@ -261,9 +270,15 @@ async def run_job(
                         on_fatal(exc)
             counts = await compact(writer, stop)
             left = _rows_left(counts, summary.requests)
+            replaced = 0.0
+            if done.again and stop.write_failed is None:
+                after = await asyncio.to_thread(rows_spent, job, run_dir)
+                mine = await asyncio.to_thread(rows_spent, job, run_dir, run_id)
+                replaced = max(0.0, round(before + mine - after, 6))
             if spend.cap_usd is not None and stop.write_failed is None:
                 # What the folder holds now: batch rows are priced only when collected.
                 spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
+                spend.spent_usd += replaced
                 recorded = await asyncio.to_thread(_recorded, run_dir, run_id)
                 left = max(left, summary.requests - len(done) - recorded)
             finished = clock.now()
@@ -301,6 +316,8 @@ async def run_job(
                     if spend.cap_usd is not None:
                         record["spend"] = spend.summary(left)
                     record.update(merged_from(run_dir))  # a merged folder run on: its origin
+                    if carried := round(replaced_spent(run_dir) + replaced, 6):
+                        record[REPLACED] = carried
                     write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
             except RunFolderError as exc:
                 stop.write_failed = exc

@@ -482,3 +482,35 @@ async def test_the_report_of_unmerged_interrupted_shards_says_so(
     text = io.StringIO()
     assert report_command([tmp_path / "out"], html=False, out=text) == 0
     assert "outcome   WARNING: all 20 rows ok" in text.getvalue()
+
+
+async def test_the_cap_counts_rows_replaced_by_rerun_changed(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """Rows --rerun-changed replaces were paid for: the cap keeps counting them (run.json's
+    replaced_usd), so the folder's spend, the first answers and the new ones together, stays
+    within the cap, and the same cap run again sends nothing more (it sent more each time, the
+    replaced rows' cost forgotten once they left results.parquet)."""
+    path = write_job(rows=8, extra={**EVAL, "scorers": SCORERS[:1]})
+    first = await run_job(load_job(path), sleep=no_sleep)
+    out = tmp_path / "out"
+    paid = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()
+    changed = [{**VARIANTS[0], "input": {"prompt": "Briefly, {id}: {question}"}}, VARIANTS[1]]
+    _edit(path, {"variants": changed})
+    cap = paid + 0.002
+    spent = []
+    for _ in range(3):
+        ran = await run_job(
+            load_job(path, [f"limits.max_cost_usd={cap:.6f}"]), sleep=no_sleep, rerun_changed=True
+        )
+        assert ran.exit_code == 4
+        rows = pl.read_parquet(out / "results.parquet")
+        spent.append(paid + rows.filter(pl.col("run_id") != first.run_id)["cost_usd"].sum())
+    assert spent[0] <= cap
+    assert spent[2] == spent[0]  # the same cap again: nothing more sent
+    manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert manifest["spend"]["spent_usd"] == pytest.approx(spent[0], abs=2e-6)
+    assert manifest["replaced_usd"] > 0
+    fresh = await run_job(load_job(path), sleep=no_sleep, fresh=True)
+    assert fresh.exit_code == 0
+    assert "replaced_usd" not in json.loads((out / "run.json").read_text(encoding="utf-8"))
