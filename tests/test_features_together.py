@@ -514,3 +514,29 @@ async def test_the_cap_counts_rows_replaced_by_rerun_changed(
     fresh = await run_job(load_job(path), sleep=no_sleep, fresh=True)
     assert fresh.exit_code == 0
     assert "replaced_usd" not in json.loads((out / "run.json").read_text(encoding="utf-8"))
+
+
+def test_a_merge_keeps_what_the_shards_replaced(write_job: JobWriter, tmp_path: Path) -> None:
+    """--shards N --local --rerun-changed: each shard folder keeps what its replaced rows cost
+    (replaced_usd), and so does the merged run.json, their sum, which the spend cap of the
+    merged folder counts."""
+    from batchrun.schedule.spend import folder_spent
+
+    path = write_job(rows=8, extra={**EVAL, "scorers": SCORERS[:1]})
+    assert batchrun(path, "--shards", "2", "--local").returncode == 0
+    out = tmp_path / "out"
+    paid = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()
+    changed = [{**VARIANTS[0], "input": {"prompt": "Briefly, {id}: {question}"}}, VARIANTS[1]]
+    _edit(path, {"variants": changed})
+    again = batchrun(path, "--shards", "2", "--local", "--rerun-changed")
+    assert again.returncode == 0, again.stderr
+    shards = [json.loads((out / f"shard-{k}-of-2" / "run.json").read_text()) for k in range(2)]
+    merged = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert merged["replaced_usd"] == pytest.approx(sum(s["replaced_usd"] for s in shards))
+    rows = pl.read_parquet(out / "results.parquet")
+    old = rows.filter(pl.col("variant") == "haiku")["cost_usd"].sum()
+    assert merged["replaced_usd"] == pytest.approx(paid - old, abs=1e-5)  # sonnet's first rows
+    job = load_job(path)
+    assert folder_spent(job, out) == pytest.approx(
+        paid + rows.filter(pl.col("variant") == "sonnet")["cost_usd"].sum(), abs=1e-5
+    )

@@ -31,7 +31,7 @@ from batchrun.record.folder import JUDGE_DIR, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.parquet import scan_table, write_final, write_json_atomic
 from batchrun.record.rundir import make_run_dir
-from batchrun.schedule.spend import judges_spent
+from batchrun.schedule.spend import REPLACED, judges_spent
 from batchrun.shard.assign import Shard
 from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
 
@@ -260,6 +260,9 @@ def _manifest(
         job_sha256=hashlib.sha256(job.path.read_bytes()).hexdigest(),
         cost=estimate_cost(results, job.prices, job.request.mode),
     )
+    replaced = sum(float(m.get(REPLACED) or 0.0) for m in manifests.values())
+    if replaced:  # the shards' rows replaced since they were paid for: the cap counts them
+        record[REPLACED] = round(replaced, 6)
     if record["started_at"] and record["finished_at"]:
         span = datetime.fromisoformat(str(record["finished_at"])) - datetime.fromisoformat(
             str(record["started_at"])
