@@ -540,3 +540,24 @@ def test_a_merge_keeps_what_the_shards_replaced(write_job: JobWriter, tmp_path: 
     assert folder_spent(job, out) == pytest.approx(
         paid + rows.filter(pl.col("variant") == "sonnet")["cost_usd"].sum(), abs=1e-5
     )
+
+
+def test_the_report_names_a_judge_the_cap_stopped(write_job: JobWriter, tmp_path: Path) -> None:
+    """The cap stops judging (exit 4): scores.parquet has the other scorers only, and the
+    report says the judge has no scores yet and how to go on, instead of leaving it out while
+    its judges' cost is shown."""
+    dear = [SCORERS[0], {**SCORERS[1], "model": "claude-fable-5-2"}]
+    path = write_job(rows=6, extra={**EVAL, "scorers": dear})
+    seen = json.loads(batchrun("validate", path, "--json").stdout)
+    ran = batchrun(path, "--set", f"limits.max_cost_usd={seen['stream_usd'] + 0.0001:.6f}")
+    assert ran.returncode == 4, ran.stderr
+    assert "the spend cap stopped judging" in ran.stderr
+    out = io.StringIO()
+    assert report_command([tmp_path / "out"], as_json=True, html=False, out=out) == 0
+    scores = json.loads(out.getvalue())["scores"]
+    assert [s["scorer"] for s in scores["scorers"]] == ["gold"]
+    assert scores["not_scored"] == ["judge"]
+    text = io.StringIO()
+    assert report_command([tmp_path / "out"], html=True, out=text) == 0
+    assert "judge\n  no scores yet:" in text.getvalue()
+    assert "batchrun score JOB.yaml" in (tmp_path / "out" / "report.html").read_text()

@@ -30,14 +30,22 @@ from batchrun.score.stats import (
 
 __all__ = ["render_scores_html", "render_scores_text", "score_section"]
 
+_NOT_SCORED = (
+    "no scores yet: the job names this scorer, and its scoring did not finish (the spend cap, "
+    "an error) or has not run; batchrun score JOB.yaml scores the rows left"
+)
+
 
 def score_section(run: RunData, by: str | None = None) -> dict[str, Any] | None:
     """The scores of ``run`` for the summary (``None`` when the folder has no scores); of an
     unmerged sharded folder, every shard folder's."""
     scores = pl.concat([read_scores(path) for path in run.shards or (run.run_dir,)])
-    if scores.is_empty():
+    named = [s.get("name") for s in run.job.get("scorers") or () if isinstance(s, dict)]
+    # A scorer of the job with no score: its scoring stopped (the cap, an error) or never ran.
+    missing = [str(n) for n in named if n and n not in set(scores["scorer"].to_list())]
+    if scores.is_empty() and not missing:
         return None
-    section: dict[str, Any] = {"scorers": []}
+    section: dict[str, Any] = {"scorers": [], "not_scored": missing}
     order = run.variants  # as the variants table has them: the job's order
     for (scorer,), rows in scores.group_by("scorer", maintain_order=True):
         present = set(rows["variant"].to_list())
@@ -203,6 +211,8 @@ def render_scores_text(section: Mapping[str, Any]) -> str:
                 f"[{p['low']:+.3f}, {p['high']:+.3f}] on {p['rows']:,} paired rows, "
                 f"{p['test']}: {p['verdict']}"
             )
+    for name in section["not_scored"]:
+        lines.append(f"\n{name}\n  {_NOT_SCORED}")
     if "by" in section:
         by = section["by"]
         lines.append(f"\nscores by {by['column']}")
@@ -254,4 +264,7 @@ def render_scores_html(section: Mapping[str, Any]) -> str:
             f'<h3>{escape(scorer["scorer"])}</h3><div class="scroll"><table>{head}</tr>'
             f"{''.join(body)}</table></div>" + (f"<ul>{pairs}</ul>" if pairs else "")
         )
+    parts += [
+        f"<h3>{escape(name)}</h3><p>{escape(_NOT_SCORED)}</p>" for name in section["not_scored"]
+    ]
     return "".join(parts)
