@@ -561,3 +561,30 @@ def test_the_report_names_a_judge_the_cap_stopped(write_job: JobWriter, tmp_path
     assert report_command([tmp_path / "out"], html=True, out=text) == 0
     assert "judge\n  no scores yet:" in text.getvalue()
     assert "batchrun score JOB.yaml" in (tmp_path / "out" / "report.html").read_text()
+
+
+async def test_the_paired_test_gives_the_same_p_whatever_the_row_order(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """The sign-flip test's seeded draws meet the ids in one order: the report of a folder
+    gives the same p-value and interval each time, and after its scores.parquet is written in
+    another row order (as a merge or a rescore may write it); they changed from one report to
+    the next."""
+    extra = {**EVAL, "request": {"samples": 2}}
+    job = load_job(write_job(rows=16, extra=extra))
+    assert (await run_job(job, sleep=no_sleep)).exit_code == 0
+    out = tmp_path / "out"
+
+    def pairs() -> list[dict[str, Any]]:
+        text = io.StringIO()
+        assert report_command([out], as_json=True, html=False, out=text) == 0
+        scorers = json.loads(text.getvalue())["scores"]["scorers"]
+        judge = next(s for s in scorers if s["scorer"] == "judge")
+        assert judge["pairs"][0]["test"] == "sign-flip permutation"
+        return [judge["pairs"], json.loads(text.getvalue())["scores"]["scorers"]]
+
+    first = pairs()
+    scores = pl.read_parquet(out / "scores.parquet")
+    for seed in range(3):
+        scores.sample(fraction=1.0, shuffle=True, seed=seed).write_parquet(out / "scores.parquet")
+        assert pairs() == first

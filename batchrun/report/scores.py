@@ -47,7 +47,12 @@ def score_section(run: RunData, by: str | None = None) -> dict[str, Any] | None:
         return None
     section: dict[str, Any] = {"scorers": [], "not_scored": missing}
     order = run.variants  # as the variants table has them: the job's order
-    for (scorer,), rows in scores.group_by("scorer", maintain_order=True):
+    # The job's order of scorers, and each one's rows by key: the seeded draws meet the ids in
+    # one order, so the figures do not move with the order a merge or a rescore wrote the rows.
+    rank = {name: i for i, name in enumerate(named)}
+    groups = sorted(scores.group_by("scorer"), key=lambda g: (rank.get(g[0][0], len(rank)), g[0]))
+    for (scorer,), unordered in groups:
+        rows = unordered.sort("id", "sample")
         present = set(rows["variant"].to_list())
         variants = [v for v in order if v in present] + sorted(present.difference(order))
         stats = [_variant(rows.filter(pl.col("variant") == v), v) for v in variants]
@@ -121,6 +126,7 @@ def _pair(rows: pl.DataFrame, a: str, b: str) -> dict[str, Any]:
             ),
             on=["id", "sample"],
         )
+        .sort("id", "sample")
     )
     pair: dict[str, Any] = {"a": a, "b": b, "rows": both.height}
     if both.is_empty():
@@ -131,7 +137,9 @@ def _pair(rows: pl.DataFrame, a: str, b: str) -> dict[str, Any]:
     if _binary(both["a"]) and _binary(both["b"]) and one_each:
         test = mcnemar(both["a"].cast(pl.Int64).to_list(), both["b"].cast(pl.Int64).to_list())
     else:
-        per_id = both.group_by("id").agg((pl.col("b") - pl.col("a")).mean().alias("d"))
+        per_id = both.group_by("id", maintain_order=True).agg(
+            (pl.col("b") - pl.col("a")).mean().alias("d")
+        )
         test = sign_flip(per_id["d"].to_list())
     distinct = test.p_value < ALPHA
     if distinct:
