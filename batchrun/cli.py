@@ -445,7 +445,7 @@ def _validate(ns: argparse.Namespace) -> int:
 
     from batchrun.preflight import describe, predict
 
-    job = _sharded(_load(ns), ns)
+    job = _sharded(_load(ns), ns, whole="leave --shards out to validate the whole job")
     seen = asyncio.run(
         predict(
             job,
@@ -496,9 +496,9 @@ def _run(ns: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
-def _sharded(job: Job, ns: argparse.Namespace) -> Job:
+def _sharded(job: Job, ns: argparse.Namespace, whole: str | None = None) -> Job:
     """The job, or the shard of it that --shard K/N (or --shards N and JOB_COMPLETION_INDEX)
-    names."""
+    names; ``whole``: how this command covers every shard, should K be missing."""
     from batchrun.shard import Shard
 
     if ns.shard is not None:
@@ -507,7 +507,7 @@ def _sharded(job: Job, ns: argparse.Namespace) -> Job:
             raise JobError(f"--shard {ns.shard} and --shards {ns.shards} disagree on N")
         return job.with_shard(shard)
     if ns.shards is not None:
-        return job.with_shard(Shard.from_env(ns.shards))
+        return job.with_shard(Shard.from_env(ns.shards, whole=whole))
     return job
 
 

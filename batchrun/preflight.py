@@ -195,7 +195,7 @@ def check_columns(job: Job, result_columns: list[str]) -> None:
             raise JobError(
                 f"{job.path}: scorers[{i}] ({scorer.name}) uses column {missing[0]!r}, which "
                 f"neither the input ({', '.join(sorted(inputs))}) nor results.parquet "
-                "(completion, stop_reason, output_tokens, ...) has; fix the template"
+                "(completion, stop_reason, output_tokens, ...) has; fix the scorer"
             )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import httpx
+import polars as pl
 import structlog
 from opentelemetry.trace import Span
 
@@ -48,9 +49,16 @@ from batchrun.preflight import preflight
 from batchrun.record.cost import cost_text
 from batchrun.record.folder import compact, translated
 from batchrun.record.manifest import manifest
-from batchrun.record.parquet import ResultsWriter, write_json_atomic
+from batchrun.record.parquet import ResultsWriter, scan_table, write_json_atomic
 from batchrun.record.rundir import new_run_id
-from batchrun.schedule.spend import SpendLedger, folder_spent, judges_spent
+from batchrun.schedule.spend import (
+    REPLACED,
+    SpendLedger,
+    folder_spent,
+    judges_spent,
+    replaced_spent,
+    rows_spent,
+)
 from batchrun.shard.folders import merged_from
 from batchrun.telemetry.setup import Telemetry, telemetry_for_run
 
@@ -206,6 +214,8 @@ async def run_job(
         summary, key, run_dir, done = plan.summary, plan.key, plan.run_dir, plan.done
         if spend.cap_usd is not None:
             spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
+        # Rows this run sends again replace rows that were paid for: what those cost is kept.
+        before = await asyncio.to_thread(rows_spent, job, run_dir) if done.again else 0.0
         # A limit the input's end came before left nothing out: no need to count the rest. An
         # input that cannot be counted past the limit (total None) was cut by it all the same.
         total = summary.rows if limit is None or summary.rows < limit else count_rows(job)
@@ -259,11 +269,20 @@ async def run_job(
                     except FatalAPIError as exc:
                         on_fatal(exc)
             counts = await compact(writer, stop)
+            left = _rows_left(counts, summary.requests)
+            replaced = 0.0
+            if done.again and stop.write_failed is None:
+                after = await asyncio.to_thread(rows_spent, job, run_dir)
+                mine = await asyncio.to_thread(rows_spent, job, run_dir, run_id)
+                replaced = max(0.0, round(before + mine - after, 6))
             if spend.cap_usd is not None and stop.write_failed is None:
                 # What the folder holds now: batch rows are priced only when collected.
                 spend.spent_usd = await asyncio.to_thread(folder_spent, job, run_dir)
+                spend.spent_usd += replaced
+                recorded = await asyncio.to_thread(_recorded, run_dir, run_id)
+                left = max(left, summary.requests - len(done) - recorded)
             finished = clock.now()
-            status, code, message = _ending(stop, mode, counts, summary.requests, spend)
+            status, code, message = _ending(stop, mode, counts, summary.requests, spend, left)
             run_span.set_attributes(
                 {
                     "batchrun.status": status,
@@ -295,8 +314,10 @@ async def run_job(
             try:
                 with translated(run_dir, "writing run.json"):
                     if spend.cap_usd is not None:
-                        record["spend"] = spend.summary(_rows_left(counts, summary.requests))
+                        record["spend"] = spend.summary(left)
                     record.update(merged_from(run_dir))  # a merged folder run on: its origin
+                    if carried := round(replaced_spent(run_dir) + replaced, 6):
+                        record[REPLACED] = carried
                     write_json_atomic(run_dir / "run.json", {**record, **mode.manifest()})
             except RunFolderError as exc:
                 stop.write_failed = exc
@@ -321,8 +342,9 @@ async def run_job(
         except JudgingStopped as exc:  # the results stand; the scores wait for `batchrun score`
             log.error("batchrun.score.stopped", error=str(exc), exit_code=exc.exit_code)
             code, message = exc.exit_code, f"scoring stopped: {exc}"
+    if job.scorers and cost is not None:  # a capped run's too: its folder's earlier judging
         judged = await asyncio.to_thread(judges_spent, job, run_dir)
-        if judged and cost is not None:  # the cap counts the judges: so does the closing line
+        if judged:  # the cap counts the judges: so does the closing line
             cost += f"; judges ${judged:,.6f}"
     return RunOutcome(
         run_dir,
@@ -422,10 +444,19 @@ def _rows_left(counts: dict[str, int], requests: int) -> int:
     return max(0, requests - sum(counts.values()))
 
 
+def _recorded(run_dir: Path, run_id: str) -> int:
+    """The rows this run recorded: with the ones it was to send (``--rerun-changed``, transient
+    errors, ``--retry-errors``: rows the folder had), the requests a capped run left."""
+    if not (run_dir / "results.parquet").exists():
+        return 0
+    rows = scan_table(run_dir, "results").filter(pl.col("run_id") == run_id)
+    return int(rows.select(pl.len()).collect().item())
+
+
 def _ending(
-    stop: Stop, mode: Mode, counts: dict[str, int], requests: int, spend: SpendLedger
+    stop: Stop, mode: Mode, counts: dict[str, int], requests: int, spend: SpendLedger, left: int
 ) -> tuple[RunStatus, int, str | None]:
-    """The run's status, exit code and closing message."""
+    """The run's status, exit code and closing message (``left``: the requests not sent)."""
     if stop.write_failed is not None:
         return RunStatus.WRITE_FAILED, EXIT_IOERR, str(stop.write_failed)
     if stop.unreachable is not None:
@@ -438,5 +469,5 @@ def _ending(
         message = f"interrupted by {stop.signal.name}" + (f"; {note}" if note else "")
         return RunStatus.INTERRUPTED, SIGNAL_EXIT[stop.signal], message
     if spend.capped:
-        return RunStatus.CAPPED, EXIT_CAPPED, spend.message(_rows_left(counts, requests))
+        return RunStatus.CAPPED, EXIT_CAPPED, spend.message(left)
     return mode.ending(counts, requests)

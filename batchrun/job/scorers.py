@@ -3,11 +3,11 @@
 A scorer has a ``name`` (``[A-Za-z0-9_.-]+``, unique in the job: it names its rows in
 ``scores.parquet``) and a ``kind``, which picks the model that reads the rest (a union
 discriminated by ``kind``). Templates (``target``, ``pattern``, ``prompt``) are parsed here;
-whether the columns they name exist is checked against the input's header before a run sends
-anything and before scoring (:func:`batchrun.preflight.check_columns`), since the job must
-not read the input. Regular expressions and SQL
-expressions are compiled here, so a typo is an exit 2 before anything is sent. Validates at the
-boundary, then freezes; it must not read data or run the user's code.
+whether the columns they name (and an SQL expression's) exist is checked against the input's
+header before a run sends anything and before scoring
+(:func:`batchrun.preflight.check_columns`), since the job must not read the input. Regular
+expressions and SQL expressions are compiled here, so a typo is an exit 2 before anything is
+sent. Validates at the boundary, then freezes; it must not read data or run the user's code.
 """
 
 from __future__ import annotations
@@ -161,6 +161,13 @@ class SqlScorer(_Scorer):
             first = str(exc).strip().splitlines()[0]
             raise ValueError(f"not a polars SQL expression: {first}") from None
         return value
+
+    def columns(self) -> list[str]:
+        """The columns the expression reads, so that a typo in one is an exit 2 before the run
+        sends anything, not after it (polars is loaded already: the expression was parsed)."""
+        import polars as pl
+
+        return pl.sql_expr(self.expression).meta.root_names()
 
 
 class ModelScorer(_Scorer):

@@ -101,7 +101,9 @@ def _file_problems(
         t, cfg = templates(job).index(variant.input), variant.input
         for key, cols in (("prompt", cfg.prompt_columns), ("system", cfg.system_columns)):
             for c in cols:
-                uses.setdefault(c, []).append(variant.input_key(key))
+                keys = uses.setdefault(c, [])  # variants sharing the job's template: named once
+                if variant.input_key(key) not in keys:
+                    keys.append(variant.input_key(key))
         if cfg.prompt is not None:
             prompts.setdefault(f"{PROMPT}{t}", f"{variant.input_key('prompt')}: {cfg.prompt!r}")
         if cfg.messages_column is not None:

@@ -30,16 +30,29 @@ from batchrun.score.stats import (
 
 __all__ = ["render_scores_html", "render_scores_text", "score_section"]
 
+_NOT_SCORED = (
+    "no scores yet: the job names this scorer, and its scoring did not finish (the spend cap, "
+    "an error) or has not run; batchrun score JOB.yaml scores the rows left"
+)
+
 
 def score_section(run: RunData, by: str | None = None) -> dict[str, Any] | None:
     """The scores of ``run`` for the summary (``None`` when the folder has no scores); of an
     unmerged sharded folder, every shard folder's."""
     scores = pl.concat([read_scores(path) for path in run.shards or (run.run_dir,)])
-    if scores.is_empty():
+    named = [s.get("name") for s in run.job.get("scorers") or () if isinstance(s, dict)]
+    # A scorer of the job with no score: its scoring stopped (the cap, an error) or never ran.
+    missing = [str(n) for n in named if n and n not in set(scores["scorer"].to_list())]
+    if scores.is_empty() and not missing:
         return None
-    section: dict[str, Any] = {"scorers": []}
+    section: dict[str, Any] = {"scorers": [], "not_scored": missing}
     order = run.variants  # as the variants table has them: the job's order
-    for (scorer,), rows in scores.group_by("scorer", maintain_order=True):
+    # The job's order of scorers, and each one's rows by key: the seeded draws meet the ids in
+    # one order, so the figures do not move with the order a merge or a rescore wrote the rows.
+    rank = {name: i for i, name in enumerate(named)}
+    groups = sorted(scores.group_by("scorer"), key=lambda g: (rank.get(g[0][0], len(rank)), g[0]))
+    for (scorer,), unordered in groups:
+        rows = unordered.sort("id", "sample")
         present = set(rows["variant"].to_list())
         variants = [v for v in order if v in present] + sorted(present.difference(order))
         stats = [_variant(rows.filter(pl.col("variant") == v), v) for v in variants]
@@ -113,6 +126,7 @@ def _pair(rows: pl.DataFrame, a: str, b: str) -> dict[str, Any]:
             ),
             on=["id", "sample"],
         )
+        .sort("id", "sample")
     )
     pair: dict[str, Any] = {"a": a, "b": b, "rows": both.height}
     if both.is_empty():
@@ -123,7 +137,9 @@ def _pair(rows: pl.DataFrame, a: str, b: str) -> dict[str, Any]:
     if _binary(both["a"]) and _binary(both["b"]) and one_each:
         test = mcnemar(both["a"].cast(pl.Int64).to_list(), both["b"].cast(pl.Int64).to_list())
     else:
-        per_id = both.group_by("id").agg((pl.col("b") - pl.col("a")).mean().alias("d"))
+        per_id = both.group_by("id", maintain_order=True).agg(
+            (pl.col("b") - pl.col("a")).mean().alias("d")
+        )
         test = sign_flip(per_id["d"].to_list())
     distinct = test.p_value < ALPHA
     if distinct:
@@ -203,6 +219,8 @@ def render_scores_text(section: Mapping[str, Any]) -> str:
                 f"[{p['low']:+.3f}, {p['high']:+.3f}] on {p['rows']:,} paired rows, "
                 f"{p['test']}: {p['verdict']}"
             )
+    for name in section["not_scored"]:
+        lines.append(f"\n{name}\n  {_NOT_SCORED}")
     if "by" in section:
         by = section["by"]
         lines.append(f"\nscores by {by['column']}")
@@ -254,4 +272,7 @@ def render_scores_html(section: Mapping[str, Any]) -> str:
             f'<h3>{escape(scorer["scorer"])}</h3><div class="scroll"><table>{head}</tr>'
             f"{''.join(body)}</table></div>" + (f"<ul>{pairs}</ul>" if pairs else "")
         )
+    parts += [
+        f"<h3>{escape(name)}</h3><p>{escape(_NOT_SCORED)}</p>" for name in section["not_scored"]
+    ]
     return "".join(parts)

@@ -62,11 +62,16 @@ def summarize(run: RunData, *, picks: int = 5) -> dict[str, Any]:
     status = {"ok": 0, "error": 0, **counts(results["status"])}
     covered = activity.input_rows(run)
     unit, lengths = output_lengths(run)
+    # Unmerged: the shards' states (the message lists them), the worst judging the outcome.
+    worst = str(run.manifest.get("status") or "partial") if run.shards else run.state
     return {
         "run_dir": str(run.run_dir),
         "state": run.state,
         "state_line": activity.state_line(run.state, covered),
-        "outcome": activity.outcome(run.state, status["ok"], status["error"]),
+        "shards_line": run.manifest.get("message") if run.shards else None,
+        "outcome": activity.outcome(
+            run.state if worst == "complete" else worst, status["ok"], status["error"]
+        ),
         "input": covered,
         "api": run.api,
         "run_ids": sorted(results["run_id"].drop_nulls().unique().to_list()),

@@ -41,6 +41,8 @@ def render_summary(summary: Mapping[str, Any], sections: Sequence[str] = ()) -> 
         f"          {' · '.join(s['models'])} · {' · '.join(s['apis'])} API · "
         f"run {', '.join(s['run_ids'])}",
     ]
+    if s["shards_line"]:
+        lines.append(f"          {s['shards_line']}")
     if s["first_started_at"]:
         lines.append(
             f"          {_when(s['first_started_at'])} → {_when(s['last_finished_at'])} UTC"

@@ -1,14 +1,15 @@
 """Stage 2, schedule: the hard spend cap (``limits.max_cost_usd``), a ledger of dollars.
 
-The run folder's spend (every session's rows, read when the run starts) plus what requests in
-flight hold must stay within the cap. A request holds its worst case before it starts: its input
-estimate (the API's own, as the rate budget takes it; with ``prompt_cache`` every input token
-priced as a cache write) plus ``max_tokens`` of output, at the model's price. When it ends the
-hold is replaced by the row's ``cost_usd``, the figure ``results.parquet`` keeps, so the ledger
-and a later run's reading of the folder agree. Failed attempts that left no usage in the row
-cost nothing here. Requests take their turn in order: when the next one does not fit, it waits
-for holds in flight to return; when it cannot fit even with none in flight, the ledger is
-capped and dispatch stops. Knows nothing of HTTP or files beyond reading the folder's spend.
+The run folder's spend (every session's rows, read when the run starts, and what rows replaced
+since had cost: ``replaced_usd`` in run.json) plus what requests in flight hold must stay within
+the cap. A request holds its worst case before it starts: its input estimate (the API's own, as
+the rate budget takes it; with ``prompt_cache`` every input token priced as a cache write) plus
+``max_tokens`` of output, at the model's price. When it ends the hold is replaced by the row's
+``cost_usd``, the figure ``results.parquet`` keeps, so the ledger and a later run's reading of
+the folder agree. Failed attempts that left no usage in the row cost nothing here. Requests take
+their turn in order: when the next one does not fit, it waits for holds in flight to return;
+when it cannot fit even with none in flight, the ledger is capped and dispatch stops. Knows
+nothing of HTTP or files beyond reading the folder's spend.
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ if TYPE_CHECKING:
     from batchrun.job.prices import CacheRates
     from batchrun.job.schema import Job
 
-__all__ = ["Hold", "SpendLedger", "folder_spent", "judges_spent", "worst_case_usd"]
+__all__ = [
+    "REPLACED",
+    "Hold",
+    "SpendLedger",
+    "folder_spent",
+    "judges_spent",
+    "replaced_spent",
+    "rows_spent",
+    "worst_case_usd",
+]
+
+REPLACED = "replaced_usd"  # run.json: what rows replaced since (--rerun-changed) had cost
 
 
 def worst_case_usd(
@@ -49,7 +61,26 @@ def folder_spent(job: Job, run_dir: Path) -> float:
     """What the rows already in ``run_dir`` cost: the sum of their ``cost_usd`` (rows from
     before that column are priced from their tokens), the judges' requests of its scorers
     included (``judge/<scorer>/``, streamed): the cap is the run folder's, scoring and all."""
-    return _spent(run_dir, job.prices, job.request.mode) + judges_spent(job, run_dir)
+    own = _spent(run_dir, job.prices, job.request.mode) + replaced_spent(run_dir)
+    return own + judges_spent(job, run_dir)
+
+
+def rows_spent(job: Job, run_dir: Path, run_id: str | None = None) -> float:
+    """What the rows in ``run_dir``'s results cost (of the run ``run_id`` only, if given)."""
+    return _spent(run_dir, job.prices, job.request.mode, run_id)
+
+
+def replaced_spent(run_dir: Path) -> float:
+    """What rows no longer in ``run_dir``'s results had cost when sent (rows a later run
+    replaced: ``--rerun-changed``, ``--retry-errors``), as its run.json carries it on: spent
+    all the same, so the cap counts it."""
+    import json
+
+    try:
+        value = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get(REPLACED)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def judges_spent(job: Job, run_dir: Path) -> float:
@@ -63,13 +94,15 @@ def judges_spent(job: Job, run_dir: Path) -> float:
     return sum(_spent(d, job.prices, "stream") for d in judges.iterdir() if d.is_dir())
 
 
-def _spent(run_dir: Path, prices: Mapping[str, Any], mode: str) -> float:
+def _spent(run_dir: Path, prices: Mapping[str, Any], mode: str, run_id: str | None = None) -> float:
     """The sum of the cost of one run folder's result rows (0 when it has none)."""
     from batchrun.record.parquet import scan_table  # the folder's reader: only when capped
 
     if not (run_dir / "results.parquet").exists() and not (run_dir / "parts").is_dir():
         return 0.0
     results: pl.LazyFrame = scan_table(run_dir, "results")
+    if run_id is not None:
+        results = results.filter(pl.col("run_id") == run_id)
     cost = estimate_cost(results, prices, mode)["cost_usd"]
     return float(cost or 0.0)
 

@@ -71,15 +71,18 @@ class Shard:
         return cls(index, count) if 0 <= index < count else None
 
     @classmethod
-    def from_env(cls, count: int, env: Mapping[str, str] | None = None) -> Shard:
+    def from_env(
+        cls, count: int, env: Mapping[str, str] | None = None, *, whole: str | None = None
+    ) -> Shard:
         """``--shards N`` without ``--shard``: K from ``JOB_COMPLETION_INDEX``, as a pod of a
-        Kubernetes Indexed Job has it (or a cron line sets it)."""
+        Kubernetes Indexed Job has it (or a cron line sets it). ``whole``: how the command at
+        hand covers every shard, for the message (a run's ``--local``, by default)."""
         value = (os.environ if env is None else env).get(INDEX_ENV)
         if value is None or not value.strip():
+            whole = whole or f"run all of them here with --shards {count} --local"
             raise JobError(
                 f"--shards {count}: which shard is this? {INDEX_ENV} is not set; give "
-                f"--shard K/{count}, set {INDEX_ENV}=K (0 .. {count - 1}), or run all of them "
-                f"here with --shards {count} --local"
+                f"--shard K/{count}, set {INDEX_ENV}=K (0 .. {count - 1}), or {whole}"
             )
         if not value.strip().isdigit() or int(value) >= count:
             raise JobError(

@@ -31,6 +31,7 @@ from batchrun.record.folder import JUDGE_DIR, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.parquet import scan_table, write_final, write_json_atomic
 from batchrun.record.rundir import make_run_dir
+from batchrun.schedule.spend import REPLACED, judges_spent
 from batchrun.shard.assign import Shard
 from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
 
@@ -116,6 +117,9 @@ def merge_job(
     code = EXIT_ROW_ERRORS if counts["error"] else EXIT_OK
     state = "merged" if record["complete"] else f"merged {len(found)} of {count} shards, PARTIAL"
     cost = cost_text(record["cost"])
+    judged = judges_spent(job, out_dir)
+    if judged and cost:  # as a run's closing line: the judges' part beside the generation's
+        cost += f"; judges ${judged:,.6f}"
     line = (
         f"batchrun: {state}: {counts['ok']} ok, {counts['error']} error"
         f"{f'; {cost}' if cost else ''}; results in {out_dir / 'results.parquet'}"
@@ -207,8 +211,10 @@ def check_target(out_dir: Path) -> None:
     """Refuse to overwrite the results of a run of the whole job (not a merge) in the folder."""
     record = read_manifest(out_dir)
     own = any((out_dir / "parts").glob("results-*.parquet")) or (
-        (out_dir / "results.parquet").exists() and "shards" not in record
-    )
+        (out_dir / "results.parquet").exists()
+        and "shards" not in record
+        and ("merged_from" not in record or not _only_shards_rows(out_dir))
+    )  # run on after a merge but sent nothing: no row the merge would lose
     if own:
         after = " (run after a merge: rows added since)" if "merged_from" in record else ""
         raise JobError(
@@ -216,6 +222,19 @@ def check_target(out_dir: Path) -> None:
             "would replace; move them away (or set output.dir elsewhere for the shards, or start "
             "over with --fresh), then merge"
         )
+
+
+def _only_shards_rows(out_dir: Path) -> bool:
+    """Whether every row of ``out_dir``'s results is a row of one of its shard folders (the
+    same key and run id): a run on the merged folder that sent nothing added no row a merge
+    would lose."""
+    key = ["variant", "id", "sample", "run_id"]
+    shards = [scan_table(p, "results").select(key) for p in shard_folders(out_dir).values()]
+    if not shards:
+        return False
+    own = pl.scan_parquet(out_dir / "results.parquet").select(key)
+    added = own.join(pl.concat(shards), on=key, how="anti", nulls_equal=True)
+    return bool(added.select(pl.len()).collect().item() == 0)
 
 
 def _manifest(
@@ -241,6 +260,9 @@ def _manifest(
         job_sha256=hashlib.sha256(job.path.read_bytes()).hexdigest(),
         cost=estimate_cost(results, job.prices, job.request.mode),
     )
+    replaced = sum(float(m.get(REPLACED) or 0.0) for m in manifests.values())
+    if replaced:  # the shards' rows replaced since they were paid for: the cap counts them
+        record[REPLACED] = round(replaced, 6)
     if record["started_at"] and record["finished_at"]:
         span = datetime.fromisoformat(str(record["finished_at"])) - datetime.fromisoformat(
             str(record["started_at"])
