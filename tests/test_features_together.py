@@ -511,6 +511,17 @@ async def test_the_cap_counts_rows_replaced_by_rerun_changed(
     manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert manifest["spend"]["spent_usd"] == pytest.approx(spent[0], abs=2e-6)
     assert manifest["replaced_usd"] > 0
+    # The report's total is what the cap counted: the rows, the judges and the replaced rows.
+    summary = io.StringIO()
+    assert report_command([out], as_json=True, html=False, out=summary) == 0
+    cost = json.loads(summary.getvalue())["cost"]
+    assert cost["replaced_usd"] == pytest.approx(manifest["replaced_usd"])
+    assert cost["total_usd"] == pytest.approx(manifest["spend"]["spent_usd"], abs=2e-6)
+    text = io.StringIO()
+    assert report_command([out], html=False, out=text) == 0
+    assert "replaced  est. $" in text.getvalue()
+    assert report_command([out], out=io.StringIO()) == 0
+    assert "replaced rows&#x27; est. cost" in (out / "report.html").read_text(encoding="utf-8")
     fresh = await run_job(load_job(path), sleep=no_sleep, fresh=True)
     assert fresh.exit_code == 0
     assert "replaced_usd" not in json.loads((out / "run.json").read_text(encoding="utf-8"))

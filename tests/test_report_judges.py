@@ -152,3 +152,24 @@ async def test_the_judges_of_shards_count_unmerged_and_merged(
     merged = json.loads(_report([out], as_json=True, html=False))["cost"]["judges"]
     assert merged["requests"] == 8
     assert merged["cost_usd"] == pytest.approx(judges["cost_usd"])
+
+
+async def test_judges_answered_by_the_response_cache_are_counted_as_such(
+    write_job: JobWriter, tmp_path: Path
+) -> None:
+    """A second folder of the same job with the response cache on: its judges' requests were
+    all answered by the cache, cost nothing, and the report says so rather than calling them
+    requests it paid for."""
+    cache = {"mode": "read_write", "dir": str(tmp_path / "cache")}
+    path = write_job(rows=6, extra={"prices": PRICES, "scorers": [JUDGE], "cache": cache})
+    first = await run_job(load_job(path), sleep=no_sleep)
+    again = await run_job(load_job(path, ["output.dir=again"]), sleep=no_sleep)
+    assert (first.exit_code, again.exit_code, again.sent) == (0, 0, 0)
+    judges = json.loads(_report([first.run_dir], as_json=True, html=False))["cost"]["judges"]
+    assert (judges["requests"], judges["cache_hits"]) == (6, 0)
+    assert "from the response cache" not in _report([first.run_dir], html=False)
+    judges = json.loads(_report([again.run_dir], as_json=True, html=False))["cost"]["judges"]
+    assert (judges["requests"], judges["cache_hits"], judges["cost_usd"]) == (6, 6, 0)
+    assert judges["scorers"][0]["cache_hits"] == 6
+    text = _report([again.run_dir], html=False)
+    assert "for 6 requests of the model scorers, 6 of them from the response cache" in text

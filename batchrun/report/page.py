@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from batchrun.report.text import cost_line, judges_line, usd, variant_rows
+from batchrun.report.text import cost_line, judges_line, replaced_line, usd, variant_rows
 
 __all__ = [
     "CSS",
@@ -191,6 +191,7 @@ def facts(summary: Mapping[str, Any]) -> str:
         ("most attempts on one row", _count(attempts["max_per_row"])),
         ("est. cost", cost_line(summary["cost"])),
         *[("judges' est. cost", line) for line in [judges_line(summary["cost"])] if line],
+        *[("replaced rows' est. cost", line) for line in [replaced_line(summary["cost"])] if line],
         (
             "retry wait, total / longest (s)",
             f"{seconds(summary['retry_wait_s']['total'])} / "

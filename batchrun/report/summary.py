@@ -22,6 +22,7 @@ from batchrun.record.cost import estimate_cost
 from batchrun.report import activity
 from batchrun.report.completions import output_lengths, picked_completions
 from batchrun.report.load import RunData
+from batchrun.schedule.spend import REPLACED
 
 __all__ = [
     "PERCENTILES",
@@ -117,7 +118,9 @@ def cost(run: RunData) -> dict[str, Any]:
     them (the default table and ``stream`` when it holds none): run.json's ``cost``. A folder
     with judges' requests (``judge/<scorer>/``) adds ``judges`` (:func:`judges_cost`) and
     ``total_usd``, the generation's ``cost_usd`` and the judges' together: what the spend cap
-    counts."""
+    counts. A folder where ``--rerun-changed`` or ``--retry-errors`` replaced rows adds
+    ``replaced_usd`` (run.json's: what the replaced rows had cost; the cap counts it too) to
+    ``total_usd``."""
     job = run.job
     table = job.get("prices")
     prices: Mapping[str, Any] = DEFAULT_PRICES
@@ -132,16 +135,21 @@ def cost(run: RunData) -> dict[str, Any]:
     mode = request.get("mode") if isinstance(request, dict) else None
     generation = estimate_cost(run.results, prices, mode if isinstance(mode, str) else "stream")
     judges = judges_cost(run, prices)
-    if judges is None:
+    replaced = run.manifest.get(REPLACED)
+    added: dict[str, Any] = {"judges": judges} if judges is not None else {}
+    if isinstance(replaced, int | float) and replaced > 0:
+        added[REPLACED] = float(replaced)
+    if not added:
         return generation
-    parts = [generation["cost_usd"], judges["cost_usd"]]
+    parts = [generation["cost_usd"], judges and judges["cost_usd"], added.get(REPLACED)]
     total = None if all(p is None for p in parts) else sum(p or 0.0 for p in parts)
-    return {**generation, "judges": judges, "total_usd": total}
+    return {**generation, **added, "total_usd": total}
 
 
 def judges_cost(run: RunData, prices: Mapping[str, Any]) -> dict[str, Any] | None:
     """What the judges of ``kind: model`` scorers cost: ``cost_usd`` (the sum of their rows'
-    ``cost_usd``, at the streaming rate: a judge streams), ``requests``, ``input_tokens``,
+    ``cost_usd``, at the streaming rate: a judge streams), ``requests`` (``cache_hits`` of them
+    answered by the response cache, sending nothing and costing nothing), ``input_tokens``,
     ``output_tokens``, ``unpriced_models``, and the same per scorer under ``scorers``. Every
     request a judge sent counts, a judgement replaced since too, as in the spend cap. None
     when the folder has no judges' requests."""
@@ -151,10 +159,13 @@ def judges_cost(run: RunData, prices: Mapping[str, Any]) -> dict[str, Any] | Non
         if not requests:
             continue
         spent = estimate_cost(rows, prices, "stream")
+        hit = pl.col("cache_hit").fill_null(False).sum()
+        has_hits = "cache_hit" in rows.collect_schema().names()
         scorers.append(
             {
                 "scorer": scorer,
                 "requests": requests,
+                "cache_hits": rows.select(hit).collect().item() if has_hits else 0,
                 **{k: spent[k] for k in ("input_tokens", "output_tokens", "cost_usd")},
                 "unpriced_models": spent["unpriced_models"],
             }
@@ -169,6 +180,7 @@ def judges_cost(run: RunData, prices: Mapping[str, Any]) -> dict[str, Any] | Non
     return {
         "cost_usd": total("cost_usd"),
         "requests": total("requests"),
+        "cache_hits": total("cache_hits"),
         "input_tokens": total("input_tokens"),
         "output_tokens": total("output_tokens"),
         "unpriced_models": sorted({m for s in scorers for m in s["unpriced_models"]}),

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from batchrun.schedule.spend import REPLACED
+
 __all__ = [
     "cost_line",
     "judges_line",
@@ -18,6 +20,7 @@ __all__ = [
     "render_comparison",
     "render_summary",
     "render_variants",
+    "replaced_line",
     "row_key",
     "sparkline",
     "tokens_note",
@@ -57,6 +60,7 @@ def render_summary(summary: Mapping[str, Any], sections: Sequence[str] = ()) -> 
         f"tokens    {_tokens(s)}",
         f"cost      {cost_line(s['cost'])}",
         *([f"judges    {judges}"] if (judges := judges_line(s["cost"])) else []),
+        *([f"replaced  {replaced}"] if (replaced := replaced_line(s["cost"])) else []),
         f"duration  {s['duration_s']:.1f} s · {_num(throughput['ok_per_s'])} ok rows/s "
         f"(errors {_num(throughput['error_per_s'])}/s) · "
         f"{_num(s['output_tokens_per_s'])} output tokens/s",
@@ -290,13 +294,28 @@ def judges_line(cost: Mapping[str, Any]) -> str | None:
     scorers = ", ".join(
         f"{s['scorer']} {usd(s['cost_usd'])} for {s['requests']:,}" for s in judges["scorers"]
     )
+    both = [v for v in (cost["cost_usd"], judges["cost_usd"]) if v is not None]
+    hits = judges.get("cache_hits") or 0
+    cached = f", {hits:,} of them from the response cache" if hits else ""
     line = (
         f"est. {usd(judges['cost_usd'])} for {judges['requests']:,} requests of the model "
-        f"scorers ({scorers}); with the generation {usd(cost['total_usd'])}"
+        f"scorers{cached} ({scorers}); with the generation {usd(sum(both) if both else None)}"
     )
     if judges["unpriced_models"]:
         line += f"; no price for {', '.join(judges['unpriced_models'])}"
     return line
+
+
+def replaced_line(cost: Mapping[str, Any]) -> str | None:
+    """What rows replaced since (``--rerun-changed``, ``--retry-errors``) had cost: spent, so
+    the spend cap counts it, but in no row of results.parquet; None when none was."""
+    replaced = cost.get(REPLACED)
+    if not replaced:
+        return None
+    return (
+        f"est. {usd(replaced)} for rows sent, then replaced by --rerun-changed or "
+        f"--retry-errors; all told {usd(cost['total_usd'])}"
+    )
 
 
 def usd(value: float | None) -> str:
