@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,29 @@ def _ready(spec: Spec) -> None:
         sys.stdin.readline()
 
 
+# One stream as a baseline client saw it: ok, request id, sent at, first content seen at.
+Stream = tuple[bool, str, float, float]
+
+
+async def _load(spec: Spec, one: Callable[[int], Awaitable[Stream]]) -> Outcome:
+    """Every request of ``spec`` through ``one``, at most ``concurrency`` at once behind a
+    semaphore (what the baselines' users write), timed from when the first may start."""
+    outcome = Outcome(0.0, 0)
+    gate = asyncio.Semaphore(spec.concurrency)
+
+    async def gated(i: int) -> None:
+        async with gate:
+            ok, request_id, sent, first = await one(i)
+        outcome.ok += ok
+        outcome.firsts.append((request_id, sent, first))
+
+    _ready(spec)
+    outcome.began = time.perf_counter()
+    await asyncio.gather(*(gated(i) for i in spec.rows()))
+    outcome.elapsed_s = time.perf_counter() - outcome.began
+    return outcome
+
+
 def _body(spec: Spec, i: int) -> dict[str, Any]:
     return {
         "model": MODEL,
@@ -155,29 +179,22 @@ async def _bare(spec: Spec, aiohttp_transport: bool) -> Outcome:
 
     limits = httpx.Limits(max_connections=spec.concurrency)
     transport = AiohttpTransport(limits=limits) if aiohttp_transport else None
-    outcome = Outcome(0.0, 0)
-    gate = asyncio.Semaphore(spec.concurrency)
     async with httpx.AsyncClient(
         base_url=spec.base_url, headers=_HEADERS, limits=limits, timeout=60, transport=transport
     ) as client:
 
-        async def one(i: int) -> None:
-            async with gate:
-                sent = time.perf_counter()
-                first = 0.0
-                body = {**_body(spec, i), "stream": True}
-                async with client.stream("POST", "/v1/messages", json=body) as response:
-                    async for chunk in response.aiter_bytes():
-                        if not first and b"content_block_delta" in chunk:
-                            first = time.perf_counter()
-                outcome.ok += response.status_code == 200
-                outcome.firsts.append((response.headers.get("request-id", ""), sent, first))
+        async def one(i: int) -> Stream:
+            sent = time.perf_counter()
+            first = 0.0
+            body = {**_body(spec, i), "stream": True}
+            async with client.stream("POST", "/v1/messages", json=body) as response:
+                async for chunk in response.aiter_bytes():
+                    if not first and b"content_block_delta" in chunk:
+                        first = time.perf_counter()
+            ok = response.status_code == 200
+            return ok, response.headers.get("request-id", ""), sent, first
 
-        _ready(spec)
-        outcome.began = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in spec.rows()))
-        outcome.elapsed_s = time.perf_counter() - outcome.began
-    return outcome
+        return await _load(spec, one)
 
 
 async def _sdk(spec: Spec) -> Outcome:
@@ -187,24 +204,18 @@ async def _sdk(spec: Spec) -> Outcome:
     client = anthropic.AsyncAnthropic(
         base_url=spec.base_url, api_key="bench-key", max_retries=0, timeout=60
     )
-    outcome = Outcome(0.0, 0)
-    gate = asyncio.Semaphore(spec.concurrency)
 
-    async def one(i: int) -> None:
-        async with gate:
-            sent = time.perf_counter()
-            first = 0.0
-            async with client.messages.stream(**_body(spec, i)) as stream:
-                async for event in stream:
-                    if not first and event.type == "content_block_delta":
-                        first = time.perf_counter()
-                await stream.get_final_message()
-            outcome.ok += 1
-            outcome.firsts.append((stream.request_id or "", sent, first))
+    async def one(i: int) -> Stream:
+        sent = time.perf_counter()
+        first = 0.0
+        async with client.messages.stream(**_body(spec, i)) as stream:
+            async for event in stream:
+                if not first and event.type == "content_block_delta":
+                    first = time.perf_counter()
+            await stream.get_final_message()
+        return True, stream.request_id or "", sent, first
 
-    outcome.began = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in spec.rows()))
-    outcome.elapsed_s = time.perf_counter() - outcome.began
+    outcome = await _load(spec, one)
     await client.close()
     return outcome
 
@@ -216,34 +227,26 @@ async def _litellm(spec: Spec) -> Outcome:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
-    outcome = Outcome(0.0, 0)
-    gate = asyncio.Semaphore(spec.concurrency)
+    async def one(i: int) -> Stream:
+        sent = time.perf_counter()
+        first = 0.0
+        stream = await litellm.acompletion(
+            model=f"anthropic/{MODEL}",
+            messages=[{"role": "user", "content": prompt(spec, i)}],
+            max_tokens=spec.max_tokens,
+            stream=True,
+            api_base=spec.base_url,
+            api_key="bench-key",
+            num_retries=0,
+            timeout=60,
+        )
+        async for chunk in stream:
+            if not first and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter()
+        headers = stream._hidden_params.get("additional_headers") or {}
+        return True, headers.get("llm_provider-request-id", ""), sent, first
 
-    async def one(i: int) -> None:
-        async with gate:
-            sent = time.perf_counter()
-            first = 0.0
-            stream = await litellm.acompletion(
-                model=f"anthropic/{MODEL}",
-                messages=[{"role": "user", "content": prompt(spec, i)}],
-                max_tokens=spec.max_tokens,
-                stream=True,
-                api_base=spec.base_url,
-                api_key="bench-key",
-                num_retries=0,
-                timeout=60,
-            )
-            async for chunk in stream:
-                if not first and chunk.choices and chunk.choices[0].delta.content:
-                    first = time.perf_counter()
-            headers = stream._hidden_params.get("additional_headers") or {}
-            outcome.ok += 1
-            outcome.firsts.append((headers.get("llm_provider-request-id", ""), sent, first))
-
-    outcome.began = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in spec.rows()))
-    outcome.elapsed_s = time.perf_counter() - outcome.began
-    return outcome
+    return await _load(spec, one)
 
 
 def _batchrun(spec: Spec) -> Outcome:
