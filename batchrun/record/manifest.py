@@ -6,6 +6,7 @@ secrets), versions and cost. It builds the mapping only: writing it is
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 from collections.abc import Mapping
 from importlib.metadata import version
@@ -20,7 +21,7 @@ from batchrun.job.schema import Job
 from batchrun.models import InputSummary, RunStatus
 from batchrun.record.cost import estimate_cost
 
-__all__ = ["manifest"]
+__all__ = ["manifest", "read_manifest"]
 
 
 def manifest(
@@ -74,3 +75,13 @@ def manifest(
         },
         "cost": estimate_cost(results, job.prices, job.request.mode),
     }
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """``run_dir``'s run.json, or {} when there is none, or it cannot be read or is not a
+    mapping (torn, or not batchrun's): the one reading of it."""
+    try:
+        loaded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}

@@ -11,7 +11,6 @@ knows nothing of how the report looks.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ import polars as pl
 
 from batchrun.errors import JobError
 from batchrun.record.folder import JUDGE_DIR
+from batchrun.record.manifest import read_manifest
 from batchrun.record.parquet import scan_table
 
 __all__ = [
@@ -137,7 +137,7 @@ def load_run(run_dir: Path | str) -> RunData:
             f"{run_dir}: no results in this folder (no results.parquet and no checkpoint parts "
             "under parts/); is it a run folder, and has the run finished a request yet?"
         )
-    manifest = _manifest(run_dir) if not shards else _shards_manifest(run_dir)
+    manifest = read_manifest(run_dir) if not shards else _shards_manifest(run_dir)
     return RunData(
         run_dir=run_dir,
         results=results,
@@ -164,7 +164,7 @@ def _scan(run_dir: Path, shards: tuple[Path, ...], name: str) -> pl.LazyFrame:
 
 def _shards_manifest(run_dir: Path) -> dict[str, Any]:
     """The shards' run.json combined, saying that the folder is not merged and what is in it."""
-    from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders
+    from batchrun.shard.folders import combined_manifest, shard_folders
 
     found = shard_folders(run_dir)
     record = combined_manifest({shard: read_manifest(path) for shard, path in found.items()})
@@ -187,17 +187,6 @@ def with_variant(frame: _Frame) -> _Frame:
             pl.repeat(DEFAULT_VARIANT, frame.height, eager=True).alias("variant")
         )
     return frame.with_columns(pl.lit(DEFAULT_VARIANT, dtype=pl.String).alias("variant"))
-
-
-def _manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.exists():
-        return {}
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # a torn or foreign run.json: report on the tables alone
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _state(run_dir: Path, manifest: dict[str, Any]) -> str:

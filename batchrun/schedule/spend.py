@@ -74,12 +74,9 @@ def replaced_spent(run_dir: Path) -> float:
     """What rows no longer in ``run_dir``'s results had cost when sent (rows a later run
     replaced: ``--rerun-changed``, ``--retry-errors``), as its run.json carries it on: spent
     all the same, so the cap counts it."""
-    import json
+    from batchrun.record.manifest import read_manifest
 
-    try:
-        value = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get(REPLACED)
-    except (OSError, ValueError, AttributeError):
-        return 0.0
+    value = read_manifest(run_dir).get(REPLACED)
     return float(value) if isinstance(value, int | float) else 0.0
 
 

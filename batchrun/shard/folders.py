@@ -6,14 +6,14 @@ it.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batchrun.record.manifest import read_manifest
 from batchrun.shard.assign import Shard
 
-__all__ = ["combined_manifest", "merged_from", "read_manifest", "shard_folders", "unfinished"]
+__all__ = ["combined_manifest", "merged_from", "shard_folders", "unfinished"]
 
 # Worst first: the status a combination of shards takes is the worst of theirs.
 _STATUS_ORDER = (
@@ -39,15 +39,6 @@ def shard_folders(out_dir: Path) -> dict[Shard, Path]:
         if path.is_dir() and (shard := Shard.from_folder(path.name)) is not None
     }
     return dict(sorted(found.items(), key=lambda kv: (kv[0].count, kv[0].index)))
-
-
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """``run_dir``'s run.json, or {} when there is none (or it cannot be read)."""
-    try:
-        loaded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def merged_from(run_dir: Path) -> dict[str, Any]:

@@ -29,11 +29,12 @@ from batchrun.load.resume import resume_plan
 from batchrun.record.cost import cost_text, estimate_cost
 from batchrun.record.folder import JUDGE_DIR, translated
 from batchrun.record.lock import RunLock, check_free
+from batchrun.record.manifest import read_manifest
 from batchrun.record.parquet import scan_table, write_final, write_json_atomic
 from batchrun.record.rundir import make_run_dir
 from batchrun.schedule.spend import REPLACED, judges_spent
 from batchrun.shard.assign import Shard
-from batchrun.shard.folders import combined_manifest, read_manifest, shard_folders, unfinished
+from batchrun.shard.folders import combined_manifest, shard_folders, unfinished
 
 __all__ = ["EXTRA_TABLES", "Merged", "check_target", "merge_job"]
 
