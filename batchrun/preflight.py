@@ -36,7 +36,7 @@ from batchrun.load.sources import sources
 from batchrun.models import InputSummary, RequestItem, Stop
 from batchrun.record.cost import BATCH_DISCOUNT, rates_for
 from batchrun.record.files import check_private
-from batchrun.record.folder import check_entries, open_run_dir, translated
+from batchrun.record.folder import Stateless, check_entries, open_run_dir, translated
 from batchrun.record.lock import RunLock, check_free
 from batchrun.record.response_cache import cache_key, peek_cache
 from batchrun.record.rundir import clear, make_run_dir
@@ -47,7 +47,6 @@ from batchrun.shard.plan import shard_summary
 __all__ = [
     "Forecast",
     "Preflight",
-    "Stateless",
     "VariantForecast",
     "api_key",
     "check_columns",
@@ -197,20 +196,6 @@ def check_columns(job: Job, result_columns: list[str]) -> None:
                 f"neither the input ({', '.join(sorted(inputs))}) nor results.parquet "
                 "(completion, stop_reason, output_tokens, ...) has; fix the scorer"
             )
-
-
-class Stateless:
-    """The folder side of a mode that keeps nothing of its own in the run folder (stream mode:
-    a request in flight when a run ended was never recorded, so it is sent again)."""
-
-    def check(self, run_dir: Path, fresh: bool) -> None:
-        """Nothing of its own in the run folder to refuse."""
-
-    def prepare(self, run_dir: Path, fresh: bool) -> None:
-        """Nothing of its own in the run folder."""
-
-    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
-        return set()
 
 
 def dry_mode(job: Job) -> FolderMode:

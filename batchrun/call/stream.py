@@ -36,6 +36,7 @@ from batchrun.errors import (
 )
 from batchrun.job.schema import Job
 from batchrun.models import RequestItem, RunStatus, Stop
+from batchrun.record.folder import Stateless
 from batchrun.record.parquet import ResultsWriter
 from batchrun.record.response_cache import ResponseCache, open_cache
 from batchrun.schedule.limits import CountTokens, RateBudget, make_budget
@@ -150,7 +151,7 @@ async def _first_of(*events: asyncio.Event) -> None:
 
 
 @dataclass
-class StreamMode:
+class StreamMode(Stateless):
     """Stream mode's part of one run: requests in flight get ``grace_s`` after a signal; a
     failing checkpoint write is tried for ``write_retry_s``; an endpoint no attempt reaches for
     ``unreachable_s`` stops the run."""
@@ -168,15 +169,6 @@ class StreamMode:
     progress: Progress | None = None
     spend: SpendLedger = field(default_factory=SpendLedger)  # the cap; default: none
     cache: ResponseCache | None = None
-
-    def check(self, run_dir: Path, fresh: bool) -> None:
-        """Nothing of its own in the run folder to refuse."""
-
-    def prepare(self, run_dir: Path, fresh: bool) -> None:
-        """Nothing of its own in the run folder."""
-
-    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
-        return set()  # a request in flight when a run ended was never recorded: send it again
 
     def started(self) -> dict[str, Any]:
         return {}

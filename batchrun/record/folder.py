@@ -22,6 +22,7 @@ from batchrun.record.parquet import ResultsWriter, scan_table
 
 __all__ = [
     "JUDGE_DIR",
+    "Stateless",
     "check_entries",
     "compact",
     "open_run_dir",
@@ -65,6 +66,21 @@ def open_run_dir(make: Callable[[Path], Path], path: Path) -> Path:
             f"{f' ({exc.filename})' if exc.filename else ''}; fix the path or choose another "
             "folder with --set output.dir=..."
         ) from exc
+
+
+class Stateless:
+    """The folder side of a mode that keeps nothing of its own in the run folder (stream mode:
+    a request in flight when a run ended was never recorded, so it is sent again): its
+    ``check``, ``prepare`` and ``in_flight``, for the run and for ``validate``."""
+
+    def check(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder to refuse."""
+
+    def prepare(self, run_dir: Path, fresh: bool) -> None:
+        """Nothing of its own in the run folder."""
+
+    async def in_flight(self, run_dir: Path) -> set[tuple[str, str, int]]:
+        return set()
 
 
 def check_entries(run_dir: Path) -> None:
