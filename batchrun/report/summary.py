@@ -155,17 +155,17 @@ def judges_cost(run: RunData, prices: Mapping[str, Any]) -> dict[str, Any] | Non
     when the folder has no judges' requests."""
     scorers = []
     for scorer, rows in run.scan_judges().items():
-        requests = rows.select(pl.len()).collect().item()
+        has_hits = "cache_hit" in rows.collect_schema().names()
+        hits = pl.col("cache_hit").fill_null(False).sum() if has_hits else pl.lit(0)
+        requests, cache_hits = rows.select(pl.len(), hits).collect().row(0)
         if not requests:
             continue
         spent = estimate_cost(rows, prices, "stream")
-        hit = pl.col("cache_hit").fill_null(False).sum()
-        has_hits = "cache_hit" in rows.collect_schema().names()
         scorers.append(
             {
                 "scorer": scorer,
                 "requests": requests,
-                "cache_hits": rows.select(hit).collect().item() if has_hits else 0,
+                "cache_hits": int(cache_hits),
                 **{k: spent[k] for k in ("input_tokens", "output_tokens", "cost_usd")},
                 "unpriced_models": spent["unpriced_models"],
             }
