@@ -110,7 +110,9 @@ def run_local(
     if shard is not None:
         raise JobError("--local runs every shard of the job: give --shards N, not --shard K/N")
     count = shards or default_shards()
-    _check_job(job, limit)
+    from batchrun.preflight import check_job
+
+    check_job(job, limit=limit)  # once here: a bad input is one error (exit 2), not N
     started = datetime.now(UTC)  # the merge's too: {date} in output.dir is the start's day
     out_dir = job.run_dir(started).resolve()
     _clear_or_check(out_dir, fresh="--fresh" in args)
@@ -138,14 +140,6 @@ def run_local(
     merged = merge_job(job, now=started)  # its errors end the command as `merge` would end
     print(merged.line, file=sys.stderr)
     return worst([code, merged.exit_code])
-
-
-def _check_job(job: Job, limit: int | None) -> None:
-    """The checks of the job each shard's pre-flight starts with, made once here before any
-    child starts: an invalid input is one error (exit 2), not one from each of N shards."""
-    from batchrun.preflight import check_job
-
-    check_job(job, limit=limit)
 
 
 def _clear_or_check(out_dir: Path, *, fresh: bool) -> None:
