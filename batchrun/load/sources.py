@@ -34,6 +34,7 @@ __all__ = [
     "frame",
     "messages_kind",
     "parse_all_fields",
+    "scan_input",
     "sources",
     "templates",
     "unreadable",
@@ -54,7 +55,9 @@ class Source:
     schema: pl.Schema
 
 
-def _scan(path: Path) -> pl.LazyFrame:
+def scan_input(path: Path) -> pl.LazyFrame:
+    """One input file, lazily: a CSV with every column a string (as the run reads it), or a
+    Parquet file; its name taken literally, never as a glob."""
     if path.suffix.lower() == ".csv":
         return pl.scan_csv(path, infer_schema=False, glob=False)
     return pl.scan_parquet(path, glob=False)
@@ -90,7 +93,7 @@ def sources(job: Job) -> list[Source]:
     for p in paths:
         try:
             problem = _sniff(p)
-            schema = _scan(p).collect_schema() if problem is None else None
+            schema = scan_input(p).collect_schema() if problem is None else None
         except (pl.exceptions.PolarsError, OSError) as exc:
             problems.append(unreadable(job, p, exc))
             continue
@@ -200,7 +203,7 @@ def parse_all_fields(src: Source, head: int | None) -> None:
     that has more than the header, cutting a cell that holds an unquoted comma.
     """
     if src.path.suffix.lower() == ".csv":
-        lf = _scan(src.path)
+        lf = scan_input(src.path)
         lf = lf if head is None else lf.head(head)
         lf.select(pl.all().null_count()).collect(engine="streaming")
 
@@ -262,7 +265,7 @@ def frame(job: Job, src: Source, index: int) -> pl.LazyFrame:
     if job.input.id_column is not None:
         cols[job.input.id_column] = pl.col(job.input.id_column).cast(pl.String)
     return (
-        _scan(src.path)
+        scan_input(src.path)
         .with_row_index(LOCAL)
         .select(LOCAL, *cols.values())
         .with_columns(pl.lit(index, pl.UInt32).alias(FILE))

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from batchrun.errors import JobError
+from batchrun.load.sources import scan_input
 from batchrun.report.load import RunData
 
 __all__ = ["NOT_IN_INPUT", "NULL_VALUE", "input_column"]
@@ -31,7 +32,7 @@ def input_column(run: RunData, column: str) -> tuple[pl.LazyFrame, bool]:
     files, shown, id_column = _inputs(run, column)
     frames = []
     for path in files:
-        scan = _scan(path)
+        scan = scan_input(path)
         names = scan.collect_schema().names()
         if column not in names:
             raise JobError(
@@ -77,12 +78,6 @@ def _inputs(run: RunData, column: str) -> tuple[list[Path], Path, str | None]:
         )
     id_column = source.get("id_column")
     return files, base, id_column if isinstance(id_column, str) else None
-
-
-def _scan(path: Path) -> pl.LazyFrame:
-    if path.suffix.lower() == ".csv":
-        return pl.scan_csv(path, infer_schema=False, glob=False)
-    return pl.scan_parquet(path, glob=False)
 
 
 def _relative(path: Path, base: Path) -> str:
